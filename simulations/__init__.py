@@ -1,0 +1,1 @@
+"""Launchers, sweeps and benchmarks."""

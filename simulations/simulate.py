@@ -1,0 +1,65 @@
+"""Run one AZSL job in Flower's simulation runtime from Python (same code as `flwr run .`).
+
+    python -m simulations.simulate dataset=xlsa17 data-dir=../shared/data/caltech101 \
+        feature-file=effnetlite0.mat scenario=blackbox --owners 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def run(overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:
+    """Simulate ``owners`` SuperNodes + the ServerApp; return results.json's content."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from azsl_flower.client_app import app as client_app
+    from azsl_flower.config import parse_run_config
+    from azsl_flower.results import format_table
+    from azsl_flower.server_app import run_azsl
+
+    cfg = parse_run_config(overrides)  # fail before starting Ray on a bad option
+    box: dict[str, Any] = {}
+    server = ServerApp()
+
+    @server.main()
+    def _main(grid: Grid, context: Context) -> None:
+        results, _ = run_azsl(grid, cfg)
+        print(format_table(results), flush=True)
+        box.update(results)
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
+    run_simulation(server, client_app, num_supernodes=owners, backend_config=backend)
+    if not box:
+        raise RuntimeError("the simulated run produced no results (see the log above)")
+    return box
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="run-config key=value pairs")
+    ap.add_argument("--owners", type=int, default=1)
+    args = ap.parse_args()
+    res = run(parse_overrides(args.overrides), args.owners)
+    print(json.dumps({k: res[k] for k in ("teacher", "student", "rounds", "output_dir")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Flower strategies of azsl-flower (the AI service's side of the protocol)."""
+
+from strategies.azsl import AZSLStrategy
+
+__all__ = ["AZSLStrategy"]
