@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "classes-per-batch": 32,
     "lr-generator": 1e-4,
     "feature-step": 0.05,
+    "pool-epochs": 1,
     "lr-student": 1e-3,
     "student-epochs": 30,
     "teacher-epochs": 40,
@@ -59,6 +61,7 @@ POSITIVE = (
     "classes-per-batch",
     "lr-generator",
     "feature-step",
+    "pool-epochs",
     "lr-student",
     "student-epochs",
     "teacher-epochs",
@@ -86,6 +89,7 @@ class RunConfig:
     classes_per_batch: int
     lr_generator: float
     feature_step: float
+    pool_epochs: int
     lr_student: float
     student_epochs: int
     teacher_epochs: int
@@ -144,8 +148,8 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         if key in POSITIVE and not value > 0:
             raise ConfigError(f"run-config {key}={value!r}: must be > 0")
         merged[key] = value
-    if merged["alpha"] < 0:
-        raise ConfigError("run-config alpha must be >= 0")
+    if not (math.isfinite(merged["alpha"]) and merged["alpha"] >= 0):
+        raise ConfigError(f"run-config alpha={merged['alpha']!r}: must be a finite number >= 0")
     if merged["dataset"] == "xlsa17" and not merged["data-dir"]:
         raise ConfigError("dataset=xlsa17 needs data-dir=<folder with att_splits.mat + features>")
     if merged["scenario"] == "weights" and merged["regulariser"] == "mmd":

@@ -138,9 +138,14 @@ def encode(
     if weights is not None:
         if spec.weights == "none":
             raise ProtocolError(f"{where}: this kind carries no model weights")
+        for n, w in weights.items():
+            if not np.isfinite(w).all():
+                raise ProtocolError(f"{where}: weight {n!r} holds NaN/inf")
         rd["weights"] = ArrayRecord({n: Array(np.ascontiguousarray(w)) for n, w in weights.items()})
     elif spec.weights == "required":
         raise ProtocolError(f"{where}: model weights are required")
+    if settings is not None and not spec.settings:
+        raise ProtocolError(f"{where}: this kind carries no run settings")
     if spec.settings:
         if settings is None:
             raise ProtocolError(f"{where}: run settings are required")
@@ -174,11 +179,20 @@ def decode(kind: Kind, direction: str, rd: RecordDict) -> Payload:
     scalars = dict(rd.config_records["scalars"])
     if set(scalars) != set(spec.scalars):
         raise ProtocolError(f"{where}: scalars {sorted(scalars)}, expected {sorted(spec.scalars)}")
+    for n, typ in spec.scalars.items():
+        value = scalars[n]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = scalars[n] = float(value)
+        if not isinstance(value, typ) or isinstance(value, bool) != (typ is bool):
+            raise ProtocolError(f"{where}: scalar {n!r} must be {typ.__name__}, got {value!r}")
     weights = None
     if "weights" in rd:
         if spec.weights == "none":
             raise ProtocolError(f"{where}: unexpected model weights")
         weights = {n: a.numpy() for n, a in rd.array_records["weights"].items()}
+        for n, w in weights.items():
+            if w.dtype.kind != "f" or not np.isfinite(w).all():
+                raise ProtocolError(f"{where}: weight {n!r} must be finite floats")
     elif spec.weights == "required":
         raise ProtocolError(f"{where}: model weights missing")
     settings = dict(rd.config_records["settings"]) if "settings" in rd else None

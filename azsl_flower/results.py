@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -60,9 +61,8 @@ def format_table(results: dict[str, Any]) -> str:
     rows += [(name, m) for name, m in results.get("other_models", {}).items()]
     for name, m in rows:
         table.add_row(name, *(f"{100 * m[k]:.1f}" for k in ("zsl", "u", "s", "h")))
-    console = Console(width=100, record=True, force_terminal=False)
-    with console.capture():
-        console.print(table)
+    console = Console(width=100, record=True, file=io.StringIO(), force_terminal=False)
+    console.print(table)
     footer = (
         f"rounds={results['rounds']} messages={results['messages']} "
         f"sent={results['bytes_sent'] / 1e6:.1f} MB received={results['bytes_received'] / 1e6:.1f} MB "

@@ -174,7 +174,9 @@ class Service:
             stats["surrogate_loss"] = self._train_surrogate()
         target = self._targets(torch.from_numpy(pool.x).to(self.device), g_all, pool.batch_size)
         b, losses = pool.batch_size, []
-        for k, (y, z) in enumerate(zip(pool.y, pool.z, strict=True)):
+        order = [k for _ in range(self.cfg.pool_epochs) for k in range(len(pool.y))]
+        for k in order:
+            y, z = pool.y[k], pool.z[k]
             x = self._generate(y, z)
             # Move x̃ toward x̃0 - step * g (a descent step on the owners' loss taken in feature
             # space): unlike x̃.backward(g), a fixed target cannot be overshot however stale.

@@ -1,0 +1,72 @@
+"""Stop what `flwr run .` leaves behind: the managed local SuperLink and its children.
+
+Flower starts a detached `flower-superlink` on the first `flwr run` and keeps it up after
+the run. Tests and the quickstart stop the processes they started, found by the
+FLWR_HOME in their environment, so a user's other Flower processes are never touched.
+
+    python -m simulations.local_superlink stop [--flwr-home DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def processes_of(flwr_home: str) -> list[int]:
+    """PIDs (other than ours) whose environment has FLWR_HOME=flwr_home."""
+    home = str(Path(flwr_home).expanduser().resolve())
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            env_home = _environ(int(entry.name)).get("FLWR_HOME")
+            if env_home and str(Path(env_home).expanduser().resolve()) == home:
+                found.append(int(entry.name))
+    return found
+
+
+def stop(flwr_home: str, grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns how many were signalled."""
+    pids = processes_of(flwr_home)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.1)
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        if not pids:
+            break
+    return len(processes_of(flwr_home))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("action", choices=["stop", "list"])
+    ap.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME", "~/.flwr"))
+    args = ap.parse_args()
+    if args.action == "list":
+        print(" ".join(map(str, processes_of(args.flwr_home))))
+        return
+    left = stop(args.flwr_home)
+    print("stopped local Flower processes" if not left else f"{left} process(es) would not stop")
+
+
+if __name__ == "__main__":
+    main()

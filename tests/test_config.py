@@ -1,0 +1,120 @@
+"""Run configuration: defaults, pyproject mirror, and rejection of bad values."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from azsl_flower.config import CHOICES, DEFAULTS, POSITIVE, ConfigError, parse_run_config
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+@pytest.fixture(scope="module")
+def flwr_config() -> dict:
+    with PYPROJECT.open("rb") as f:
+        return tomllib.load(f)["tool"]["flwr"]["app"]["config"]
+
+
+def test_defaults_parse():
+    cfg = parse_run_config(None)
+    assert cfg.as_dict() == DEFAULTS
+    assert parse_run_config({}) == cfg
+    assert cfg.whitebox  # default scenario is whitebox
+
+
+def test_pyproject_has_every_default_key(flwr_config):
+    assert sorted(set(DEFAULTS) - set(flwr_config)) == []
+
+
+def test_pyproject_has_no_unknown_key(flwr_config):
+    assert sorted(set(flwr_config) - set(DEFAULTS)) == []
+
+
+def test_pyproject_values_equal_defaults(flwr_config):
+    for key in sorted(set(DEFAULTS) & set(flwr_config)):
+        assert flwr_config[key] == DEFAULTS[key], key
+        assert type(flwr_config[key]) is type(DEFAULTS[key]), key
+
+
+def test_pyproject_table_parses_like_defaults(flwr_config):
+    # what `flwr run .` passes without overrides must give the default configuration
+    cfg = parse_run_config(flwr_config).as_dict()
+    assert {k: cfg[k] for k in flwr_config} == {k: DEFAULTS[k] for k in flwr_config}
+
+
+def test_overrides_are_coerced():
+    cfg = parse_run_config({"rounds": "3", "alpha": 2, "lr-student": "0.01", "seed": 4.0})
+    assert cfg.rounds == 3 and type(cfg.rounds) is int
+    assert cfg.alpha == 2.0 and type(cfg.alpha) is float
+    assert cfg.lr_student == pytest.approx(0.01)
+    assert cfg.seed == 4 and type(cfg.seed) is int
+
+
+def test_unknown_key():
+    with pytest.raises(ConfigError, match="epochs"):
+        parse_run_config({"epochs": 3})
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_bad_choice(key):
+    with pytest.raises(ConfigError, match=rf"{key}='bogus'.*{CHOICES[key][0]}"):
+        parse_run_config({key: "bogus"})
+
+
+@pytest.mark.parametrize("key", POSITIVE)
+@pytest.mark.parametrize("value", [0, -1])
+def test_non_positive(key, value):
+    with pytest.raises(ConfigError, match=rf"{key}=.*must be > 0"):
+        parse_run_config({key: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rounds", "many"), ("rounds", 2.5), ("alpha", "strong"), ("batch-size", None)],
+)
+def test_bad_type(key, value):
+    with pytest.raises(ConfigError, match=rf"{key}=.*expected"):
+        parse_run_config({key: value})
+
+
+def test_negative_alpha():
+    with pytest.raises(ConfigError, match="alpha"):
+        parse_run_config({"alpha": -0.5})
+    assert parse_run_config({"alpha": 0}).alpha == 0.0  # zero switches R off: allowed
+
+
+def test_xlsa17_needs_data_dir():
+    with pytest.raises(ConfigError, match="data-dir"):
+        parse_run_config({"dataset": "xlsa17"})
+    cfg = parse_run_config({"dataset": "xlsa17", "data-dir": "/some/where"})
+    assert cfg.data_dir == "/some/where"
+
+
+def test_weights_scenario_rejects_mmd():
+    with pytest.raises(ConfigError, match=r"scenario=weights.*regulariser=mmd"):
+        parse_run_config({"scenario": "weights", "regulariser": "mmd"})
+    assert parse_run_config({"scenario": "weights", "regulariser": "kl"}).whitebox
+    assert not parse_run_config({"scenario": "blackbox", "regulariser": "mmd"}).whitebox
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda0", ""])
+def test_bad_device(device):
+    with pytest.raises(ConfigError, match="device"):
+        parse_run_config({"device": device})
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1"])
+def test_good_device(device):
+    assert parse_run_config({"device": device}).device == device
+
+
+def test_owner_settings_are_config_values():
+    cfg = parse_run_config({"teacher": "inductive", "alpha": 0.5})
+    s = cfg.owner_settings()
+    assert s["teacher"] == "inductive" and s["alpha"] == 0.5
+    assert set(s) <= set(DEFAULTS)
+    # everything the owner's cached teacher depends on travels with each request
+    assert {"dataset", "data-dir", "feature-file", "teacher-epochs", "lr-teacher", "seed"} <= set(s)

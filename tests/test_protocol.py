@@ -1,0 +1,257 @@
+"""The wire format: every kind round-trips; malformed payloads fail at the boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from azsl_flower.protocol import (
+    EVALUATE,
+    FEEDBACK,
+    KINDS,
+    SETUP,
+    VERIFY,
+    ProtocolError,
+    decode,
+    encode,
+    payload_nbytes,
+)
+
+SETTINGS = {"dataset": "digits", "alpha": 1.0, "teacher-epochs": 3}
+CASES = [(name, d) for name in sorted(KINDS) for d in ("request", "reply")]
+
+
+def _array(dtype: str, ndim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (5, 3)[:ndim] if ndim <= 2 else (2,) * ndim
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 100, shape).astype(dtype)
+
+
+def _scalar(t: type):
+    return {int: 7, float: 0.25, str: "s", bool: True}[t]
+
+
+def _payload(kind, direction, optional=True):
+    spec = kind.request if direction == "request" else kind.reply
+    fields = dict(spec.arrays)
+    if optional:
+        fields.update(spec.optional_arrays)
+    arrays = {n: _array(dt, nd, i) for i, (n, (dt, nd)) in enumerate(sorted(fields.items()))}
+    scalars = {n: _scalar(t) for n, t in spec.scalars.items()}
+    weights = None
+    if spec.weights == "required" or (spec.weights == "optional" and optional):
+        weights = {
+            "0.weight": np.ones((4, 3), dtype=np.float32),
+            "0.bias": np.zeros(4, dtype=np.float32),
+        }
+    settings = dict(SETTINGS) if spec.settings else None
+    return {"arrays": arrays, "scalars": scalars, "weights": weights, "settings": settings}
+
+
+def test_kinds_registry():
+    assert sorted(KINDS) == sorted(k.message_type for k in (SETUP, FEEDBACK, VERIFY, EVALUATE))
+    assert all(KINDS[k].message_type == k for k in KINDS)
+
+
+@pytest.mark.parametrize(("name", "direction"), CASES)
+@pytest.mark.parametrize("optional", [True, False])
+def test_round_trip(name, direction, optional):
+    kind = KINDS[name]
+    p = _payload(kind, direction, optional)
+    out = decode(kind, direction, encode(kind, direction, **p))
+    assert set(out.arrays) == set(p["arrays"])
+    for n, a in p["arrays"].items():
+        assert out.arrays[n].dtype == a.dtype
+        np.testing.assert_array_equal(out.arrays[n], a)
+    assert out.scalars == p["scalars"]
+    for n, v in out.scalars.items():
+        assert type(v) is type(p["scalars"][n])
+    if p["weights"] is None:
+        assert out.weights is None
+    else:
+        assert set(out.weights) == set(p["weights"])
+        for n, w in p["weights"].items():
+            np.testing.assert_array_equal(out.weights[n], w)
+    assert out.settings == p["settings"]
+
+
+def test_scalars_coerced_to_declared_type():
+    p = _payload(SETUP, "reply")
+    p["scalars"]["teacher_train_acc"] = 1  # an int where a float is declared
+    p["scalars"]["dim"] = np.int64(64)
+    out = decode(SETUP, "reply", encode(SETUP, "reply", **p))
+    assert type(out.scalars["teacher_train_acc"]) is float
+    assert out.scalars["dim"] == 64 and type(out.scalars["dim"]) is int
+
+
+@pytest.mark.parametrize(("name", "direction"), CASES)
+def test_payload_nbytes(name, direction):
+    kind = KINDS[name]
+    p = _payload(kind, direction)
+    rd = encode(kind, direction, **p)
+    expected = sum(a.nbytes for a in p["arrays"].values())
+    expected += sum(w.nbytes for w in (p["weights"] or {}).values())
+    assert payload_nbytes(rd) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# encode errors
+# ---------------------------------------------------------------------------------------
+
+
+def _feedback_request(**arrays):
+    base = {"x": np.zeros((4, 3), dtype=np.float32), "y": np.zeros(4, dtype=np.int64)}
+    base.update(arrays)
+    return base
+
+
+def _encode_fb(arrays, **kw):
+    kw.setdefault("scalars", {"batch_size": 2})
+    kw.setdefault("settings", SETTINGS)
+    return encode(FEEDBACK, "request", arrays=arrays, **kw)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("x", np.zeros((4, 3), dtype=np.float64)),
+        ("y", np.zeros(4, dtype=np.int32)),
+        ("y", np.zeros(4, dtype=np.float32)),
+    ],
+)
+def test_encode_wrong_dtype(field, value):
+    with pytest.raises(ProtocolError, match=rf"field '{field}' must be"):
+        _encode_fb(_feedback_request(**{field: value}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("x", np.zeros(4, dtype=np.float32)), ("y", np.zeros((4, 1), dtype=np.int64))],
+)
+def test_encode_wrong_ndim(field, value):
+    with pytest.raises(ProtocolError, match=rf"field '{field}' must be .* dim"):
+        _encode_fb(_feedback_request(**{field: value}))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_encode_non_finite(bad):
+    x = np.zeros((4, 3), dtype=np.float32)
+    x[1, 2] = bad
+    with pytest.raises(ProtocolError, match="'x' holds NaN/inf"):
+        _encode_fb(_feedback_request(x=x))
+
+
+def test_encode_missing_and_extra_fields():
+    arrays = _feedback_request()
+    del arrays["y"]
+    with pytest.raises(ProtocolError, match=r"missing \['y'\]"):
+        _encode_fb(arrays)
+    with pytest.raises(ProtocolError, match=r"unexpected arrays \['z'\]"):
+        _encode_fb(_feedback_request(z=np.zeros(4, dtype=np.int64)))
+
+
+def test_encode_scalars_must_match():
+    with pytest.raises(ProtocolError, match="batch_size"):
+        _encode_fb(_feedback_request(), scalars={})
+    with pytest.raises(ProtocolError, match="extra"):
+        _encode_fb(_feedback_request(), scalars={"batch_size": 2, "extra": 1})
+
+
+def test_encode_weights_required_and_forbidden():
+    unseen = {"unseen": np.array([2, 5], dtype=np.int64)}
+    with pytest.raises(ProtocolError, match="weights are required"):
+        encode(EVALUATE, "request", arrays=unseen, settings=SETTINGS)
+    w = {"0.weight": np.ones((2, 2), dtype=np.float32)}
+    with pytest.raises(ProtocolError, match="carries no model weights"):
+        _encode_fb(_feedback_request(), weights=w)
+
+
+def test_encode_settings_required():
+    with pytest.raises(ProtocolError, match="settings are required"):
+        _encode_fb(_feedback_request(), settings=None)
+
+
+def test_bad_direction():
+    with pytest.raises(ProtocolError, match="direction"):
+        encode(FEEDBACK, "response", arrays=_feedback_request())
+    with pytest.raises(ProtocolError, match="direction"):
+        decode(FEEDBACK, "response", RecordDict())
+
+
+# ---------------------------------------------------------------------------------------
+# decode errors: payloads built by hand, bypassing encode's checks
+# ---------------------------------------------------------------------------------------
+
+
+def _raw(arrays, scalars=None, weights=None, settings=SETTINGS, extra=None):
+    rd = RecordDict()
+    rd["arrays"] = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in arrays.items()})
+    rd["scalars"] = ConfigRecord(scalars if scalars is not None else {"batch_size": 2})
+    if weights is not None:
+        rd["weights"] = ArrayRecord({n: Array(w) for n, w in weights.items()})
+    if settings is not None:
+        rd["settings"] = ConfigRecord(dict(settings))
+    for k, v in (extra or {}).items():
+        rd[k] = v
+    return rd
+
+
+def test_decode_accepts_hand_built_valid_payload():
+    out = decode(FEEDBACK, "request", _raw(_feedback_request()))
+    assert out.arrays["x"].shape == (4, 3) and out.scalars == {"batch_size": 2}
+
+
+def test_decode_wrong_dtype_and_ndim():
+    with pytest.raises(ProtocolError, match="'x' must be float32"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(x=np.zeros((4, 3)))))
+    with pytest.raises(ProtocolError, match="'y' must be int64 with 1 dim"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(y=np.zeros((4, 2), dtype=np.int64))))
+
+
+def test_decode_nan():
+    x = np.zeros((4, 3), dtype=np.float32)
+    x[0, 0] = np.nan
+    with pytest.raises(ProtocolError, match="NaN"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(x=x)))
+
+
+def test_decode_missing_and_extra_fields():
+    arrays = _feedback_request()
+    del arrays["x"]
+    with pytest.raises(ProtocolError, match="do not match the schema"):
+        decode(FEEDBACK, "request", _raw(arrays))
+    with pytest.raises(ProtocolError, match="do not match the schema"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(z=np.zeros(2, dtype=np.int64))))
+    with pytest.raises(ProtocolError, match="scalars"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(), scalars={}))
+
+
+def test_decode_missing_or_unknown_records():
+    rd = _raw(_feedback_request())
+    del rd["scalars"]
+    with pytest.raises(ProtocolError, match="missing 'arrays' or 'scalars'"):
+        decode(FEEDBACK, "request", rd)
+    with pytest.raises(ProtocolError, match=r"unknown records \['junk'\]"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(), extra={"junk": ConfigRecord()}))
+    with pytest.raises(ProtocolError, match="settings missing"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(), settings=None))
+
+
+def test_decode_weights_required_and_forbidden():
+    w = {"0.weight": np.ones((2, 2), dtype=np.float32)}
+    with pytest.raises(ProtocolError, match="unexpected model weights"):
+        decode(FEEDBACK, "request", _raw(_feedback_request(), weights=w))
+    unseen = {"unseen": np.array([2, 5], dtype=np.int64)}
+    with pytest.raises(ProtocolError, match="weights missing"):
+        decode(EVALUATE, "request", _raw(unseen, scalars={}))
+    out = decode(EVALUATE, "request", _raw(unseen, scalars={}, weights=w))
+    np.testing.assert_array_equal(out.weights["0.weight"], w["0.weight"])
+
+
+def test_reply_of_one_kind_is_not_a_request_of_another():
+    rd = encode(VERIFY, "reply", **_payload(VERIFY, "reply"))
+    with pytest.raises(ProtocolError):
+        decode(FEEDBACK, "reply", rd)
