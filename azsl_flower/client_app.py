@@ -85,7 +85,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     out = {f"model_{k}": v for k, v in evaluate_model(model, st.data, unseen, device).items()}
     teacher = evaluate_model(None, st.data, unseen, device, oracle=st.oracle)
     out |= {f"teacher_{k}": v for k, v in teacher.items()}
-    return Message(P.encode(P.EVALUATE, "reply", {k: v.astype(np.int64) for k, v in out.items()}), reply_to=msg)
+    return Message(
+        P.encode(P.EVALUATE, "reply", {k: v.astype(np.int64) for k, v in out.items()}), reply_to=msg
+    )
 
 
 def _check_query(x: np.ndarray, y: np.ndarray, st: object) -> None:

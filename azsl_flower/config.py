@@ -111,10 +111,20 @@ class RunConfig:
 
     def owner_settings(self) -> dict[str, Any]:
         """What an owner needs to rebuild its state; sent with every request."""
-        keys = (
-            "dataset data-dir feature-file teacher teacher-epochs lr-teacher seed regulariser "
-            "alpha scenario device cache-dir"
-        ).split()
+        keys = [
+            "dataset",
+            "data-dir",
+            "feature-file",
+            "teacher",
+            "teacher-epochs",
+            "lr-teacher",
+            "seed",
+            "regulariser",
+            "alpha",
+            "scenario",
+            "device",
+            "cache-dir",
+        ]
         d = self.as_dict()
         return {k: d[k] for k in keys}
 

@@ -125,6 +125,8 @@ def load_numpy_state(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Modul
         raise ValueError(f"weights have keys {sorted(state)}, model expects {sorted(expected)}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ValueError(f"weight {k}: shape {v.shape}, model expects {tuple(expected[k].shape)}")
+            raise ValueError(
+                f"weight {k}: shape {v.shape}, model expects {tuple(expected[k].shape)}"
+            )
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return model

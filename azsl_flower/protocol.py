@@ -84,9 +84,7 @@ VERIFY = Kind(
 EVALUATE = Kind(
     "evaluate",
     request=Spec(arrays={"unseen": (I64, 1)}, weights="required", settings=True),
-    reply=Spec(
-        arrays={f"{who}_{c}": (I64, 1) for who in ("model", "teacher") for c in _COUNTS}
-    ),
+    reply=Spec(arrays={f"{who}_{c}": (I64, 1) for who in ("model", "teacher") for c in _COUNTS}),
 )
 KINDS = {k.message_type: k for k in (SETUP, FEEDBACK, VERIFY, EVALUATE)}
 
@@ -124,7 +122,9 @@ def encode(
     extra = set(arrays) - set(allowed)
     missing = set(spec.arrays) - set(arrays)
     if extra or missing:
-        raise ProtocolError(f"{where}: unexpected arrays {sorted(extra)}, missing {sorted(missing)}")
+        raise ProtocolError(
+            f"{where}: unexpected arrays {sorted(extra)}, missing {sorted(missing)}"
+        )
     if set(scalars) != set(spec.scalars):
         raise ProtocolError(f"{where}: scalars {sorted(scalars)}, expected {sorted(spec.scalars)}")
     rd = RecordDict()

@@ -23,7 +23,9 @@ def _fresh_dir(root: Path) -> Path:
     raise FileExistsError(f"no free run folder under {root}")
 
 
-def write_run(output_dir: str, results: dict[str, Any], checkpoints: dict[str, torch.nn.Module]) -> Path:
+def write_run(
+    output_dir: str, results: dict[str, Any], checkpoints: dict[str, torch.nn.Module]
+) -> Path:
     """Write everything to a temporary folder, then rename it into place in one step.
 
     A failed run leaves no folder that looks like a run, and an existing folder is never
@@ -53,8 +55,10 @@ def format_table(results: dict[str, Any]) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"AZSL on {results['dataset']} ({results['scenario']}, "
-                  f"{results['teacher_setting']} teacher, {results['num_owners']} owner(s))")
+    table = Table(
+        title=f"AZSL on {results['dataset']} ({results['scenario']}, "
+        f"{results['teacher_setting']} teacher, {results['num_owners']} owner(s))"
+    )
     for col in ("model", "ZSL T1", "u", "s", "H"):
         table.add_column(col, justify="right" if col != "model" else "left")
     rows = [("teacher (upper bound)", results["teacher"]), ("student", results["student"])]
@@ -65,7 +69,8 @@ def format_table(results: dict[str, Any]) -> str:
     console.print(table)
     footer = (
         f"rounds={results['rounds']} messages={results['messages']} "
-        f"sent={results['bytes_sent'] / 1e6:.1f} MB received={results['bytes_received'] / 1e6:.1f} MB "
+        f"sent={results['bytes_sent'] / 1e6:.1f} MB "
+        f"received={results['bytes_received'] / 1e6:.1f} MB "
         f"wall={results['wall_seconds']:.1f} s"
     )
     return console.export_text() + footer

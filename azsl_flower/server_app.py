@@ -11,9 +11,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from azsl_flower.config import RunConfig, parse_run_config
-from azsl_flower.data import load_class_side
 from azsl_flower.models import resolve_device, seed_everything
 from azsl_flower.results import format_table, write_run
+from azsl_flower.semantics import load_class_side
 from strategies.azsl import AZSLStrategy
 
 app = ServerApp()

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from azsl_flower.config import RunConfig
-from azsl_flower.data import ClassSide
 from azsl_flower.models import Generator, classifier, fit
+from azsl_flower.semantics import ClassSide
 
 __all__ = ["Federation", "Pool", "Service", "combine_over_owners"]
 
@@ -112,7 +112,9 @@ class Service:
         torch.manual_seed(cfg.seed)
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.generator = Generator(self.sem.shape[1], cfg.noise_dim, fed.dim).to(device)
-        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999))
+        self.g_opt = torch.optim.Adam(
+            self.generator.parameters(), lr=cfg.lr_generator, betas=(0.5, 0.999)
+        )
         self.trainable = torch.from_numpy(fed.trainable)
         self.surrogate: nn.Module | None = None
         if cfg.scenario == "blackbox":

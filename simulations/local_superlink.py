@@ -10,6 +10,7 @@ FLWR_HOME in their environment, so a user's other Flower processes are never tou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import time
@@ -43,10 +44,8 @@ def stop(flwr_home: str, grace: float = 5.0) -> int:
     pids = processes_of(flwr_home)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             time.sleep(0.1)
@@ -57,7 +56,9 @@ def stop(flwr_home: str, grace: float = 5.0) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("action", choices=["stop", "list"])
     ap.add_argument("--flwr-home", default=os.environ.get("FLWR_HOME", "~/.flwr"))
     args = ap.parse_args()

@@ -53,7 +53,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     ap.add_argument("--owners", type=int, default=1)
     args = ap.parse_args()

@@ -23,10 +23,10 @@ from flwr.serverapp import Grid
 
 from azsl_flower import protocol as P
 from azsl_flower.config import RunConfig
-from azsl_flower.data import ClassSide
+from azsl_flower.feedback import FeedbackOracle, KLRegulariser, Regulariser
 from azsl_flower.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.models import classifier, load_numpy_state, state_to_numpy
-from azsl_flower.owner import FeedbackOracle, KLRegulariser, Regulariser
+from azsl_flower.semantics import ClassSide
 from azsl_flower.service import Federation, Pool, Service, combine_over_owners
 
 __all__ = ["AZSLStrategy", "OwnerError", "RunResult"]
@@ -76,7 +76,9 @@ class AZSLStrategy:
         self.traffic.bytes_sent += sum(P.payload_nbytes(m.content) for m in messages)
         ids = [i for i in grid.push_messages(messages) if i]
         if len(ids) != len(messages):
-            raise OwnerError(f"{kind.message_type}: only {len(ids)}/{len(messages)} messages queued")
+            raise OwnerError(
+                f"{kind.message_type}: only {len(ids)}/{len(messages)} messages queued"
+            )
         pending, replies = set(ids), {}
         deadline = time.monotonic() + self.cfg.timeout
         while pending:
@@ -149,7 +151,10 @@ class AZSLStrategy:
     # -- feedback ---------------------------------------------------------------------------
 
     def configure_feedback(self, pool: Pool) -> dict[str, object]:
-        return {"arrays": {"x": pool.x, "y": pool.labels}, "scalars": {"batch_size": pool.batch_size}}
+        return {
+            "arrays": {"x": pool.x, "y": pool.labels},
+            "scalars": {"batch_size": pool.batch_size},
+        }
 
     def aggregate_feedback(
         self, replies: list[P.Payload] | list[dict[str, np.ndarray]], fed: Federation, y: np.ndarray
@@ -168,9 +173,7 @@ class AZSLStrategy:
     def aggregate_evaluate(self, replies: list[P.Payload], who: str) -> ClassCounts:
         total = None
         for r in replies:
-            c = ClassCounts(
-                *(r.arrays[f"{who}_{f}"] for f in ClassCounts.__dataclass_fields__)
-            )
+            c = ClassCounts(*(r.arrays[f"{who}_{f}"] for f in ClassCounts.__dataclass_fields__))
             total = c if total is None else total + c
         assert total is not None
         return total
@@ -195,7 +198,9 @@ class AZSLStrategy:
             Message(content=c, dst_node_id=n, message_type=P.EVALUATE.message_type)
             for n, c in zip(dst, contents, strict=True)
         ]
-        replies = [P.decode(P.EVALUATE, "reply", rd) for rd in self._round_trip(grid, msgs, P.EVALUATE)]
+        replies = [
+            P.decode(P.EVALUATE, "reply", rd) for rd in self._round_trip(grid, msgs, P.EVALUATE)
+        ]
         k = len(self.node_ids)
         per_model = {
             name: self.aggregate_evaluate(replies[i * k : (i + 1) * k], "model")
@@ -219,7 +224,11 @@ class AZSLStrategy:
         log(
             INFO,
             "AZSL: %d owner(s), feature dim %d, %d classes (%d seen, %d unseen), scenario %s",
-            len(self.node_ids), fed.dim, fed.num_classes, fed.seen.size, fed.unseen.size,
+            len(self.node_ids),
+            fed.dim,
+            fed.num_classes,
+            fed.seen.size,
+            fed.unseen.size,
             cfg.scenario,
         )
 
@@ -334,7 +343,11 @@ class AZSLStrategy:
                 ).to(self.device)
             oracles.append(
                 FeedbackOracle(
-                    teacher.to(self.device).eval(), covered, self.classes.num_classes, reg, self.device
+                    teacher.to(self.device).eval(),
+                    covered,
+                    self.classes.num_classes,
+                    reg,
+                    self.device,
                 )
             )
         return oracles

@@ -57,7 +57,9 @@ class LoopbackGrid(Grid):
             try:
                 reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # what a SuperNode turns into an error reply
-                reply = Message(Error(code=1, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg)
+                reply = Message(
+                    Error(code=1, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg
+                )
             self.replies.append(reply)
             self.pending[mid] = reply
             ids.append(mid)

@@ -11,16 +11,15 @@ from torch import nn
 
 from azsl_flower import owner
 from azsl_flower.data import OwnerData
-from azsl_flower.models import classifier
-from azsl_flower.owner import (
+from azsl_flower.feedback import (
     FeedbackOracle,
     KLRegulariser,
     MMDRegulariser,
     Regulariser,
-    evaluate_model,
     make_regulariser,
-    owner_state,
 )
+from azsl_flower.models import classifier
+from azsl_flower.owner import evaluate_model, owner_state
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 5
