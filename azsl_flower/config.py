@@ -53,9 +53,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "regulariser": ("none", "kl", "mmd"),
 }
 
+NON_NEGATIVE = ("rounds", "seed")  # rounds=0: an untrained generator (a baseline)
 POSITIVE = (
     "noise-dim",
-    "rounds",
     "steps-per-round",
     "batch-size",
     "classes-per-batch",
@@ -157,6 +157,8 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             raise ConfigError(f"run-config {key}={value!r}: choose one of {list(CHOICES[key])}")
         if key in POSITIVE and not value > 0:
             raise ConfigError(f"run-config {key}={value!r}: must be > 0")
+        if key in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"run-config {key}={value!r}: must be >= 0")
         merged[key] = value
     if not (math.isfinite(merged["alpha"]) and merged["alpha"] >= 0):
         raise ConfigError(f"run-config alpha={merged['alpha']!r}: must be a finite number >= 0")

@@ -1,0 +1,150 @@
+"""The whole AZSL loop through real Flower Messages and the real ClientApp (loopback grid)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from azsl_flower.client_app import app as client_app
+from azsl_flower.config import parse_run_config
+from azsl_flower.data import load_owner_data
+from azsl_flower.semantics import DataError
+from azsl_flower.server_app import run_azsl
+from strategies.azsl import OwnerError
+from tests.loopback import LoopbackGrid
+
+FAST = {
+    "rounds": 4,
+    "steps-per-round": 3,
+    "student-epochs": 3,
+    "samples-per-class": 40,
+    "teacher-epochs": 5,
+}
+
+
+def _run(tmp_path: Path, owners: int = 1, **overrides: object):
+    cfg = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
+    cfg.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    grid = LoopbackGrid(client_app, owners)
+    results, folder = run_azsl(grid, parse_run_config(cfg))
+    return results, Path(folder), grid
+
+
+def test_whitebox_run_writes_results_and_counts_round_trips(tmp_path):
+    results, folder, grid = _run(tmp_path, owners=2)
+    on_disk = json.loads((folder / "results.json").read_text())
+    for key in ("dataset", "scenario", "teacher_setting", "regulariser", "num_owners", "seed"):
+        assert on_disk[key] == results[key]
+    assert on_disk["num_owners"] == 2 and on_disk["scenario"] == "whitebox"
+    for who in ("teacher", "student"):
+        assert set(on_disk[who]) >= {"zsl", "u", "s", "h"}
+        assert all(0.0 <= on_disk[who][k] <= 1.0 for k in ("zsl", "u", "s", "h"))
+    # setup + one per generator round + verification + evaluation, each to both owners
+    assert on_disk["rounds"] == FAST["rounds"] + 3
+    assert on_disk["messages"] == len(grid.sent) == 2 * on_disk["rounds"]
+    assert on_disk["bytes_sent"] > 0 and on_disk["bytes_received"] > 0
+    assert (folder / "generator.pt").is_file() and (folder / "student.pt").is_file()
+    # the digits teachers are strong: the upper bound must show it
+    assert on_disk["teacher"]["h"] > 0.8
+
+
+def test_runs_never_overwrite_each_other(tmp_path):
+    _, first, _ = _run(tmp_path)
+    before = (first / "results.json").read_bytes()
+    _, second, _ = _run(tmp_path, seed=1)
+    assert first != second
+    assert (first / "results.json").read_bytes() == before
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".incomplete")]
+
+
+def _real_rows(owners: int) -> set[bytes]:
+    rows: set[bytes] = set()
+    for pid in range(owners):
+        d = load_owner_data("digits", teacher="transductive", partition_id=pid, num_partitions=owners)
+        for x in (d.train_x, d.test_seen_x, d.test_unseen_x):
+            rows |= {r.tobytes() for r in np.ascontiguousarray(x, dtype=np.float32)}
+    return rows
+
+
+@pytest.mark.parametrize("scenario", ["whitebox", "blackbox"])
+def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
+    _, _, grid = _run(tmp_path, owners=2, scenario=scenario)
+    real = _real_rows(2)
+    assert grid.replies
+    for reply in grid.replies:
+        assert not reply.has_error()
+        assert "weights" not in reply.content
+        for record in reply.content.array_records.values():
+            for name, arr in record.items():
+                a = arr.numpy()
+                if a.ndim == 2 and a.shape[1] == 64:
+                    leaked = {r.tobytes() for r in np.ascontiguousarray(a, np.float32)} & real
+                    assert not leaked, f"reply field {name} holds real feature rows"
+
+
+def test_weights_scenario_sends_teachers_once(tmp_path):
+    results, _, grid = _run(tmp_path, scenario="weights")
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert kinds.count("query.feedback") == 0  # trains against local teacher copies
+    with_weights = [r.metadata.message_type for r in grid.replies if "weights" in r.content]
+    assert with_weights == ["query.setup"]
+    assert results["rounds"] == 2  # setup + evaluation
+    assert results["student"]["h"] > 0.3
+
+
+def test_blackbox_generator_really_trains(tmp_path):
+    """Black-box feedback must change the generator and beat an untrained one."""
+    cfg = {"scenario": "blackbox", "samples_per_class": 100, "student_epochs": 10}
+    untrained, f0, _ = _run(tmp_path, rounds=0, **cfg)
+    trained, f1, _ = _run(tmp_path, rounds=25, steps_per_round=5, **cfg)
+    g0 = torch.load(f0 / "generator.pt", weights_only=True)
+    g1 = torch.load(f1 / "generator.pt", weights_only=True)
+    moved = max(float((g0[k] - g1[k]).abs().max()) for k in g0)
+    assert moved > 1e-3
+    assert trained["student"]["h"] > untrained["student"]["h"] + 0.1
+    assert trained["verification"]["pass_rate"] > untrained["verification"]["pass_rate"]
+
+
+def test_three_owners_and_inductive_teacher(tmp_path):
+    results, _, _ = _run(tmp_path, owners=3, teacher="inductive")
+    assert results["num_owners"] == 3
+    fed = results["federation"]
+    assert len(fed["coverage"]) == 3
+    # an inductive teacher knows only the seen classes; the classifier covers all of them
+    assert all(set(c) == set(fed["seen_classes"]) for c in fed["coverage"])
+    assert fed["evaluated_model"] == "classifier" and fed["zsl_label_space"] == "unseen"
+    assert results["teacher"]["u"] == 0.0  # it never saw an unseen class
+    assert "student" in results["other_models"]
+
+
+def test_missing_data_fails_clearly_and_leaves_no_run(tmp_path):
+    with pytest.raises(DataError, match="does not exist|not found"):
+        _run(tmp_path, dataset="xlsa17", data_dir=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_owner_failure_is_reported_with_its_reason(tmp_path):
+    grid = LoopbackGrid(client_app, 1)
+    grid.contexts[1000].node_config["data-dir"] = str(tmp_path / "missing-owner-data")
+    cfg = parse_run_config({**FAST, "output-dir": str(tmp_path / "out")})
+    with pytest.raises(OwnerError, match="missing-owner-data"):
+        run_azsl(grid, cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_service_imports_no_feature_loader():
+    """Structural privacy: the service side cannot even import the owners' data loader."""
+    code = (
+        "import sys, azsl_flower.server_app, strategies.azsl, azsl_flower.service;"
+        "bad = [m for m in ('azsl_flower.data', 'azsl_flower.owner') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
