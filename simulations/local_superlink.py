@@ -26,13 +26,25 @@ def _environ(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
+def _ancestors() -> set[int]:
+    """This process and its parents (the shell that called us must survive)."""
+    chain, pid = set(), os.getpid()
+    while pid > 1 and pid not in chain:
+        chain.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return chain
+
+
 def processes_of(flwr_home: str) -> list[int]:
-    """PIDs (other than ours) whose environment has FLWR_HOME=flwr_home."""
+    """PIDs, not ours nor our parents', whose environment has FLWR_HOME=flwr_home."""
     home = str(Path(flwr_home).expanduser().resolve())
-    me = os.getpid()
+    skip = _ancestors()
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me:
+        if entry.name.isdigit() and int(entry.name) not in skip:
             env_home = _environ(int(entry.name)).get("FLWR_HOME")
             if env_home and str(Path(env_home).expanduser().resolve()) == home:
                 found.append(int(entry.name))

@@ -66,7 +66,9 @@ def test_runs_never_overwrite_each_other(tmp_path):
 def _real_rows(owners: int) -> set[bytes]:
     rows: set[bytes] = set()
     for pid in range(owners):
-        d = load_owner_data("digits", teacher="transductive", partition_id=pid, num_partitions=owners)
+        d = load_owner_data(
+            "digits", teacher="transductive", partition_id=pid, num_partitions=owners
+        )
         for x in (d.train_x, d.test_seen_x, d.test_unseen_x):
             rows |= {r.tobytes() for r in np.ascontiguousarray(x, dtype=np.float32)}
     return rows
