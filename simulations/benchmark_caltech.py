@@ -90,6 +90,9 @@ def main() -> None:
         "--curve", default="", help="extra white-box runs with these rounds, e.g. 10,20"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--alpha", type=float, default=50.0, help="regulariser weight (Caltech setting)"
+    )
     ap.add_argument("--output-dir", default="outputs/benchmark-caltech101")
     ap.add_argument("--out", default="docs/benchmarks/caltech101.json")
     args = ap.parse_args()
@@ -98,6 +101,7 @@ def main() -> None:
         "data-dir": str(Path(args.data_dir).resolve()),
         "feature-file": args.feature_file,
         "seed": args.seed,
+        "alpha": args.alpha,
         "output-dir": args.output_dir,
     }
     rows = []
@@ -109,6 +113,7 @@ def main() -> None:
         print(f"{name}: H ratio {rows[-1]['h_ratio']}, {time.monotonic() - t0:.0f} s", flush=True)
     for rounds in [int(r) for r in args.curve.split(",") if r]:
         rows.append(row(f"whitebox-transductive@{rounds}", run_case({**base, "rounds": rounds})))
+        print(f"whitebox@{rounds}: H ratio {rows[-1]['h_ratio']}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():  # keep earlier figures: write beside them

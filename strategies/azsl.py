@@ -11,7 +11,7 @@ polled at ``poll-interval``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
@@ -30,6 +30,8 @@ from azsl_flower.semantics import ClassSide
 from azsl_flower.service import Federation, Pool, Service, combine_over_owners
 
 __all__ = ["AZSLStrategy", "OwnerError", "RunResult"]
+
+MAX_MESSAGE_BYTES = 64 * 2**20  # generated features per verification message
 
 
 class OwnerError(RuntimeError):
@@ -104,17 +106,20 @@ class AZSLStrategy:
             out.append(reply.content)
         return out
 
-    def _messages(self, grid: Grid, kind: P.Kind, contents: Iterable[RecordDict]) -> list[Message]:
-        return [
+    def _ask_all(
+        self, grid: Grid, kind: P.Kind, payloads: list[dict[str, object]] | None = None
+    ) -> list[list[P.Payload]]:
+        """Every payload to every owner in one round trip; replies[node][payload], decoded."""
+        payloads = payloads if payloads is not None else [{}]
+        contents = [P.encode(kind, "request", settings=self.settings, **p) for p in payloads]  # type: ignore[arg-type]
+        msgs = [
             Message(content=c, dst_node_id=n, message_type=kind.message_type)
-            for n, c in zip(self.node_ids, contents, strict=True)
+            for n in self.node_ids
+            for c in contents
         ]
-
-    def _ask_all(self, grid: Grid, kind: P.Kind, **payload: object) -> list[P.Payload]:
-        """Same request to every owner; decoded replies in node order."""
-        content = P.encode(kind, "request", settings=self.settings, **payload)  # type: ignore[arg-type]
-        msgs = self._messages(grid, kind, [content] * len(self.node_ids))
-        return [P.decode(kind, "reply", rd) for rd in self._round_trip(grid, msgs, kind)]
+        flat = [P.decode(kind, "reply", rd) for rd in self._round_trip(grid, msgs, kind)]
+        k = len(contents)
+        return [flat[i * k : (i + 1) * k] for i in range(len(self.node_ids))]
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -182,31 +187,16 @@ class AZSLStrategy:
         self, grid: Grid, models: dict[str, torch.nn.Module], unseen: np.ndarray
     ) -> tuple[dict[str, ClassCounts], ClassCounts]:
         """Send every model to every owner in one round trip; sum their per-class counts."""
-        names = list(models)
-        contents, dst = [], []
-        for name in names:
-            rd = P.encode(
-                P.EVALUATE,
-                "request",
-                arrays={"unseen": unseen.astype(np.int64)},
-                weights=state_to_numpy(models[name]),
-                settings=self.settings,
-            )
-            contents += [rd] * len(self.node_ids)
-            dst += self.node_ids
-        msgs = [
-            Message(content=c, dst_node_id=n, message_type=P.EVALUATE.message_type)
-            for n, c in zip(dst, contents, strict=True)
+        payloads = [
+            {"arrays": {"unseen": unseen.astype(np.int64)}, "weights": state_to_numpy(m)}
+            for m in models.values()
         ]
-        replies = [
-            P.decode(P.EVALUATE, "reply", rd) for rd in self._round_trip(grid, msgs, P.EVALUATE)
-        ]
-        k = len(self.node_ids)
+        replies = self._ask_all(grid, P.EVALUATE, payloads)
         per_model = {
-            name: self.aggregate_evaluate(replies[i * k : (i + 1) * k], "model")
-            for i, name in enumerate(names)
+            name: self.aggregate_evaluate([node[i] for node in replies], "model")
+            for i, name in enumerate(models)
         }
-        return per_model, self.aggregate_evaluate(replies[:k], "teacher")
+        return per_model, self.aggregate_evaluate([node[0] for node in replies], "teacher")
 
     # -- Algorithm 1 ------------------------------------------------------------------------
 
@@ -216,7 +206,7 @@ class AZSLStrategy:
         cfg, phases = self.cfg, {}
         t0 = time.monotonic()
         self.configure_setup(grid)
-        setup = self._ask_all(grid, P.SETUP)
+        setup = [node[0] for node in self._ask_all(grid, P.SETUP)]
         fed = self.aggregate_setup(setup)
         service = Service(cfg, self.classes, fed, self.device)
         local = self._local_oracles(setup) if cfg.scenario == "weights" else None
@@ -240,7 +230,10 @@ class AZSLStrategy:
                 stats = self._local_round(service, local, fed)
             else:
                 pool = service.make_pool(cfg.steps_per_round)
-                replies = self._ask_all(grid, P.FEEDBACK, **self.configure_feedback(pool))
+                replies = [
+                    node[0]
+                    for node in self._ask_all(grid, P.FEEDBACK, [self.configure_feedback(pool)])
+                ]
                 fb = self.aggregate_feedback(replies, fed, pool.labels)
                 stats = service.apply_feedback(pool, fb["probs"], fb["grad"])
                 stats.update(self._pool_stats(fb, pool.labels))
@@ -256,8 +249,12 @@ class AZSLStrategy:
         if local is not None:
             probs = combine_over_owners([o.probs(x) for o in local], fed.coverage, y)
         else:
-            replies = self._ask_all(grid, P.VERIFY, arrays={"x": x, "y": y})
-            probs = combine_over_owners([r.arrays["probs"] for r in replies], fed.coverage, y)
+            # several messages per owner keep each under MAX_MESSAGE_BYTES; still one round trip
+            parts = np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES))
+            payloads = [{"arrays": {"x": x[p], "y": y[p]}} for p in parts]
+            replies = self._ask_all(grid, P.VERIFY, payloads)
+            per_owner = [np.concatenate([r.arrays["probs"] for r in node]) for node in replies]
+            probs = combine_over_owners(per_owner, fed.coverage, y)
         keep = probs.argmax(1) == y
         kept_classes = np.unique(y[keep])
         missing = np.setdiff1d(fed.trainable, kept_classes)

@@ -91,7 +91,7 @@ def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
 
 
 def test_weights_scenario_sends_teachers_once(tmp_path):
-    results, _, grid = _run(tmp_path, scenario="weights")
+    results, _, grid = _run(tmp_path, scenario="weights", rounds=15)
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count("query.feedback") == 0  # trains against local teacher copies
     with_weights = [r.metadata.message_type for r in grid.replies if "weights" in r.content]
@@ -150,3 +150,24 @@ def test_service_imports_no_feature_loader():
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_xlsa17(a, dim=6, tunseen=True)
+    write_xlsa17(b, dim=7, tunseen=True)
+    grid = LoopbackGrid(client_app, 2)
+    grid.contexts[1000].node_config["data-dir"] = str(a)
+    grid.contexts[1001].node_config["data-dir"] = str(b)
+    cfg = parse_run_config(
+        {
+            **FAST,
+            "dataset": "xlsa17",
+            "data-dir": str(a),
+            "output-dir": str(tmp_path / "out"),
+            "cache-dir": str(tmp_path / "cache"),
+        }
+    )
+    with pytest.raises(ValueError, match="different feature dimensions"):
+        run_azsl(grid, cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
