@@ -91,7 +91,7 @@ def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
 
 
 def test_weights_scenario_sends_teachers_once(tmp_path):
-    results, _, grid = _run(tmp_path, scenario="weights", rounds=15)
+    results, _, grid = _run(tmp_path, scenario="weights", rounds=15, steps_per_round=10)
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count("query.feedback") == 0  # trains against local teacher copies
     with_weights = [r.metadata.message_type for r in grid.replies if "weights" in r.content]
