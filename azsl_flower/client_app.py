@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from logging import WARNING
+
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from azsl_flower import protocol as P
+from azsl_flower.crypto import RejectedError
 from azsl_flower.models import resolve_device
-from azsl_flower.owner import evaluate_model, model_from_weights, owner_state, teacher_weights
+from azsl_flower.owner import (
+    OwnerState,
+    evaluate_model,
+    model_from_weights,
+    owner_state,
+    teacher_weights,
+)
+from azsl_flower.secure import OwnerSecurity
 
 app = ClientApp()
 
+Answer = dict[str, object]  # keyword arguments of protocol.encode for one reply
 
-def _state(msg: Message, context: Context, kind: P.Kind) -> tuple[P.Payload, object]:
-    payload = P.decode(kind, "request", msg.content)
+
+def _serve(
+    msg: Message, context: Context, kind: P.Kind, handle: Callable[[P.Payload, Context], Answer]
+) -> Message:
+    """Open the sealed request, answer each payload in it, seal the answers together."""
+    try:
+        security = OwnerSecurity(context)
+        request, parts = security.open(msg, kind.message_type)
+    except RejectedError as exc:
+        # Refused before any use; the reply says why but carries nothing else.
+        log(WARNING, "owner %s rejected a %s message: %s", context.node_id, kind.message_type, exc)
+        return Message(
+            Error(code=P.REJECTED_CODE, reason=P.rejection(exc.reason, exc.detail)), reply_to=msg
+        )
+    payloads = [P.decode(kind, "request", rd) for rd in parts]
+    answers = [P.encode(kind, "reply", **handle(p, context)) for p in payloads]  # type: ignore[arg-type]
+    return Message(security.seal(kind.message_type, request, answers), reply_to=msg)
+
+
+def _state(payload: P.Payload, context: Context) -> OwnerState:
     settings = dict(payload.settings or {})
     node = context.node_config
     # A deployed owner names its own data and cache in its node config; they win.
@@ -24,13 +55,11 @@ def _state(msg: Message, context: Context, kind: P.Kind) -> tuple[P.Payload, obj
     if "data-dir" in node and settings.get("dataset") == "digits":
         settings["dataset"] = "xlsa17"
     pid, nparts = int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
-    return payload, owner_state(settings, pid, nparts)
+    return owner_state(settings, pid, nparts)
 
 
-@app.query("setup")
-def setup(msg: Message, context: Context) -> Message:
-    """Declare feature size and class coverage (weights scenario: also the teacher)."""
-    payload, st = _state(msg, context, P.SETUP)
+def _setup(payload: P.Payload, context: Context) -> Answer:
+    st = _state(payload, context)
     arrays = {
         "covered": st.data.covered_classes.astype(np.int64),
         "seen": st.data.seen_classes.astype(np.int64),
@@ -48,50 +77,67 @@ def setup(msg: Message, context: Context) -> Message:
         "num_classes": st.data.num_classes,
         "train_size": int(st.data.train_y.size),
         "teacher_train_acc": st.teacher_train_accuracy,
+        # fault injection is for simulations; a deployed owner has no partition-id
+        "simulated": "partition-id" in context.node_config,
     }
-    return Message(P.encode(P.SETUP, "reply", arrays, scalars, weights), reply_to=msg)
+    return {"arrays": arrays, "scalars": scalars, "weights": weights}
 
 
-@app.query("feedback")
-def feedback(msg: Message, context: Context) -> Message:
-    """Teacher softmax, losses and the input gradient (black-box: regulariser's only)."""
-    payload, st = _state(msg, context, P.FEEDBACK)
+def _feedback(payload: P.Payload, context: Context) -> Answer:
+    st = _state(payload, context)
     x, y = payload.arrays["x"], payload.arrays["y"]
     _check_query(x, y, st)
     s = payload.settings or {}
     whitebox = s.get("scenario") in ("whitebox", "weights")
     out = st.oracle.feedback(x, y, int(payload.scalars["batch_size"]), whitebox, float(s["alpha"]))
-    return Message(P.encode(P.FEEDBACK, "reply", out), reply_to=msg)
+    return {"arrays": out}
 
 
-@app.query("verify")
-def verify(msg: Message, context: Context) -> Message:
-    """Label verification (Eq. 3): teacher argmax and softmax for generated features."""
-    payload, st = _state(msg, context, P.VERIFY)
+def _verify(payload: P.Payload, context: Context) -> Answer:
+    st = _state(payload, context)
     x, y = payload.arrays["x"], payload.arrays["y"]
     _check_query(x, y, st)
     probs = st.oracle.probs(x).astype(np.float32)
-    out = {"pred": probs.argmax(1).astype(np.int64), "probs": probs}
-    return Message(P.encode(P.VERIFY, "reply", out), reply_to=msg)
+    return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs}}
 
 
-@app.evaluate()
-def evaluate(msg: Message, context: Context) -> Message:
-    """Score the service's model and the owner's own teacher on the local test split."""
-    payload, st = _state(msg, context, P.EVALUATE)
+def _evaluate(payload: P.Payload, context: Context) -> Answer:
+    st = _state(payload, context)
     device = resolve_device(str((payload.settings or {}).get("device", "auto")))
     model = model_from_weights(payload.weights or {}, device)
     unseen = payload.arrays["unseen"]
     out = {f"model_{k}": v for k, v in evaluate_model(model, st.data, unseen, device).items()}
     teacher = evaluate_model(None, st.data, unseen, device, oracle=st.oracle)
     out |= {f"teacher_{k}": v for k, v in teacher.items()}
-    return Message(
-        P.encode(P.EVALUATE, "reply", {k: v.astype(np.int64) for k, v in out.items()}), reply_to=msg
-    )
+    return {"arrays": {k: v.astype(np.int64) for k, v in out.items()}}
 
 
-def _check_query(x: np.ndarray, y: np.ndarray, st: object) -> None:
-    data = st.data  # type: ignore[attr-defined]
+@app.query("setup")
+def setup(msg: Message, context: Context) -> Message:
+    """Declare feature size and class coverage (weights scenario: also the teacher)."""
+    return _serve(msg, context, P.SETUP, _setup)
+
+
+@app.query("feedback")
+def feedback(msg: Message, context: Context) -> Message:
+    """Teacher softmax, losses and the input gradient (black-box: regulariser's only)."""
+    return _serve(msg, context, P.FEEDBACK, _feedback)
+
+
+@app.query("verify")
+def verify(msg: Message, context: Context) -> Message:
+    """Label verification (Eq. 3): teacher argmax and softmax for generated features."""
+    return _serve(msg, context, P.VERIFY, _verify)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the service's model and the owner's own teacher on the local test split."""
+    return _serve(msg, context, P.EVALUATE, _evaluate)
+
+
+def _check_query(x: np.ndarray, y: np.ndarray, st: OwnerState) -> None:
+    data = st.data
     if x.shape[1] != data.dim or x.shape[0] != y.size:
         raise ValueError(
             f"query features are {x.shape} for {y.size} labels; this owner's features are "

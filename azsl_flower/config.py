@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "DEFAULTS", "CHOICES", "RunConfig", "parse_run_config"]
+__all__ = [
+    "ConfigError",
+    "DEFAULTS",
+    "CHOICES",
+    "RunConfig",
+    "parse_run_config",
+    "resolve_cache_dir",
+]
 
 
 class ConfigError(ValueError):
@@ -43,6 +52,12 @@ DEFAULTS: dict[str, Any] = {
     "cache-dir": "",
     "poll-interval": 0.05,
     "timeout": 600.0,
+    "encryption": "aes-256-gcm",
+    "service-key": "",
+    "owner-keys": "",
+    "max-retries": 2,
+    "fault-tamper": 0.0,
+    "fault-replay": 0.0,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -51,9 +66,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scenario": ("whitebox", "blackbox", "weights"),
     "teacher": ("transductive", "inductive"),
     "regulariser": ("none", "kl", "mmd"),
+    "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
 }
 
-NON_NEGATIVE = ("rounds", "seed")  # rounds=0: an untrained generator (a baseline)
+NON_NEGATIVE = ("rounds", "seed", "max-retries")  # rounds=0: an untrained generator (a baseline)
 POSITIVE = (
     "noise-dim",
     "steps-per-round",
@@ -101,6 +117,12 @@ class RunConfig:
     cache_dir: str
     poll_interval: float
     timeout: float
+    encryption: str
+    service_key: str
+    owner_keys: str
+    max_retries: int
+    fault_tamper: float
+    fault_replay: float
 
     @property
     def whitebox(self) -> bool:
@@ -169,6 +191,20 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
             "use kl or none"
         )
+    for key in ("fault-tamper", "fault-replay"):
+        if not 0.0 <= merged[key] <= 1.0:
+            raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
+    if bool(merged["service-key"]) != bool(merged["owner-keys"]):
+        raise ConfigError(
+            "set both service-key (the service's private key) and owner-keys (the owners' "
+            "public keys), or neither (simulation: per-run keys are generated)"
+        )
     if not (merged["device"] in ("auto", "cpu", "cuda") or merged["device"].startswith("cuda:")):
         raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
     return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+def resolve_cache_dir(value: object = "") -> Path:
+    """Where teachers (owners) and per-run simulation keys live: option, env, home."""
+    raw = str(value or "") or os.environ.get("AZSL_CACHE_DIR") or "~/.cache/azsl-flower"
+    return Path(raw).expanduser()

@@ -12,13 +12,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from azsl_flower.config import resolve_cache_dir
 from azsl_flower.data import OwnerData, load_owner_data
 from azsl_flower.feedback import FeedbackOracle, make_regulariser
 from azsl_flower.metrics import count_predictions
@@ -62,11 +62,6 @@ TEACHER_KEYS = (
 )
 
 
-def _cache_dir(settings: dict) -> Path:
-    raw = settings.get("cache-dir") or os.environ.get("AZSL_CACHE_DIR") or "~/.cache/azsl-flower"
-    return Path(str(raw)).expanduser()
-
-
 def owner_state(settings: dict, partition_id: int, num_partitions: int) -> OwnerState:
     """Load this owner's data and teacher (train it once; reuse from memory or disk cache)."""
     data = load_owner_data(
@@ -88,7 +83,7 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
     device = resolve_device(str(settings.get("device", "auto")))
     classes = data.covered_classes
     teacher = classifier(data.dim, classes.size).to(device)
-    path = _cache_dir(settings) / f"teacher-{key}.pt"
+    path = resolve_cache_dir(settings.get("cache-dir")) / f"teacher-{key}.pt"
     if path.is_file():
         teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     else:

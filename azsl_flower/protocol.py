@@ -8,6 +8,11 @@ Layout of a ``RecordDict``: ``"arrays"`` (ArrayRecord of named numpy arrays),
 ``"weights"`` (ArrayRecord of a model's state dict, where the kind has one),
 ``"scalars"`` (ConfigRecord of numbers/strings/bools) and ``"settings"`` (ConfigRecord with
 the run settings an owner needs to rebuild its state after a restart).
+
+On the wire, the payloads one owner gets in one round trip travel together: :func:`bundle`
+numbers them into one ``RecordDict``; :func:`to_bytes` serialises that with Flower's own
+protobuf codec so :mod:`azsl_flower.crypto` can seal it; :func:`envelope` is the only thing
+Flower then sees: header and ciphertext bytes (``uint8`` arrays, which Flower chunks).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 __all__ = [
     "ProtocolError",
@@ -28,6 +35,16 @@ __all__ = [
     "encode",
     "decode",
     "payload_nbytes",
+    "bundle",
+    "unbundle",
+    "to_bytes",
+    "from_bytes",
+    "envelope",
+    "open_envelope",
+    "ENVELOPE",
+    "REJECTED_CODE",
+    "rejection",
+    "parse_rejection",
 ]
 
 
@@ -65,7 +82,13 @@ SETUP = Kind(
     request=Spec(arrays={}, settings=True),
     reply=Spec(
         arrays={"covered": (I64, 1), "seen": (I64, 1), "unseen": (I64, 1)},
-        scalars={"dim": int, "num_classes": int, "train_size": int, "teacher_train_acc": float},
+        scalars={
+            "dim": int,
+            "num_classes": int,
+            "train_size": int,
+            "teacher_train_acc": float,
+            "simulated": bool,
+        },
         # weights scenario only: the teacher and the KL regulariser's per-class statistics
         optional_arrays={"reg_mean": (F32, 2), "reg_var": (F32, 2), "reg_classes": (I64, 1)},
         weights="optional",
@@ -208,3 +231,85 @@ def payload_nbytes(rd: RecordDict) -> int:
         for rec in rd.array_records.values()
         for a in rec.values()
     )
+
+
+# -- transport: several payloads per message, serialised, sealed -------------------------------
+
+ENVELOPE = "sealed"  # the one record of an encrypted message
+
+
+def bundle(parts: list[RecordDict]) -> RecordDict:
+    """Number several encoded payloads into one RecordDict (one message per owner)."""
+    rd = RecordDict()
+    for i, part in enumerate(parts):
+        for name, record in part.items():
+            rd[f"{i}.{name}"] = record
+    return rd
+
+
+def unbundle(rd: RecordDict) -> list[RecordDict]:
+    """Inverse of :func:`bundle`; ProtocolError on keys it did not write."""
+    parts: dict[int, RecordDict] = {}
+    for key, record in rd.items():
+        idx, _, name = key.partition(".")
+        if not idx.isdigit() or not name:
+            raise ProtocolError(f"record {key!r} is not part of a bundle")
+        parts.setdefault(int(idx), RecordDict())[name] = record
+    if sorted(parts) != list(range(len(parts))):
+        raise ProtocolError(f"bundle parts {sorted(parts)} are not numbered 0..n-1")
+    return [parts[i] for i in range(len(parts))]
+
+
+def to_bytes(rd: RecordDict) -> bytes:
+    return recorddict_to_proto(rd).SerializeToString()
+
+
+def from_bytes(raw: bytes) -> RecordDict:
+    try:
+        return recorddict_from_proto(ProtoRecordDict.FromString(raw))
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ProtocolError(f"payload is not a serialised RecordDict: {exc}") from None
+
+
+def envelope(parts: list[tuple[bytes, bytes]]) -> RecordDict:
+    """Header/ciphertext pairs (several only when the recipient's key is not yet known)."""
+    arrays: dict[str, Array] = {}
+    for i, (header, body) in enumerate(parts):
+        arrays[f"header.{i}"] = Array(np.frombuffer(header, dtype=np.uint8))
+        arrays[f"body.{i}"] = Array(np.frombuffer(body, dtype=np.uint8))
+    rd = RecordDict()
+    rd[ENVELOPE] = ArrayRecord(arrays)
+    return rd
+
+
+def open_envelope(rd: RecordDict) -> list[tuple[bytes, bytes]]:
+    if set(rd.keys()) != {ENVELOPE} or ENVELOPE not in rd.array_records:
+        raise ProtocolError(f"expected one {ENVELOPE!r} record, got {sorted(rd.keys())}")
+    rec = rd.array_records[ENVELOPE]
+    n = len(rec) // 2
+    names = {f"{w}.{i}" for i in range(n) for w in ("header", "body")}
+    if set(rec.keys()) != names:
+        raise ProtocolError(f"envelope fields {sorted(rec.keys())} are not header/body pairs")
+    out = []
+    for i in range(n):
+        h, b = rec[f"header.{i}"], rec[f"body.{i}"]
+        if h.dtype != "uint8" or b.dtype != "uint8":  # Array.dtype is a string
+            raise ProtocolError("envelope fields must be uint8 bytes")
+        out.append((h.numpy().tobytes(), b.numpy().tobytes()))
+    return out
+
+
+REJECTED_CODE = 4100  # Flower Error code of an owner's "I rejected your message" reply
+_REJECTED = "azsl-rejected:"
+
+
+def rejection(reason: str, detail: str) -> str:
+    """Error text an owner returns for a message it refused (names no secret)."""
+    return f"{_REJECTED}{reason}: {detail}"
+
+
+def parse_rejection(code: int, text: str) -> str | None:
+    """The reason of an owner's rejection reply, or None for any other error."""
+    if code != REJECTED_CODE or not text.startswith(_REJECTED):
+        return None
+    return text[len(_REJECTED) :].split(":", 1)[0]

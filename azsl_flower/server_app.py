@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import time
-from logging import INFO
+from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -13,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from azsl_flower.config import RunConfig, parse_run_config
 from azsl_flower.models import resolve_device, seed_everything
 from azsl_flower.results import format_table, write_run
+from azsl_flower.secure import ServiceSecurity, provision_simulation_keys
 from azsl_flower.semantics import load_class_side
 from strategies.azsl import AZSLStrategy
 
@@ -24,14 +27,35 @@ def _progress(phase: str, step: int, total: int, stats: dict[str, float]) -> Non
     log(INFO, "[%s %d/%d] %s", phase, step, total, shown)
 
 
-def run_azsl(grid: Grid, cfg: RunConfig) -> tuple[dict[str, Any], str]:
+def _security(grid: Grid, cfg: RunConfig, run_id: int) -> tuple[ServiceSecurity, Path | None]:
+    """Keys from files (deployment) or generated for this run (simulation)."""
+    if cfg.encryption == "none":
+        log(WARNING, "encryption=none: payloads cross Flower in the clear (for measurements only)")
+        return ServiceSecurity("none", run_id), None
+    if cfg.service_key:
+        return ServiceSecurity.from_files(
+            cfg.encryption, run_id, cfg.service_key, cfg.owner_keys
+        ), None
+    folder = provision_simulation_keys(cfg.cache_dir, run_id, len(list(grid.get_node_ids())))
+    owners = ",".join(str(p) for p in sorted(folder.glob("owner-*.pub")))
+    sec = ServiceSecurity.from_files(cfg.encryption, run_id, str(folder / "service.key"), owners)
+    return sec, folder
+
+
+def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any], str]:
     """Train and evaluate; return results.json's content and the run folder."""
     t0 = time.monotonic()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     classes = load_class_side(cfg.dataset, cfg.data_dir, cfg.semantics)
-    strategy = AZSLStrategy(cfg, classes, device)
-    out = strategy.start(grid, progress=_progress)
+    security, key_folder = _security(grid, cfg, run_id)
+    try:
+        strategy = AZSLStrategy(cfg, classes, device, security)
+        out = strategy.start(grid, progress=_progress)
+    finally:
+        if key_folder is not None:
+            shutil.rmtree(key_folder, ignore_errors=True)
+    crypto = security.stats
     results: dict[str, Any] = {
         "dataset": cfg.dataset if cfg.dataset == "digits" else cfg.data_dir,
         "scenario": cfg.scenario,
@@ -50,6 +74,16 @@ def run_azsl(grid: Grid, cfg: RunConfig) -> tuple[dict[str, Any], str]:
         "messages": out.traffic.messages,
         "bytes_sent": out.traffic.bytes_sent,
         "bytes_received": out.traffic.bytes_received,
+        "encryption": {
+            "suite": security.suite,
+            "plaintext_bytes": crypto.plaintext_bytes,
+            "ciphertext_bytes": crypto.ciphertext_bytes,
+            "seconds": crypto.seconds,
+        },
+        "rejected_messages": out.traffic.rejected,
+        "rejections": out.traffic.rejections,
+        "retries": out.traffic.retries,
+        "faults_injected": strategy.faults.injected if strategy.faults else {},
         "verification": out.verification,
         "federation": out.federation,
         "history": out.history,
@@ -65,7 +99,7 @@ def run_azsl(grid: Grid, cfg: RunConfig) -> tuple[dict[str, Any], str]:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = parse_run_config(dict(context.run_config))
-    results, folder = run_azsl(grid, cfg)
+    results, folder = run_azsl(grid, cfg, context.run_id)
     table = format_table(results)
     print(table, flush=True)
     log(INFO, "results written to %s/results.json", folder)

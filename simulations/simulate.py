@@ -26,12 +26,17 @@ def run(overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:
     from azsl_flower.server_app import run_azsl
 
     cfg = parse_run_config(overrides)  # fail before starting Ray on a bad option
+    # run_simulation gives ClientApps no run config: tell the simulated owners (Ray workers
+    # inherit the environment) which cipher suite and key folder this run uses.
+    os.environ["AZSL_ENCRYPTION"] = cfg.encryption
+    if cfg.cache_dir:
+        os.environ["AZSL_CACHE_DIR"] = cfg.cache_dir
     box: dict[str, Any] = {}
     server = ServerApp()
 
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
-        results, _ = run_azsl(grid, cfg)
+        results, _ = run_azsl(grid, cfg, context.run_id)
         print(format_table(results), flush=True)
         box.update(results)
 

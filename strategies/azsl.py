@@ -17,21 +17,24 @@ from logging import INFO, WARNING
 
 import numpy as np
 import torch
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from azsl_flower import protocol as P
-from azsl_flower.config import RunConfig
+from azsl_flower.config import ConfigError, RunConfig
+from azsl_flower.crypto import RejectedError
+from azsl_flower.faults import FaultInjector
 from azsl_flower.feedback import FeedbackOracle, KLRegulariser, Regulariser
 from azsl_flower.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.models import classifier, load_numpy_state, state_to_numpy
+from azsl_flower.secure import ServiceSecurity
 from azsl_flower.semantics import ClassSide
 from azsl_flower.service import Federation, Pool, Service, combine_over_owners
 
 __all__ = ["AZSLStrategy", "OwnerError", "RunResult"]
 
-MAX_MESSAGE_BYTES = 64 * 2**20  # generated features per verification message
+MAX_MESSAGE_BYTES = 2**30  # generated features per verification round trip
 
 
 class OwnerError(RuntimeError):
@@ -44,6 +47,9 @@ class Traffic:
     messages: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    retries: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    rejections: list[dict[str, object]] = field(default_factory=list)
 
 
 @dataclass
@@ -63,18 +69,35 @@ class RunResult:
 class AZSLStrategy:
     """Runs AZSL over a Flower Grid for any number of owners."""
 
-    def __init__(self, cfg: RunConfig, classes: ClassSide, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        classes: ClassSide,
+        device: torch.device,
+        security: ServiceSecurity,
+    ) -> None:
         self.cfg, self.classes, self.device = cfg, classes, device
+        self.security = security
         self.settings = cfg.owner_settings()
         self.traffic = Traffic()
         self.node_ids: list[int] = []
+        self.dropped: list[int] = []
+        self.covered: dict[int, np.ndarray] = {}  # node -> classes its teacher knows
+        self.fed: Federation | None = None
+        self.faults: FaultInjector | None = None
+        if cfg.fault_tamper > 0 or cfg.fault_replay > 0:
+            if security.suite == "none":
+                raise ConfigError("fault-tamper/fault-replay need encryption (not 'none')")
+            self.faults = FaultInjector(cfg.fault_tamper, cfg.fault_replay, cfg.seed)
 
     # -- transport --------------------------------------------------------------------------
 
-    def _round_trip(self, grid: Grid, messages: list[Message], kind: P.Kind) -> list[RecordDict]:
+    def _round_trip(self, grid: Grid, messages: list[Message], kind: P.Kind) -> list[Message]:
         """Push all messages at once, poll for every reply; one round trip, counted."""
         self.traffic.rounds += 1
         self.traffic.messages += len(messages)
+        if self.faults is not None:
+            messages = [self.faults.outgoing(m) for m in messages]
         self.traffic.bytes_sent += sum(P.payload_nbytes(m.content) for m in messages)
         ids = [i for i in grid.push_messages(messages) if i]
         if len(ids) != len(messages):
@@ -94,32 +117,109 @@ class AZSLStrategy:
                         f"timeout={self.cfg.timeout}s"
                     )
                 time.sleep(self.cfg.poll_interval)
-        out = []
-        for mid in ids:
-            reply = replies[mid]
-            if reply.has_error():
-                raise OwnerError(
-                    f"owner node {reply.metadata.src_node_id} failed on {kind.message_type}: "
-                    f"{reply.error.reason}"
-                )
-            self.traffic.bytes_received += P.payload_nbytes(reply.content)
-            out.append(reply.content)
+        out = [replies[mid] for mid in ids]
+        if self.faults is not None:
+            out = [self.faults.incoming(r) for r in out]
+        for reply in out:
+            if not reply.has_error():
+                self.traffic.bytes_received += P.payload_nbytes(reply.content)
         return out
 
+    def _reject(
+        self, node: int, kind: P.Kind, phase: str, side: str, reason: str, why: str
+    ) -> None:
+        """Count a refused message and log it once."""
+        self.traffic.rejected[reason] = self.traffic.rejected.get(reason, 0) + 1
+        self.traffic.rejections.append(
+            {"node": node, "kind": kind.message_type, "phase": phase, "by": side, "reason": reason}
+        )
+        log(
+            WARNING,
+            "%s rejected a %s message (node %d, %s): %s",
+            side,
+            kind.message_type,
+            node,
+            phase,
+            why,
+        )
+
     def _ask_all(
-        self, grid: Grid, kind: P.Kind, payloads: list[dict[str, object]] | None = None
+        self,
+        grid: Grid,
+        kind: P.Kind,
+        payloads: list[dict[str, object]] | None = None,
+        phase: str = "",
     ) -> list[list[P.Payload]]:
-        """Every payload to every owner in one round trip; replies[node][payload], decoded."""
+        """Every payload to every owner, sealed in one message per owner; replies[node][payload].
+
+        A message refused by either end (tampered, replayed, wrong key...) is re-sent, freshly
+        sealed, in a follow-up round trip up to ``max-retries`` times; an owner that still
+        fails is dropped and the run goes on with the others.
+        """
         payloads = payloads if payloads is not None else [{}]
-        contents = [P.encode(kind, "request", settings=self.settings, **p) for p in payloads]  # type: ignore[arg-type]
-        msgs = [
-            Message(content=c, dst_node_id=n, message_type=kind.message_type)
-            for n in self.node_ids
-            for c in contents
-        ]
-        flat = [P.decode(kind, "reply", rd) for rd in self._round_trip(grid, msgs, kind)]
-        k = len(contents)
-        return [flat[i * k : (i + 1) * k] for i in range(len(self.node_ids))]
+        parts = [P.encode(kind, "request", settings=self.settings, **p) for p in payloads]  # type: ignore[arg-type]
+        phase = phase or kind.message_type
+        answers: dict[int, list[P.Payload]] = {}
+        todo = list(self.node_ids)
+        for attempt in range(self.cfg.max_retries + 1):
+            unreachable = [n for n in todo if not self.security.addressable(n)]
+            if unreachable:  # no allow-listed key left for it: not one of our owners
+                self._drop(unreachable, phase)
+                todo = [n for n in todo if n not in unreachable]
+                if not todo:
+                    break
+            msgs = [
+                Message(
+                    content=self.security.seal(n, kind.message_type, phase, parts),
+                    dst_node_id=n,
+                    message_type=kind.message_type,
+                )
+                for n in todo
+            ]
+            failed = []
+            for node, reply in zip(todo, self._round_trip(grid, msgs, kind), strict=True):
+                if reply.has_error():
+                    reason = P.parse_rejection(reply.error.code, reply.error.reason)
+                    if reason is None:
+                        raise OwnerError(
+                            f"owner node {node} failed on {kind.message_type}: {reply.error.reason}"
+                        )
+                    self._reject(node, kind, phase, "owner", reason, reply.error.reason)
+                    failed.append(node)
+                    continue
+                try:
+                    opened = self.security.open(node, kind.message_type, reply.content)
+                    if len(opened) != len(parts):
+                        raise RejectedError(
+                            "malformed", f"{len(opened)} answers to {len(parts)} payloads"
+                        )
+                except RejectedError as exc:
+                    self._reject(node, kind, phase, "service", exc.reason, str(exc))
+                    failed.append(node)
+                    continue
+                answers[node] = [P.decode(kind, "reply", rd) for rd in opened]
+            todo = failed
+            if not todo:
+                break
+            if attempt < self.cfg.max_retries:
+                self.traffic.retries += len(todo)
+        if todo:
+            self._drop(todo, phase)
+        return [answers[n] for n in self.node_ids]
+
+    def _drop(self, nodes: list[int], phase: str) -> None:
+        for n in nodes:
+            log(WARNING, "dropping owner node %d: its messages kept being rejected (%s)", n, phase)
+        self.dropped += nodes
+        self.node_ids = [n for n in self.node_ids if n not in nodes]
+        if not self.node_ids:
+            raise OwnerError(
+                f"no owner left in {phase}: every owner's messages were rejected "
+                f"({self.traffic.rejected}); check keys (service-key, owner-keys, owner-key, "
+                "service-pub) and the network path"
+            )
+        if self.fed is not None:  # coverage follows the owners still in the run
+            self.fed.covered = [self.covered[n] for n in self.node_ids]
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -143,15 +243,23 @@ class AZSLStrategy:
                 f"owners declared {sorted(ncls)} classes, the service's class list has "
                 f"{self.classes.num_classes}; use the same att_splits.mat on both sides"
             )
+        if self.faults is not None:
+            if not all(bool(r.scalars["simulated"]) for r in replies):
+                raise ConfigError(
+                    "fault-tamper/fault-replay are for simulations only; an owner runs deployed"
+                )
+            self.faults.enabled = True
+        self.covered = {n: r.arrays["covered"] for n, r in zip(self.node_ids, replies, strict=True)}
         seen = np.unique(np.concatenate([r.arrays["seen"] for r in replies]))
         unseen = np.unique(np.concatenate([r.arrays["unseen"] for r in replies]))
-        return Federation(
+        self.fed = Federation(
             dim=dims.pop(),
             num_classes=self.classes.num_classes,
             covered=[r.arrays["covered"] for r in replies],
             seen=seen,
             unseen=np.setdiff1d(unseen, seen),
         )
+        return self.fed
 
     # -- feedback ---------------------------------------------------------------------------
 
@@ -191,7 +299,7 @@ class AZSLStrategy:
             {"arrays": {"unseen": unseen.astype(np.int64)}, "weights": state_to_numpy(m)}
             for m in models.values()
         ]
-        replies = self._ask_all(grid, P.EVALUATE, payloads)
+        replies = self._ask_all(grid, P.EVALUATE, payloads, phase="evaluation")
         per_model = {
             name: self.aggregate_evaluate([node[i] for node in replies], "model")
             for i, name in enumerate(models)
@@ -206,7 +314,7 @@ class AZSLStrategy:
         cfg, phases = self.cfg, {}
         t0 = time.monotonic()
         self.configure_setup(grid)
-        setup = [node[0] for node in self._ask_all(grid, P.SETUP)]
+        setup = [node[0] for node in self._ask_all(grid, P.SETUP, phase="setup")]
         fed = self.aggregate_setup(setup)
         service = Service(cfg, self.classes, fed, self.device)
         local = self._local_oracles(setup) if cfg.scenario == "weights" else None
@@ -232,7 +340,9 @@ class AZSLStrategy:
                 pool = service.make_pool(cfg.steps_per_round)
                 replies = [
                     node[0]
-                    for node in self._ask_all(grid, P.FEEDBACK, [self.configure_feedback(pool)])
+                    for node in self._ask_all(
+                        grid, P.FEEDBACK, [self.configure_feedback(pool)], phase=f"generator-{r}"
+                    )
                 ]
                 fb = self.aggregate_feedback(replies, fed, pool.labels)
                 stats = service.apply_feedback(pool, fb["probs"], fb["grad"])
@@ -249,11 +359,14 @@ class AZSLStrategy:
         if local is not None:
             probs = combine_over_owners([o.probs(x) for o in local], fed.coverage, y)
         else:
-            # several messages per owner keep each under MAX_MESSAGE_BYTES; still one round trip
-            parts = np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES))
-            payloads = [{"arrays": {"x": x[p], "y": y[p]}} for p in parts]
-            replies = self._ask_all(grid, P.VERIFY, payloads)
-            per_owner = [np.concatenate([r.arrays["probs"] for r in node]) for node in replies]
+            # one round trip unless the features outgrow a protobuf message (2 GB)
+            chunks: dict[int, list[np.ndarray]] = {}
+            for p in np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES)):
+                payload = {"arrays": {"x": x[p], "y": y[p]}}
+                replies = self._ask_all(grid, P.VERIFY, [payload], phase="verification")
+                for node, answer in zip(self.node_ids, replies, strict=True):
+                    chunks.setdefault(node, []).append(answer[0].arrays["probs"])
+            per_owner = [np.concatenate(chunks[n]) for n in self.node_ids]
             probs = combine_over_owners(per_owner, fed.coverage, y)
         keep = probs.argmax(1) == y
         kept_classes = np.unique(y[keep])
@@ -303,6 +416,7 @@ class AZSLStrategy:
             verification=verification,
             federation={
                 "node_ids": self.node_ids,
+                "dropped_node_ids": self.dropped,
                 "coverage": [c.tolist() for c in fed.covered],
                 "seen_classes": fed.seen.tolist(),
                 "unseen_classes": fed.unseen.tolist(),

@@ -17,7 +17,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 
 class LoopbackGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int) -> None:
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, run_config: dict | None = None
+    ) -> None:
         self.app = client_app
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
         self.contexts = {
@@ -26,7 +28,7 @@ class LoopbackGrid(Grid):
                 node_id=1000 + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),
-                run_config={},
+                run_config=dict(run_config or {}),
             )
             for i in range(num_nodes)
         }

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from azsl_flower import protocol as P
 from azsl_flower.client_app import app as client_app
 from azsl_flower.config import parse_run_config
 from azsl_flower.data import load_owner_data
@@ -31,8 +32,8 @@ FAST = {
 def _run(tmp_path: Path, owners: int = 1, **overrides: object):
     cfg = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
     cfg.update({k.replace("_", "-"): v for k, v in overrides.items()})
-    grid = LoopbackGrid(client_app, owners)
-    results, folder = run_azsl(grid, parse_run_config(cfg))
+    grid = LoopbackGrid(client_app, owners, cfg)
+    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=1)
     return results, Path(folder), grid
 
 
@@ -76,13 +77,15 @@ def _real_rows(owners: int) -> set[bytes]:
 
 @pytest.mark.parametrize("scenario", ["whitebox", "blackbox"])
 def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
-    _, _, grid = _run(tmp_path, owners=2, scenario=scenario)
+    # in the clear, so the test can read what owners answer (sealed: see test_secure.py)
+    _, _, grid = _run(tmp_path, owners=2, scenario=scenario, encryption="none")
     real = _real_rows(2)
     assert grid.replies
-    for reply in grid.replies:
-        assert not reply.has_error()
-        assert "weights" not in reply.content
-        for record in reply.content.array_records.values():
+    parts = [part for r in grid.replies for part in P.unbundle(r.content)]
+    assert len(parts) >= len(grid.replies)
+    for part in parts:
+        assert "weights" not in part
+        for record in part.array_records.values():
             for name, arr in record.items():
                 a = arr.numpy()
                 if a.ndim == 2 and a.shape[1] == 64:
@@ -91,10 +94,16 @@ def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
 
 
 def test_weights_scenario_sends_teachers_once(tmp_path):
-    results, _, grid = _run(tmp_path, scenario="weights", rounds=15, steps_per_round=10)
+    results, _, grid = _run(
+        tmp_path, scenario="weights", rounds=15, steps_per_round=10, encryption="none"
+    )
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count("query.feedback") == 0  # trains against local teacher copies
-    with_weights = [r.metadata.message_type for r in grid.replies if "weights" in r.content]
+    with_weights = [
+        r.metadata.message_type
+        for r in grid.replies
+        if any("weights" in part for part in P.unbundle(r.content))
+    ]
     assert with_weights == ["query.setup"]
     assert results["rounds"] == 2  # setup + evaluation
     assert results["student"]["h"] > 0.3
@@ -132,11 +141,11 @@ def test_missing_data_fails_clearly_and_leaves_no_run(tmp_path):
 
 
 def test_owner_failure_is_reported_with_its_reason(tmp_path):
-    grid = LoopbackGrid(client_app, 1)
+    raw = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
+    grid = LoopbackGrid(client_app, 1, raw)
     grid.contexts[1000].node_config["data-dir"] = str(tmp_path / "missing-owner-data")
-    cfg = parse_run_config({**FAST, "output-dir": str(tmp_path / "out")})
     with pytest.raises(OwnerError, match="missing-owner-data"):
-        run_azsl(grid, cfg)
+        run_azsl(grid, parse_run_config(raw), run_id=1)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -156,18 +165,16 @@ def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17)
     a, b = tmp_path / "a", tmp_path / "b"
     write_xlsa17(a, dim=6, tunseen=True)
     write_xlsa17(b, dim=7, tunseen=True)
-    grid = LoopbackGrid(client_app, 2)
+    raw = {
+        **FAST,
+        "dataset": "xlsa17",
+        "data-dir": str(a),
+        "output-dir": str(tmp_path / "out"),
+        "cache-dir": str(tmp_path / "cache"),
+    }
+    grid = LoopbackGrid(client_app, 2, raw)
     grid.contexts[1000].node_config["data-dir"] = str(a)
     grid.contexts[1001].node_config["data-dir"] = str(b)
-    cfg = parse_run_config(
-        {
-            **FAST,
-            "dataset": "xlsa17",
-            "data-dir": str(a),
-            "output-dir": str(tmp_path / "out"),
-            "cache-dir": str(tmp_path / "cache"),
-        }
-    )
     with pytest.raises(ValueError, match="different feature dimensions"):
-        run_azsl(grid, cfg)
+        run_azsl(grid, parse_run_config(raw), run_id=1)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -1,0 +1,116 @@
+"""Cost of the end-to-end encryption: AEAD throughput and a Caltech-101 run with vs without.
+
+    python -m simulations.benchmark_crypto --data-dir ../shared/data/caltech101
+
+1. Throughput (MB/s) of sealing + opening one message, per cipher suite and size, with and
+   without the protobuf serialisation of a bundle of float32 arrays that sealing needs.
+2. The white-box Caltech-101 run (1 owner, default steps, same seed) with
+   ``encryption=aes-256-gcm`` and with ``encryption=none``; overhead = relative wall-time
+   difference (target <= 5 %), beside the service's own sealing/opening seconds.
+Figures are printed and saved as JSON (an existing file is never overwritten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from azsl_flower import protocol as P
+from azsl_flower.crypto import Channel, generate_keypair
+from simulations.benchmark_caltech import run_case
+
+
+def throughput(suite: str, megabytes: int, repeats: int = 3) -> dict[str, float]:
+    """Seal+open of one message of ``megabytes`` float32 features, best of ``repeats``."""
+    a, b = generate_keypair(), generate_keypair()
+    tx, rx = Channel(a, b.public_key(), 1, suite), Channel(b, a.public_key(), 1, suite)
+    x = np.random.default_rng(0).standard_normal(megabytes * 2**18).astype(np.float32)
+    rd = RecordDict()
+    rd["arrays"] = ArrayRecord({"x": Array(x)})
+    best_aead, best_total = float("inf"), float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        plain = P.to_bytes(P.bundle([rd]))
+        t1 = time.perf_counter()
+        sealed = tx.seal("query.feedback", "bench", "service", "1", plain)
+        rx.open(*sealed, "query.feedback", "service", "1")
+        t2 = time.perf_counter()
+        P.unbundle(P.from_bytes(plain))
+        t3 = time.perf_counter()
+        best_aead = min(best_aead, t2 - t1)
+        best_total = min(best_total, t3 - t0)
+    return {
+        "suite": suite,
+        "megabytes": megabytes,
+        "aead_mb_per_s": megabytes / best_aead,
+        "with_serialisation_mb_per_s": megabytes / best_total,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data-dir", default="../shared/data/caltech101")
+    ap.add_argument("--feature-file", default="effnetlite0.mat")
+    ap.add_argument("--alpha", type=float, default=50.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-runs", action="store_true", help="throughput only")
+    ap.add_argument("--output-dir", default="outputs/benchmark-crypto")
+    ap.add_argument("--out", default="docs/benchmarks/encryption.json")
+    args = ap.parse_args()
+
+    rows = [throughput(s, mb) for s in ("aes-256-gcm", "chacha20-poly1305") for mb in (1, 16, 128)]
+    print("| suite | MB | AEAD seal+open MB/s | with serialisation MB/s |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['suite']} | {r['megabytes']} | {r['aead_mb_per_s']:.0f} "
+            f"| {r['with_serialisation_mb_per_s']:.0f} |"
+        )
+    runs: dict[str, dict] = {}
+    if not args.skip_runs:
+        base = {
+            "dataset": "xlsa17",
+            "data-dir": str(Path(args.data_dir).resolve()),
+            "feature-file": args.feature_file,
+            "alpha": args.alpha,
+            "seed": args.seed,
+            "output-dir": args.output_dir,
+        }
+        for suite in ("none", "aes-256-gcm"):
+            r = run_case({**base, "encryption": suite})
+            runs[suite] = {
+                "wall_seconds": r["wall_seconds"],
+                "student_h": r["student"]["h"],
+                "rounds": r["rounds"],
+                "encryption": r["encryption"],
+                "output_dir": r["output_dir"],
+            }
+            print(f"{suite}: wall {r['wall_seconds']:.1f} s, student H {r['student']['h']:.3f}")
+        plain, enc = runs["none"], runs["aes-256-gcm"]
+        overhead = enc["wall_seconds"] / plain["wall_seconds"] - 1
+        service_share = enc["encryption"]["seconds"] / enc["wall_seconds"]
+        print(
+            f"encryption overhead: {100 * overhead:+.1f} % of wall time (target <= 5 %); "
+            f"service-side sealing/opening {enc['encryption']['seconds']:.2f} s "
+            f"({100 * service_share:.2f} %), ciphertext/plaintext bytes "
+            f"{enc['encryption']['ciphertext_bytes'] / enc['encryption']['plaintext_bytes']:.4f}"
+        )
+        runs["overhead_fraction"] = overhead  # type: ignore[assignment]
+        runs["service_crypto_fraction"] = service_share  # type: ignore[assignment]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
+    out.write_text(json.dumps({"throughput": rows, "runs": runs}, indent=2) + "\n")
+    print(f"figures saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
