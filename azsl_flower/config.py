@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULTS",
     "CHOICES",
     "RunConfig",
+    "parse_owner_classes",
     "parse_run_config",
     "resolve_cache_dir",
 ]
@@ -58,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
     "max-retries": 2,
     "fault-tamper": 0.0,
     "fault-replay": 0.0,
+    "partition": "iid",
+    "dirichlet-beta": 0.5,
+    "owner-classes": "",
+    "ensemble-weighting": "coverage",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -67,6 +72,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher": ("transductive", "inductive"),
     "regulariser": ("none", "kl", "mmd"),
     "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
+    "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
+    "ensemble-weighting": ("coverage", "uniform", "confidence"),
 }
 
 NON_NEGATIVE = ("rounds", "seed", "max-retries")  # rounds=0: an untrained generator (a baseline)
@@ -85,6 +92,7 @@ POSITIVE = (
     "samples-per-class",
     "poll-interval",
     "timeout",
+    "dirichlet-beta",
 )
 
 
@@ -123,6 +131,10 @@ class RunConfig:
     max_retries: int
     fault_tamper: float
     fault_replay: float
+    partition: str
+    dirichlet_beta: float
+    owner_classes: str
+    ensemble_weighting: str
 
     @property
     def whitebox(self) -> bool:
@@ -146,6 +158,9 @@ class RunConfig:
             "scenario",
             "device",
             "cache-dir",
+            "partition",
+            "dirichlet-beta",
+            "owner-classes",
         ]
         d = self.as_dict()
         return {k: d[k] for k in keys}
@@ -194,6 +209,22 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     for key in ("fault-tamper", "fault-replay"):
         if not 0.0 <= merged[key] <= 1.0:
             raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
+    if not math.isfinite(merged["dirichlet-beta"]):
+        raise ConfigError(
+            f"run-config dirichlet-beta={merged['dirichlet-beta']!r}: must be a finite number > 0"
+        )
+    if merged["partition"] == "explicit":
+        if not merged["owner-classes"].strip():
+            raise ConfigError(
+                "partition=explicit needs owner-classes, one group of classes per owner "
+                "separated by ';', e.g. owner-classes='0,1,2;3,4;5-9'"
+            )
+        parse_owner_classes(merged["owner-classes"])  # syntax now; counts when owners load
+    elif merged["owner-classes"].strip():
+        raise ConfigError(
+            f"run-config owner-classes={merged['owner-classes']!r} is only read with "
+            f"partition=explicit (partition is {merged['partition']!r}); set both or neither"
+        )
     if bool(merged["service-key"]) != bool(merged["owner-keys"]):
         raise ConfigError(
             "set both service-key (the service's private key) and owner-keys (the owners' "
@@ -202,6 +233,46 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     if not (merged["device"] in ("auto", "cpu", "cuda") or merged["device"].startswith("cuda:")):
         raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
     return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+MAX_CLASS_INDEX = 10**6  # far above any dataset's class count; bounds what a range expands to
+
+
+def parse_owner_classes(spec: str) -> list[list[int]]:
+    """Parse owner-classes ("0,1,2;3,4;5-9") into one sorted class list per owner.
+
+    Only the syntax is checked here; the number of groups and the class range depend on the
+    federation and the dataset, which the data loader checks. Overlapping groups are allowed:
+    owners that list the same class share its samples.
+    """
+    example = "e.g. owner-classes='0,1,2;3,4;5-9'"
+    groups: list[list[int]] = []
+    for g, group in enumerate(str(spec).split(";"), start=1):
+        members: set[int] = set()
+        for token in (t.strip() for t in group.split(",")):
+            if not token:
+                continue
+            lo, dash, hi = token.partition("-")
+            try:
+                a, b = int(lo), int(hi) if dash else int(lo)
+            except ValueError:
+                raise ConfigError(
+                    f"owner-classes group {g} ({group.strip()!r}): {token!r} is not a class "
+                    f"index (0-based) or a range a-b; {example}"
+                ) from None
+            if a < 0 or b < a or b >= MAX_CLASS_INDEX:
+                raise ConfigError(
+                    f"owner-classes group {g}: bad class index or range {token!r}; write a or "
+                    f"a-b with 0 <= a <= b; {example}"
+                )
+            members.update(range(a, b + 1))
+        if not members:
+            raise ConfigError(
+                f"owner-classes group {g} is empty: every owner needs at least one class "
+                f"(one group per owner, separated by ';'); {example}"
+            )
+        groups.append(sorted(members))
+    return groups
 
 
 def resolve_cache_dir(value: object = "") -> Path:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from azsl_flower.config import CHOICES, DEFAULTS, POSITIVE, ConfigError, parse_run_config
+from azsl_flower.config import (
+    CHOICES,
+    DEFAULTS,
+    POSITIVE,
+    ConfigError,
+    parse_owner_classes,
+    parse_run_config,
+)
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -118,3 +125,66 @@ def test_owner_settings_are_config_values():
     assert set(s) <= set(DEFAULTS)
     # everything the owner's cached teacher depends on travels with each request
     assert {"dataset", "data-dir", "feature-file", "teacher-epochs", "lr-teacher", "seed"} <= set(s)
+
+
+# ---------------------------------------------------------------------------------------
+# Partitions and ensemble weighting
+# ---------------------------------------------------------------------------------------
+
+
+def test_partition_defaults_keep_the_old_behaviour():
+    cfg = parse_run_config(None)
+    assert cfg.partition == "iid" and cfg.ensemble_weighting == "coverage"
+    assert cfg.dirichlet_beta == 0.5 and cfg.owner_classes == ""
+
+
+def test_partition_keys_reach_the_owners():
+    s = parse_run_config({"partition": "dirichlet", "dirichlet-beta": 0.1}).owner_settings()
+    assert s["partition"] == "dirichlet" and s["dirichlet-beta"] == 0.1
+    assert "owner-classes" in s
+    # the combination rule is the service's business, owners never need it
+    assert "ensemble-weighting" not in s
+
+
+@pytest.mark.parametrize("beta", [0, -0.5, float("inf"), float("nan")])
+def test_dirichlet_beta_must_be_positive_and_finite(beta):
+    with pytest.raises(ConfigError, match="dirichlet-beta"):
+        parse_run_config({"partition": "dirichlet", "dirichlet-beta": beta})
+
+
+def test_explicit_partition_needs_owner_classes():
+    with pytest.raises(ConfigError, match="partition=explicit needs owner-classes"):
+        parse_run_config({"partition": "explicit"})
+    cfg = parse_run_config({"partition": "explicit", "owner-classes": "0,1,2;3,4;5-9"})
+    assert cfg.owner_classes == "0,1,2;3,4;5-9"
+
+
+def test_owner_classes_without_explicit_partition_is_refused():
+    with pytest.raises(ConfigError, match="only read with partition=explicit"):
+        parse_run_config({"owner-classes": "0-4;5-9"})
+
+
+def test_parse_owner_classes():
+    assert parse_owner_classes("0,1,2;3,4;5-9") == [[0, 1, 2], [3, 4], [5, 6, 7, 8, 9]]
+    assert parse_owner_classes(" 2 , 0-1 ; 1,1 ") == [[0, 1, 2], [1]]  # spaces, repeats
+    assert parse_owner_classes("7") == [[7]]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0,1;;2", r"group 2 is empty"),
+        ("0,1;2,3;", r"group 3 is empty"),
+        ("0,a;2", r"group 1 .*'a' is not a class index"),
+        ("0;5-3", r"group 2: bad class index or range '5-3'"),
+        ("0;-1", r"group 2 .*'-1' is not a class index"),
+        ("0;1-2-3", r"'1-2-3' is not a class index"),
+        ("0;1.5", r"'1.5' is not a class index"),
+        ("0-99999999", r"bad class index or range"),
+    ],
+)
+def test_bad_owner_classes_are_refused_with_the_fix(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_owner_classes(spec)
+    with pytest.raises(ConfigError, match="owner-classes"):
+        parse_run_config({"partition": "explicit", "owner-classes": spec})
