@@ -54,6 +54,9 @@ def _state(payload: P.Payload, context: Context) -> OwnerState:
             settings[key] = node[key]
     if "data-dir" in node and settings.get("dataset") == "digits":
         settings["dataset"] = "xlsa17"
+    if "partition-id" not in node:
+        # Partitions simulate owners out of one dataset; a deployed owner holds its own data.
+        settings["partition"], settings["owner-classes"] = "iid", ""
     pid, nparts = int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
     return owner_state(settings, pid, nparts)
 

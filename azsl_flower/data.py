@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from azsl_flower.config import parse_owner_classes
 from azsl_flower.semantics import (
     DIGITS_NAMES,
     REQUIRED_SPLIT_KEYS,
@@ -34,7 +35,11 @@ __all__ = [
     "DataError",
     "ClassSide",
     "OwnerData",
+    "PARTITIONS",
     "SEVEN_SEGMENT",
+    "class_holders",
+    "dirichlet_proportions",
+    "split_owners",
     "DIGITS_UNSEEN",
     "load_class_side",
     "load_owner_data",
@@ -47,6 +52,8 @@ __all__ = [
 DIGITS_UNSEEN = (2, 5, 9)
 DIGITS_VAL = (3, 7)  # seen classes held out as validation-unseen (val_loc)
 SPLIT_SEED = 0  # the dataset split is part of the dataset, not of a run's seed
+PARTITIONS = ("iid", "class-disjoint", "dirichlet", "explicit")  # run-config partition
+PARTITION_STREAM = 0x0A2B  # keeps partition draws apart from other uses of the run seed
 
 SPLIT_KEYS = (
     "trainval_loc",
@@ -208,6 +215,126 @@ def _owner_slice(idx: np.ndarray, partition_id: int, num_partitions: int) -> np.
     return np.sort(perm[partition_id::num_partitions])
 
 
+def _partition_rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent, reproducible draws per purpose, all from the run seed."""
+    return np.random.default_rng([int(seed), PARTITION_STREAM, stream])
+
+
+def class_holders(
+    partition: str,
+    num_partitions: int,
+    seen: np.ndarray,
+    unseen: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    owner_classes: str = "",
+) -> np.ndarray:
+    """Owners x classes: which owners may hold samples of a class.
+
+    iid and dirichlet: every owner (the sample split decides). class-disjoint: seen and unseen
+    classes are each shuffled with the run seed and dealt round-robin, the unseen deal going
+    on where the seen one stopped so owners end up with about as many classes each.
+    explicit: the owner-classes groups, checked against the federation and the class list.
+    """
+    held = np.zeros((num_partitions, num_classes), dtype=bool)
+    if partition in ("iid", "dirichlet"):
+        held[:] = True
+    elif partition == "class-disjoint":
+        rng = _partition_rng(seed, 0)
+        order = np.concatenate([rng.permutation(seen), rng.permutation(unseen)]).astype(np.int64)
+        held[np.arange(order.size) % num_partitions, order] = True
+    elif partition == "explicit":
+        groups = parse_owner_classes(owner_classes)
+        if len(groups) != num_partitions:
+            raise DataError(
+                f"owner-classes={owner_classes!r} has {len(groups)} group(s) but there are "
+                f"{num_partitions} owners (num-partitions); give exactly one ';'-separated "
+                "group per owner"
+            )
+        outside = sorted({c for g in groups for c in g if c >= num_classes})
+        if outside:
+            raise DataError(
+                f"owner-classes names class(es) {outside} but the dataset has {num_classes} "
+                f"classes (0-based: 0..{num_classes - 1})"
+            )
+        for o, g in enumerate(groups):
+            held[o, g] = True
+        nobody = np.flatnonzero(~held.any(0)).tolist()
+        if nobody:
+            raise DataError(
+                f"class(es) {nobody} belong to no owner in owner-classes={owner_classes!r}; "
+                f"list every class 0..{num_classes - 1} (seen and unseen) in at least one group, "
+                "or their test images would never be evaluated"
+            )
+    else:
+        raise DataError(f"unknown partition {partition!r}; choose one of {list(PARTITIONS)}.")
+    return held
+
+
+def dirichlet_proportions(
+    num_partitions: int, num_classes: int, beta: float, seed: int = 0
+) -> np.ndarray:
+    """Classes x owners: each class's share per owner, ~ Dirichlet(beta) (small beta: skewed)."""
+    if not (np.isfinite(beta) and beta > 0):
+        raise DataError(f"dirichlet-beta={beta!r} must be a finite number > 0")
+    p = _partition_rng(seed, 1).dirichlet(np.full(num_partitions, float(beta)), size=num_classes)
+    p = np.nan_to_num(p)
+    total = p.sum(1, keepdims=True)
+    return np.divide(p, total, out=np.full_like(p, 1.0 / num_partitions), where=total > 0)
+
+
+def split_owners(
+    idx: np.ndarray,
+    labels: np.ndarray,
+    partition: str,
+    held: np.ndarray,
+    proportions: np.ndarray | None = None,
+    seed: int = 0,
+    stream: int = 0,
+) -> np.ndarray:
+    """The owner of every sample of one split (aligned with ``idx``; -1: nobody).
+
+    iid: the historical fixed shuffle dealt round-robin over all samples (seed-independent, so
+    the default reproduces earlier runs). dirichlet: per class, a seeded shuffle cut at the
+    class's cumulative proportions. class-disjoint/explicit: per class, a seeded shuffle dealt
+    round-robin over the owners holding it (one holder: it gets them all).
+    """
+    num_partitions = held.shape[0]
+    owner = np.full(idx.size, -1, dtype=np.int64)
+    if partition == "iid":
+        for o in range(num_partitions):
+            owner[np.isin(idx, _owner_slice(idx, o, num_partitions))] = o
+        return owner
+    if partition == "dirichlet" and proportions is None:
+        raise ValueError("partition=dirichlet needs the classes x owners proportions")
+    rng = _partition_rng(seed, 2 + stream)
+    y = labels[idx]
+    for c in np.unique(y):
+        pos = rng.permutation(np.flatnonzero(y == c))
+        if partition == "dirichlet":
+            cuts = np.round(np.cumsum(proportions[c])[:-1] * pos.size).astype(np.int64)
+            owner[pos] = np.repeat(np.arange(num_partitions), np.diff([0, *cuts, pos.size]))
+        else:
+            who = np.flatnonzero(held[:, c])
+            if who.size:
+                owner[pos] = who[(np.arange(pos.size) + int(c)) % who.size]
+    return owner
+
+
+def _describe_partition(
+    partition: str, seed: int, dirichlet_beta: float, owner_classes: str
+) -> str:
+    """What determines the split, for the data fingerprint (and so the teacher cache)."""
+    if partition == "iid":
+        return "iid"  # seed-independent
+    if partition == "dirichlet":
+        return f"dirichlet(beta={float(dirichlet_beta)!r},seed={int(seed)})"
+    if partition == "explicit":
+        groups = parse_owner_classes(owner_classes)
+        return f"explicit({';'.join(','.join(map(str, g)) for g in groups)},seed={int(seed)})"
+    return f"{partition}(seed={int(seed)})"
+
+
 def load_owner_data(
     dataset: str,
     data_dir: str = "",
@@ -215,10 +342,21 @@ def load_owner_data(
     teacher: str = "transductive",
     partition_id: int = 0,
     num_partitions: int = 1,
+    partition: str = "iid",
+    seed: int = 0,
+    dirichlet_beta: float = 0.5,
+    owner_classes: str = "",
 ) -> OwnerData:
-    """An owner's private split. Transductive: trainval + tunseen_train; inductive: trainval."""
+    """An owner's private split. Transductive: trainval + tunseen_train; inductive: trainval.
+
+    With several simulated owners, ``partition`` decides who holds which samples (see
+    :func:`class_holders` and :func:`split_owners`); train and test splits follow the same
+    rule, so an owner is tested on the classes it holds, in about the proportions it holds.
+    """
     if teacher not in ("transductive", "inductive"):
         raise DataError(f"unknown teacher setting {teacher!r}; choose transductive or inductive.")
+    if partition not in PARTITIONS:
+        raise DataError(f"unknown partition {partition!r}; choose one of {list(PARTITIONS)}.")
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id {partition_id} outside 0..{num_partitions - 1}.")
     t = _table(dataset, data_dir, feature_file)
@@ -237,11 +375,35 @@ def load_owner_data(
     unseen = np.unique(t.labels[s["test_unseen_loc"]])
     if np.intersect1d(seen, unseen).size:
         raise DataError("trainval_loc and test_unseen_loc share classes; the split is not ZSL.")
-    parts = [_owner_slice(i, partition_id, num_partitions) for i in (train, test_seen, test_unseen)]
-    train, test_seen, test_unseen = parts
-    h = hashlib.sha256(
-        f"{t.source}|{teacher}|{partition_id}/{num_partitions}|{t.features.shape}".encode()
+    num_classes = len(t.names)
+    held = class_holders(partition, num_partitions, seen, unseen, num_classes, seed, owner_classes)
+    props = (
+        dirichlet_proportions(num_partitions, num_classes, dirichlet_beta, seed)
+        if partition == "dirichlet"
+        else None
     )
+    splits = (train, test_seen, test_unseen)
+    if partition == "iid":  # exactly the historical slices (sorted), so old runs reproduce
+        parts = [_owner_slice(idx, partition_id, num_partitions) for idx in splits]
+    else:
+        parts = [
+            idx[split_owners(idx, t.labels, partition, held, props, seed, k) == partition_id]
+            for k, idx in enumerate(splits)
+        ]
+    train, test_seen, test_unseen = parts
+    if train.size == 0:
+        what = "seen classes" if teacher == "inductive" else "classes"
+        fix = {
+            "dirichlet": "raise dirichlet-beta or use fewer owners",
+            "explicit": f"give every owner at least one of the {what} in owner-classes",
+        }.get(partition, f"use at most as many owners as there are {what}")
+        raise DataError(
+            f"owner {partition_id} of {num_partitions} gets no training sample under "
+            f"partition={partition} with teacher={teacher}; {fix}"
+        )
+    described = _describe_partition(partition, seed, dirichlet_beta, owner_classes)
+    ident = f"{t.source}|{teacher}|{partition_id}/{num_partitions}|{described}|{t.features.shape}"
+    h = hashlib.sha256(ident.encode())
     h.update(np.ascontiguousarray(t.features[train[:64]]).tobytes())
     return OwnerData(
         train_x=t.features[train],
@@ -252,7 +414,7 @@ def load_owner_data(
         test_unseen_y=t.labels[test_unseen],
         seen_classes=seen,
         unseen_classes=unseen,
-        num_classes=len(t.names),
+        num_classes=num_classes,
         fingerprint=h.hexdigest()[:16],
     )
 

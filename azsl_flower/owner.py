@@ -59,6 +59,9 @@ TEACHER_KEYS = (
     "teacher-epochs",
     "lr-teacher",
     "seed",
+    "partition",  # with the data fingerprint: different partitions never share a teacher
+    "dirichlet-beta",
+    "owner-classes",
 )
 
 
@@ -71,6 +74,10 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
         str(settings["teacher"]),
         partition_id,
         num_partitions,
+        partition=str(settings.get("partition", "iid")),
+        seed=int(settings.get("seed", 0)),
+        dirichlet_beta=float(settings.get("dirichlet-beta", 0.5)),
+        owner_classes=str(settings.get("owner-classes", "")),
     )
     teacher_cfg = {k: settings.get(k) for k in TEACHER_KEYS}
     key = hashlib.sha256(
