@@ -19,7 +19,14 @@ from azsl_flower.config import RunConfig
 from azsl_flower.models import Generator, classifier, fit
 from azsl_flower.semantics import ClassSide
 
-__all__ = ["Federation", "Pool", "Service", "combine_over_owners"]
+__all__ = [
+    "WEIGHTINGS",
+    "Federation",
+    "Pool",
+    "Service",
+    "combine_over_owners",
+    "owner_weights",
+]
 
 
 @dataclass
@@ -46,17 +53,57 @@ class Federation:
         return np.flatnonzero(self.coverage.any(0))
 
 
-def combine_over_owners(
-    per_owner: list[np.ndarray], coverage: np.ndarray, y: np.ndarray
-) -> np.ndarray:
-    """Average per-sample answers over the owners whose teacher covers the sample's class.
+WEIGHTINGS = ("coverage", "uniform", "confidence")  # run-config ensemble-weighting
 
-    A class covered by one owner gets that owner's answer exactly; owners that never saw
-    the class do not dilute it. Samples of a class nobody covers get zeros.
+
+def owner_weights(
+    coverage: np.ndarray,
+    y: np.ndarray,
+    mode: str = "coverage",
+    probs: list[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Owners x samples weights for combining the owners' answers about each sample.
+
+    ``coverage``: owners whose teacher covers the sample's class, equally (an owner that
+    never saw a class has nothing to say about it). ``uniform``: every answering owner
+    equally, covering or not: the naive baseline, where an owner's softmax is zero on
+    classes it never saw and so dilutes the others. ``confidence``: covering owners in
+    proportion to their teacher's probability of the intended class y (``probs``: per
+    owner, samples x classes in the global label space); coverage weights where all of
+    them give it 0. Columns sum to 1, except (coverage, confidence) for classes nobody
+    covers, which get 0 everywhere.
     """
+    n_owners = coverage.shape[0]
+    if mode == "uniform":
+        return np.full((n_owners, y.size), 1.0 / n_owners, dtype=np.float32)
     w = coverage[:, y].astype(np.float32)  # owners x n
+    if mode == "confidence":
+        if probs is None or len(probs) != n_owners:
+            raise ValueError("ensemble-weighting=confidence needs every owner's probabilities")
+        rows = np.arange(y.size)
+        conf = np.stack([np.asarray(p, dtype=np.float32)[rows, y] for p in probs])
+        conf = np.clip(np.nan_to_num(conf), 0.0, None) * w
+        w = np.where(conf.sum(0) > 0, conf, w)  # all covering owners at 0: fall back
+    elif mode != "coverage":
+        raise ValueError(f"unknown ensemble-weighting {mode!r}; choose one of {list(WEIGHTINGS)}")
     denom = w.sum(0)
-    w = np.divide(w, denom, out=np.zeros_like(w), where=denom > 0)
+    return np.divide(w, denom, out=np.zeros_like(w), where=denom > 0)
+
+
+def combine_over_owners(
+    per_owner: list[np.ndarray],
+    coverage: np.ndarray,
+    y: np.ndarray,
+    probs: list[np.ndarray] | None = None,
+    mode: str = "coverage",
+) -> np.ndarray:
+    """Combine per-sample answers (softmax, gradients...) of several owners into one.
+
+    Weights come from :func:`owner_weights`. Under ``coverage`` and ``confidence`` a class
+    covered by one owner gets that owner's answer exactly, and samples of a class nobody
+    covers get zeros.
+    """
+    w = owner_weights(coverage, y, mode, probs)
     out = np.zeros_like(per_owner[0], dtype=np.float32)
     for o, arr in enumerate(per_owner):
         out += w[o].reshape(-1, *([1] * (arr.ndim - 1))) * arr

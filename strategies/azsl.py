@@ -22,7 +22,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from azsl_flower import protocol as P
-from azsl_flower.config import ConfigError, RunConfig
+from azsl_flower.config import ConfigError, RunConfig, parse_owner_classes
 from azsl_flower.crypto import RejectedError
 from azsl_flower.faults import FaultInjector
 from azsl_flower.feedback import FeedbackOracle, KLRegulariser, Regulariser
@@ -227,6 +227,20 @@ class AZSLStrategy:
         nodes = sorted(grid.get_node_ids())
         if not nodes:
             raise OwnerError("no data owner (SuperNode) is connected")
+        if self.cfg.partition == "explicit":
+            groups = parse_owner_classes(self.cfg.owner_classes)
+            if len(groups) != len(nodes):
+                raise ConfigError(
+                    f"owner-classes={self.cfg.owner_classes!r} has {len(groups)} group(s) but "
+                    f"{len(nodes)} owners are connected; give exactly one ';'-separated group "
+                    "per owner"
+                )
+            outside = sorted({c for g in groups for c in g if c >= self.classes.num_classes})
+            if outside:
+                raise ConfigError(
+                    f"owner-classes names class(es) {outside} but the dataset has "
+                    f"{self.classes.num_classes} classes (0-based)"
+                )
         self.node_ids = nodes
         return nodes
 
@@ -273,13 +287,23 @@ class AZSLStrategy:
         self, replies: list[P.Payload] | list[dict[str, np.ndarray]], fed: Federation, y: np.ndarray
     ) -> dict[str, np.ndarray]:
         answers = [r.arrays if isinstance(r, P.Payload) else r for r in replies]
-        cov = fed.coverage
+        probs = [a["probs"] for a in answers]
         return {
-            "probs": combine_over_owners([a["probs"] for a in answers], cov, y),
-            "grad": combine_over_owners([a["grad"] for a in answers], cov, y),
+            "probs": self.combine(probs, fed, y, probs),
+            "grad": self.combine([a["grad"] for a in answers], fed, y, probs),
             "ce": np.mean([a["ce"] for a in answers], 0),
             "reg": np.mean([a["reg"] for a in answers], 0),
         }
+
+    def combine(
+        self, per_owner: list[np.ndarray], fed: Federation, y: np.ndarray, probs: list[np.ndarray]
+    ) -> np.ndarray:
+        """One answer per sample from every owner's, by the run's ensemble-weighting.
+
+        The same rule combines feedback, verification and (through verification) the
+        student's targets, so all three agree on which owner speaks for a class.
+        """
+        return combine_over_owners(per_owner, fed.coverage, y, probs, self.cfg.ensemble_weighting)
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -357,7 +381,8 @@ class AZSLStrategy:
         t = time.monotonic()
         x, y = service.generate(fed.trainable, cfg.samples_per_class)
         if local is not None:
-            probs = combine_over_owners([o.probs(x) for o in local], fed.coverage, y)
+            per_owner = [o.probs(x) for o in local]
+            probs = self.combine(per_owner, fed, y, per_owner)
         else:
             # one round trip unless the features outgrow a protobuf message (2 GB)
             chunks: dict[int, list[np.ndarray]] = {}
@@ -367,7 +392,7 @@ class AZSLStrategy:
                 for node, answer in zip(self.node_ids, replies, strict=True):
                     chunks.setdefault(node, []).append(answer[0].arrays["probs"])
             per_owner = [np.concatenate(chunks[n]) for n in self.node_ids]
-            probs = combine_over_owners(per_owner, fed.coverage, y)
+            probs = self.combine(per_owner, fed, y, per_owner)
         keep = probs.argmax(1) == y
         kept_classes = np.unique(y[keep])
         missing = np.setdiff1d(fed.trainable, kept_classes)
@@ -423,6 +448,8 @@ class AZSLStrategy:
                 "feature_dim": fed.dim,
                 "evaluated_model": main_name,
                 "zsl_label_space": space,
+                "partition": cfg.partition,
+                "ensemble_weighting": cfg.ensemble_weighting,
             },
         )
 

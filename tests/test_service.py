@@ -1,10 +1,16 @@
-"""combine_over_owners: answers averaged only over owners whose teacher covers the class."""
+"""Combining owners' answers: coverage (default), uniform and confidence weighting."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
-from azsl_flower.service import combine_over_owners
+from azsl_flower.config import ConfigError, parse_run_config
+from azsl_flower.secure import ServiceSecurity
+from azsl_flower.semantics import load_class_side
+from azsl_flower.service import Federation, combine_over_owners, owner_weights
+from strategies.azsl import AZSLStrategy
 
 
 def test_combine_over_owners():
@@ -39,3 +45,153 @@ def test_combine_over_owners_one_dimensional_answers():
     y = np.array([0, 1])
     out = combine_over_owners([np.array([2.0, 5.0]), np.array([4.0, 7.0])], coverage, y)
     np.testing.assert_allclose(out, [3.0, 7.0])
+
+
+# ---------------------------------------------------------------------------------------
+# ensemble-weighting: uniform, coverage, confidence on hand-made cases
+# ---------------------------------------------------------------------------------------
+
+# 3 owners, 4 classes. Class 0: owner 0 only; class 1: owners 1 and 2; class 2: all three;
+# class 3: nobody.
+COVERAGE = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0]], dtype=bool)
+Y = np.array([0, 1, 2, 3, 1])
+
+
+def _probs() -> list[np.ndarray]:
+    """Each owner's softmax in the global label space: zero on classes it never saw."""
+    p0 = np.array(
+        [[0.8, 0, 0.2, 0], [0.5, 0, 0.5, 0], [0.4, 0, 0.6, 0], [0.9, 0, 0.1, 0], [1, 0, 0, 0]]
+    )
+    p1 = np.array(
+        [[0, 0.3, 0.7, 0], [0, 0.6, 0.4, 0], [0, 0.8, 0.2, 0], [0, 0.5, 0.5, 0], [0, 0, 1, 0]]
+    )
+    p2 = np.array(
+        [[0, 0.1, 0.9, 0], [0, 0.2, 0.8, 0], [0, 0.9, 0.1, 0], [0, 0.5, 0.5, 0], [0, 0, 1, 0]]
+    )
+    return [p.astype(np.float32) for p in (p0, p1, p2)]
+
+
+def test_uniform_averages_every_owner_covering_or_not():
+    probs = _probs()
+    w = owner_weights(COVERAGE, Y, "uniform")
+    np.testing.assert_allclose(w, np.full((3, 5), 1 / 3))
+    out = combine_over_owners(probs, COVERAGE, Y, probs, "uniform")
+    np.testing.assert_allclose(out, sum(probs) / 3, rtol=1e-6)
+    # the naive baseline's weakness: owner 0 alone knows class 0, yet its answer is diluted
+    # by two owners that put 0 on class 0
+    assert out[0, 0] == pytest.approx(0.8 / 3)
+
+
+def test_coverage_is_the_default_and_ignores_owners_outside_the_class():
+    probs = _probs()
+    assert np.array_equal(
+        combine_over_owners(probs, COVERAGE, Y),
+        combine_over_owners(probs, COVERAGE, Y, probs, "coverage"),
+    )
+    w = owner_weights(COVERAGE, Y, "coverage")
+    expected = np.array(
+        [[1, 0, 1 / 3, 0, 0], [0, 0.5, 1 / 3, 0, 0.5], [0, 0.5, 1 / 3, 0, 0.5]], dtype=np.float32
+    )
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+
+
+def test_confidence_weights_covering_owners_by_their_probability_of_the_intended_class():
+    probs = _probs()
+    w = owner_weights(COVERAGE, Y, "confidence", probs)
+    # sample 1 (class 1): owners 1 and 2 say 0.6 and 0.2 -> 3/4 and 1/4; owner 0 not covering
+    np.testing.assert_allclose(w[:, 1], [0, 0.75, 0.25], rtol=1e-6)
+    # sample 2 (class 2): owners say 0.6, 0.2, 0.1 -> 6/9, 2/9, 1/9
+    np.testing.assert_allclose(w[:, 2], [6 / 9, 2 / 9, 1 / 9], rtol=1e-6)
+    # sample 4 (class 1): both covering owners give class 1 zero -> coverage weights
+    np.testing.assert_allclose(w[:, 4], [0, 0.5, 0.5])
+    np.testing.assert_array_equal(w[:, 3], [0, 0, 0])  # nobody covers class 3
+    out = combine_over_owners(probs, COVERAGE, Y, probs, "confidence")
+    np.testing.assert_allclose(
+        out[2], (6 * probs[0][2] + 2 * probs[1][2] + probs[2][2]) / 9, rtol=1e-6
+    )
+    # gradients (any shape) are combined with the same weights
+    grads = [np.full((5, 2, 3), k + 1.0, dtype=np.float32) for k in range(3)]
+    g = combine_over_owners(grads, COVERAGE, Y, probs, "confidence")
+    np.testing.assert_allclose(g[1], np.full((2, 3), 0.75 * 2 + 0.25 * 3), rtol=1e-6)
+    np.testing.assert_allclose(g[2], np.full((2, 3), (6 * 1 + 2 * 2 + 1 * 3) / 9), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["coverage", "confidence"])
+def test_a_class_covered_by_one_owner_gets_its_answer_exactly(mode):
+    probs = _probs()
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal((5, 7)).astype(np.float32) for _ in range(3)]
+    for answers in (probs, grads):
+        out = combine_over_owners(answers, COVERAGE, Y, probs, mode)
+        np.testing.assert_array_equal(out[0], answers[0][0])
+        np.testing.assert_array_equal(out[3], 0)  # nobody covers class 3
+
+
+def test_weights_sum_to_one_where_someone_covers_the_class():
+    probs = _probs()
+    for mode in ("uniform", "coverage", "confidence"):
+        w = owner_weights(COVERAGE, Y, mode, probs)
+        assert w.shape == (3, 5) and w.dtype == np.float32 and (w >= 0).all()
+        covered = COVERAGE[:, Y].any(0)
+        np.testing.assert_allclose(w.sum(0)[covered], 1.0, rtol=1e-6)
+
+
+def test_bad_weighting_requests():
+    with pytest.raises(ValueError, match="confidence needs every owner's probabilities"):
+        owner_weights(COVERAGE, Y, "confidence")
+    with pytest.raises(ValueError, match="unknown ensemble-weighting 'vote'"):
+        owner_weights(COVERAGE, Y, "vote")
+
+
+# ---------------------------------------------------------------------------------------
+# The strategy uses the configured rule for feedback (and verification / student targets)
+# ---------------------------------------------------------------------------------------
+
+
+def _strategy(**raw) -> AZSLStrategy:
+    cfg = parse_run_config(raw)
+    return AZSLStrategy(
+        cfg, load_class_side("digits"), torch.device("cpu"), ServiceSecurity("none", 0)
+    )
+
+
+def _fed() -> Federation:
+    return Federation(
+        dim=2,
+        num_classes=4,
+        covered=[np.array([0, 2]), np.array([1, 2]), np.array([1, 2])],
+        seen=np.array([0, 1, 2]),
+        unseen=np.array([3]),
+    )
+
+
+@pytest.mark.parametrize("mode", ["uniform", "coverage", "confidence"])
+def test_aggregate_feedback_follows_ensemble_weighting(mode):
+    probs = _probs()
+    grads = [np.full((5, 2), k + 1.0, dtype=np.float32) for k in range(3)]
+    answers = [
+        {"probs": p, "grad": g, "ce": np.array([k], np.float32), "reg": np.array([0.0], np.float32)}
+        for k, (p, g) in enumerate(zip(probs, grads, strict=True))
+    ]
+    fb = _strategy(**{"ensemble-weighting": mode}).aggregate_feedback(answers, _fed(), Y)
+    w = owner_weights(COVERAGE, Y, mode, probs)
+    np.testing.assert_allclose(fb["probs"], np.einsum("on,onc->nc", w, np.stack(probs)), rtol=1e-6)
+    np.testing.assert_allclose(fb["grad"], np.einsum("on,onc->nc", w, np.stack(grads)), rtol=1e-6)
+
+
+class _Grid:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1000, 1000 + self.n))
+
+
+def test_explicit_owner_classes_are_checked_before_any_message():
+    s = _strategy(partition="explicit", **{"owner-classes": "0-4;5-9"})
+    assert s.configure_setup(_Grid(2)) == [1000, 1001]
+    with pytest.raises(ConfigError, match=r"2 group\(s\) but 3 owners are connected"):
+        s.configure_setup(_Grid(3))
+    s = _strategy(partition="explicit", **{"owner-classes": "0-4;5-12"})
+    with pytest.raises(ConfigError, match=r"class\(es\) \[10, 11, 12\] but the dataset has 10"):
+        s.configure_setup(_Grid(2))
