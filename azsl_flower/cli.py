@@ -1,7 +1,7 @@
 """``azsl-flower`` command: key management for the end-to-end encryption.
 
-    azsl-flower keys generate --out DIR --name owner-1   # writes owner-1.key / owner-1.pub
-    azsl-flower keys fingerprint DIR/owner-1.pub          # what operators compare by phone
+azsl-flower keys generate --out DIR --name owner-1   # writes owner-1.key / owner-1.pub
+azsl-flower keys fingerprint DIR/owner-1.pub          # what operators compare by phone
 """
 
 from __future__ import annotations
