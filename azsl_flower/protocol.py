@@ -10,19 +10,18 @@ Layout of a ``RecordDict``: ``"arrays"`` (ArrayRecord of named numpy arrays),
 the run settings an owner needs to rebuild its state after a restart).
 
 On the wire, the payloads one owner gets in one round trip travel together: :func:`bundle`
-numbers them into one ``RecordDict``; :func:`to_bytes` serialises that with Flower's own
-protobuf codec so :mod:`azsl_flower.crypto` can seal it; :func:`envelope` is the only thing
-Flower then sees: header and ciphertext bytes (``uint8`` arrays, which Flower chunks).
+numbers them into one ``RecordDict``; :func:`to_bytes` serialises that (a JSON table of
+contents, then the arrays' bytes) so :mod:`azsl_flower.crypto` can seal it;
+:func:`envelope` is the only thing Flower then sees: header and ciphertext as raw bytes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 
 __all__ = [
     "ProtocolError",
@@ -236,6 +235,7 @@ def payload_nbytes(rd: RecordDict) -> int:
 # -- transport: several payloads per message, serialised, sealed -------------------------------
 
 ENVELOPE = "sealed"  # the one record of an encrypted message
+RAW_BYTES = "raw-bytes"  # Array stype of its header and ciphertext fields
 
 
 def bundle(parts: list[RecordDict]) -> RecordDict:
@@ -261,22 +261,68 @@ def unbundle(rd: RecordDict) -> list[RecordDict]:
 
 
 def to_bytes(rd: RecordDict) -> bytes:
-    return recorddict_to_proto(rd).SerializeToString()
+    """Serialise a RecordDict of ArrayRecords and ConfigRecords for sealing.
+
+    A JSON table of contents, then every Array's bytes as Flower already holds them: one
+    copy in all (Flower's protobuf codec costs three, which showed in the wall time).
+    """
+    toc: list[dict[str, object]] = []
+    blobs: list[bytes] = []
+    for key, record in rd.items():
+        if isinstance(record, ArrayRecord):
+            items = []
+            for name, arr in record.items():
+                items.append([name, arr.dtype, list(arr.shape), arr.stype, len(arr.data)])
+                blobs.append(arr.data)
+            toc.append({"key": key, "arrays": items})
+        elif isinstance(record, ConfigRecord):
+            try:
+                json.dumps(dict(record))
+            except TypeError as exc:
+                raise ProtocolError(f"record {key!r}: {exc}") from None
+            toc.append({"key": key, "config": dict(record)})
+        else:
+            raise ProtocolError(f"record {key!r} of type {type(record).__name__} is not sent")
+    head = json.dumps(toc).encode()
+    return b"".join([len(head).to_bytes(8, "big"), head, *blobs])
 
 
 def from_bytes(raw: bytes) -> RecordDict:
+    """Inverse of :func:`to_bytes`; ProtocolError on anything it did not write."""
     try:
-        return recorddict_from_proto(ProtoRecordDict.FromString(raw))
-    except Exception as exc:  # protobuf raises DecodeError and friends
+        n = int.from_bytes(raw[:8], "big")
+        toc = json.loads(raw[8 : 8 + n].decode())
+        view, offset, rd = memoryview(raw), 8 + n, RecordDict()
+        for entry in toc:
+            if "arrays" in entry:
+                arrays = {}
+                for name, dtype, shape, stype, size in entry["arrays"]:
+                    if offset + size > len(raw):
+                        raise ValueError("truncated")
+                    data = bytes(view[offset : offset + size])
+                    offset += size
+                    arrays[name] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=data)
+                rd[entry["key"]] = ArrayRecord(arrays)
+            else:
+                rd[entry["key"]] = ConfigRecord(entry["config"])
+        if offset != len(raw):
+            raise ValueError(f"{len(raw) - offset} trailing bytes")
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"payload is not a serialised RecordDict: {exc}") from None
+    return rd
+
+
+def _raw(data: bytes) -> Array:
+    # bytes as they are: a numpy-typed Array would copy them twice more (np.save/np.load)
+    return Array(dtype="uint8", shape=(len(data),), stype=RAW_BYTES, data=data)
 
 
 def envelope(parts: list[tuple[bytes, bytes]]) -> RecordDict:
     """Header/ciphertext pairs (several only when the recipient's key is not yet known)."""
     arrays: dict[str, Array] = {}
     for i, (header, body) in enumerate(parts):
-        arrays[f"header.{i}"] = Array(np.frombuffer(header, dtype=np.uint8))
-        arrays[f"body.{i}"] = Array(np.frombuffer(body, dtype=np.uint8))
+        arrays[f"header.{i}"] = _raw(header)
+        arrays[f"body.{i}"] = _raw(body)
     rd = RecordDict()
     rd[ENVELOPE] = ArrayRecord(arrays)
     return rd
@@ -293,9 +339,9 @@ def open_envelope(rd: RecordDict) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
         h, b = rec[f"header.{i}"], rec[f"body.{i}"]
-        if h.dtype != "uint8" or b.dtype != "uint8":  # Array.dtype is a string
-            raise ProtocolError("envelope fields must be uint8 bytes")
-        out.append((h.numpy().tobytes(), b.numpy().tobytes()))
+        if (h.dtype, h.stype, b.dtype, b.stype) != ("uint8", RAW_BYTES, "uint8", RAW_BYTES):
+            raise ProtocolError("envelope fields must be raw uint8 bytes")
+        out.append((bytes(h.data), bytes(b.data)))
     return out
 
 

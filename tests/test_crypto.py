@@ -252,3 +252,12 @@ def test_bad_key_files_fail_clearly(tmp_path):
         load_public_keys(str(tmp_path / "empty"))
     with pytest.raises(KeyFileError, match="plain file name"):
         write_keypair(tmp_path, "../escape")
+
+
+def test_serialised_payloads_refuse_truncation_and_trailing_bytes():
+    rd = P.encode(P.FEEDBACK, "request", **_payload(P.FEEDBACK, "request"))
+    raw = P.to_bytes(P.bundle([rd]))
+    assert P.to_bytes(P.from_bytes(raw)) == raw
+    for bad in (raw[:-1], raw + b"\0", raw[:5], b"", b"\0" * 8 + b"{"):
+        with pytest.raises(P.ProtocolError, match="not a serialised RecordDict"):
+            P.from_bytes(bad)

@@ -22,7 +22,7 @@ def _only_ciphertext(msg) -> None:  # noqa: ANN001
     assert list(rd.keys()) == [P.ENVELOPE]
     assert not rd.config_records and not rd.metric_records
     for name, arr in rd.array_records[P.ENVELOPE].items():
-        assert arr.dtype == "uint8", name
+        assert arr.dtype == "uint8" and arr.stype == P.RAW_BYTES, name
         assert name.split(".")[0] in ("header", "body")
 
 
@@ -118,7 +118,7 @@ def test_sealed_payloads_are_not_readable_floats(tmp_path):
     _, _, grid = _run(tmp_path, owners=1, rounds=1)
     feedback = [m for m in grid.sent if m.metadata.message_type == "query.feedback"]
     assert feedback
-    body = feedback[0].content.array_records[P.ENVELOPE]["body.0"].numpy().tobytes()
+    body = feedback[0].content.array_records[P.ENVELOPE]["body.0"].data
     floats = np.frombuffer(body[: len(body) // 4 * 4], dtype=np.float32)
     # ciphertext looks like noise: no run of sane, non-negative ReLU features
     sane = np.isfinite(floats) & (np.abs(floats) < 100) & (floats >= 0)
