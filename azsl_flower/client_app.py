@@ -6,7 +6,7 @@ from collections.abc import Callable
 from logging import WARNING
 
 import numpy as np
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
@@ -25,6 +25,7 @@ from azsl_flower.secure import OwnerSecurity
 app = ClientApp()
 
 Answer = dict[str, object]  # keyword arguments of protocol.encode for one reply
+_BUDGET_KEY = "azsl.budget"  # node Context state: generated samples answered in this run
 
 
 def _serve(
@@ -41,8 +42,47 @@ def _serve(
             Error(code=P.REJECTED_CODE, reason=P.rejection(exc.reason, exc.detail)), reply_to=msg
         )
     payloads = [P.decode(kind, "request", rd) for rd in parts]
+    metered = kind is P.FEEDBACK or kind is P.VERIFY  # queries about generated samples
+    asked = sum(int(p.arrays["y"].size) for p in payloads) if metered else 0
+    budget, used = query_budget(context), queries_used(context)
+    if asked and budget and used + asked > budget:
+        # Refused before any work; a distinct error the service treats as "skip me this time".
+        log(
+            WARNING,
+            "owner %s refused a %s request of %d samples: query-budget %d, %d used",
+            context.node_id,
+            kind.message_type,
+            asked,
+            budget,
+            used,
+        )
+        reason = P.budget_refusal(budget, used, asked)
+        return Message(Error(code=P.BUDGET_CODE, reason=reason), reply_to=msg)
     answers = [P.encode(kind, "reply", **handle(p, context)) for p in payloads]  # type: ignore[arg-type]
+    if asked:
+        context.state[_BUDGET_KEY] = ConfigRecord({"used": used + asked})
     return Message(security.seal(kind.message_type, request, answers), reply_to=msg)
+
+
+def query_budget(context: Context) -> int:
+    """This owner's node-config ``query-budget``: generated samples per run, 0 = unlimited."""
+    raw = context.node_config.get("query-budget", 0)
+    try:
+        budget = int(str(raw).strip())  # refuses 1.5, "ten" and True alike
+    except ValueError:
+        budget = -1
+    if budget < 0:
+        raise ValueError(
+            f"node-config query-budget={raw!r}: give a whole number of generated samples "
+            "per run, >= 0 (0 = unlimited)"
+        )
+    return budget
+
+
+def queries_used(context: Context) -> int:
+    """Generated samples this owner answered so far in this run (kept in its node Context)."""
+    record = context.state.config_records.get(_BUDGET_KEY)
+    return int(record["used"]) if record is not None else 0  # type: ignore[arg-type]
 
 
 def _state(payload: P.Payload, context: Context) -> OwnerState:
@@ -82,6 +122,7 @@ def _setup(payload: P.Payload, context: Context) -> Answer:
         "teacher_train_acc": st.teacher_train_accuracy,
         # fault injection is for simulations; a deployed owner has no partition-id
         "simulated": "partition-id" in context.node_config,
+        "query_budget": query_budget(context),
     }
     return {"arrays": arrays, "scalars": scalars, "weights": weights}
 

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "dirichlet-beta": 0.5,
     "owner-classes": "",
     "ensemble-weighting": "coverage",
+    "quorum": 0.5,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -135,6 +136,7 @@ class RunConfig:
     dirichlet_beta: float
     owner_classes: str
     ensemble_weighting: str
+    quorum: float
 
     @property
     def whitebox(self) -> bool:
@@ -209,6 +211,11 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     for key in ("fault-tamper", "fault-replay"):
         if not 0.0 <= merged[key] <= 1.0:
             raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
+    if not 0.0 < merged["quorum"] <= 1.0:  # NaN fails too
+        raise ConfigError(
+            f"run-config quorum={merged['quorum']!r}: the fraction of the owners present at "
+            "set-up that must stay in the run, in (0, 1] (1.0: every owner; 0.5: half)"
+        )
     if not math.isfinite(merged["dirichlet-beta"]):
         raise ConfigError(
             f"run-config dirichlet-beta={merged['dirichlet-beta']!r}: must be a finite number > 0"

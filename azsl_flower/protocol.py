@@ -44,6 +44,9 @@ __all__ = [
     "REJECTED_CODE",
     "rejection",
     "parse_rejection",
+    "BUDGET_CODE",
+    "budget_refusal",
+    "parse_budget_refusal",
 ]
 
 
@@ -87,6 +90,8 @@ SETUP = Kind(
             "train_size": int,
             "teacher_train_acc": float,
             "simulated": bool,
+            # generated samples (feedback + verification) it answers per run; 0 = unlimited
+            "query_budget": int,
         },
         # weights scenario only: the teacher and the KL regulariser's per-class statistics
         optional_arrays={"reg_mean": (F32, 2), "reg_var": (F32, 2), "reg_classes": (I64, 1)},
@@ -359,3 +364,28 @@ def parse_rejection(code: int, text: str) -> str | None:
     if code != REJECTED_CODE or not text.startswith(_REJECTED):
         return None
     return text[len(_REJECTED) :].split(":", 1)[0]
+
+
+BUDGET_CODE = 4101  # Flower Error code of an owner's "over my query budget" reply
+_BUDGET = "azsl-budget-exceeded:"
+
+
+def budget_refusal(budget: int, used: int, asked: int) -> str:
+    """Error text of an owner refusing a request that would exceed its query budget."""
+    return (
+        f"{_BUDGET}{budget}:{used}:{asked}: this owner answers at most {budget} generated "
+        f"samples per run (node-config query-budget); {used} are used and this request asks "
+        f"{asked} more. The service should plan within the query_budget declared at set-up"
+    )
+
+
+def parse_budget_refusal(code: int, text: str) -> tuple[int, int, int] | None:
+    """(budget, used, asked) of an owner's budget refusal, or None for any other error."""
+    if code != BUDGET_CODE or not text.startswith(_BUDGET):
+        return None
+    fields = text[len(_BUDGET) :].split(":", 3)[:3]
+    try:
+        budget, used, asked = (int(f) for f in fields)
+    except ValueError:
+        return None
+    return budget, used, asked

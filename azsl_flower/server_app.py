@@ -23,7 +23,11 @@ app = ServerApp()
 
 
 def _progress(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
-    shown = " ".join(f"{k}={v:.3f}" for k, v in stats.items() if k != "round")
+    shown = " ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in stats.items()
+        if k != "round"
+    )
     log(INFO, "[%s %d/%d] %s", phase, step, total, shown)
 
 
@@ -66,6 +70,7 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
         "seed": cfg.seed,
         "device": str(device),
         "teacher": out.teacher,
+        "per_owner_teacher": out.per_owner_teacher,
         "student": out.student,
         "other_models": out.extra_models,
         "wall_seconds": time.monotonic() - t0,

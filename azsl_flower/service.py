@@ -172,18 +172,23 @@ class Service:
 
     # -- generation ---------------------------------------------------------------------
 
-    def _batch_labels(self) -> torch.Tensor:
+    def _batch_labels(self, classes: torch.Tensor) -> torch.Tensor:
         """A batch covers few classes with several samples each, so per-class R is defined."""
-        k = min(self.cfg.classes_per_batch, self.trainable.numel())
-        pick = self.trainable[torch.randperm(self.trainable.numel(), generator=self.rng)[:k]]
+        k = min(self.cfg.classes_per_batch, classes.numel())
+        pick = classes[torch.randperm(classes.numel(), generator=self.rng)[:k]]
         reps = -(-self.cfg.batch_size // k)
         return pick.repeat_interleave(reps)[: self.cfg.batch_size]
 
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.noise_dim, generator=self.rng)
 
-    def make_pool(self, n_batches: int) -> Pool:
-        ys = [self._batch_labels() for _ in range(n_batches)]
+    def make_pool(self, n_batches: int, classes: np.ndarray | None = None) -> Pool:
+        """``n_batches`` generated batches; ``classes``: only these (the owners asked this
+        round know no others), default every class some owner knew at set-up."""
+        pick = self.trainable if classes is None else torch.from_numpy(np.asarray(classes))
+        if pick.numel() == 0:
+            raise ValueError("make_pool needs at least one class to generate")
+        ys = [self._batch_labels(pick.long()) for _ in range(n_batches)]
         zs = [self._noise(y.numel()) for y in ys]
         with torch.no_grad():
             xs = [self._generate(y, z) for y, z in zip(ys, zs, strict=True)]

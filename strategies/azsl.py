@@ -10,9 +10,10 @@ polled at ``poll-interval``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
 
 import numpy as np
@@ -38,7 +39,21 @@ MAX_MESSAGE_BYTES = 2**30  # generated features per verification round trip
 
 
 class OwnerError(RuntimeError):
-    """An owner answered with an error or did not answer in time."""
+    """Too few owners left in the run (failures, time-outs, rejections): names who and why."""
+
+
+def _samples(kind: P.Kind, payloads: list[dict[str, object]]) -> int:
+    """Generated samples a request asks about: what an owner counts against its budget."""
+    if kind is not P.FEEDBACK and kind is not P.VERIFY:
+        return 0
+    return sum(int(np.asarray(p["arrays"]["y"]).size) for p in payloads)  # type: ignore[index]
+
+
+def _first_line(text: str, limit: int = 500) -> str:
+    """An owner's error reason, short enough for a log line (a traceback may follow it)."""
+    lines = str(text).strip().splitlines()
+    line = lines[0] if lines else "(no reason given)"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass
@@ -64,6 +79,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     verification: dict[str, float] = field(default_factory=dict)
     federation: dict[str, object] = field(default_factory=dict)
+    per_owner_teacher: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class AZSLStrategy:
@@ -80,9 +96,20 @@ class AZSLStrategy:
         self.security = security
         self.settings = cfg.owner_settings()
         self.traffic = Traffic()
-        self.node_ids: list[int] = []
+        self.node_ids: list[int] = []  # owners still in the run
         self.dropped: list[int] = []
+        self.required = 1  # owners the run needs (quorum x owners present at set-up)
         self.covered: dict[int, np.ndarray] = {}  # node -> classes its teacher knows
+        self.initial_classes = np.zeros(0, dtype=np.int64)  # classes some owner knew at set-up
+        # who did what, for results.json
+        self.failures: list[dict[str, object]] = []  # {node, phase, kind, reason}
+        self.drops: list[dict[str, object]] = []  # {node, phase, reason}
+        self.contributors: dict[str, list[int]] = {}  # phase -> nodes that answered
+        self.generator_answers: dict[int, int] = {}  # node -> generator round trips answered
+        # query budgets (generated samples per run; 0 = unlimited), declared at set-up
+        self.budget: dict[int, int] = {}
+        self.used: dict[int, int] = {}  # samples each owner answered (or may have)
+        self.skipped: dict[int, dict[str, int]] = {}  # node -> phase -> round trips skipped
         self.fed: Federation | None = None
         self.faults: FaultInjector | None = None
         if cfg.fault_tamper > 0 or cfg.fault_replay > 0:
@@ -92,19 +119,24 @@ class AZSLStrategy:
 
     # -- transport --------------------------------------------------------------------------
 
-    def _round_trip(self, grid: Grid, messages: list[Message], kind: P.Kind) -> list[Message]:
-        """Push all messages at once, poll for every reply; one round trip, counted."""
+    def _round_trip(self, grid: Grid, messages: list[Message], kind: P.Kind) -> list[Message | str]:
+        """Push all messages at once, poll for every reply; one round trip, counted.
+
+        A message the grid did not queue, or whose reply did not come within ``timeout``,
+        comes back as the reason why not: the caller fails that owner, never the whole run.
+        """
         self.traffic.rounds += 1
         self.traffic.messages += len(messages)
         if self.faults is not None:
             messages = [self.faults.outgoing(m) for m in messages]
         self.traffic.bytes_sent += sum(P.payload_nbytes(m.content) for m in messages)
-        ids = [i for i in grid.push_messages(messages) if i]
+        ids = list(grid.push_messages(messages))
         if len(ids) != len(messages):
             raise OwnerError(
-                f"{kind.message_type}: only {len(ids)}/{len(messages)} messages queued"
+                f"{kind.message_type}: the grid returned {len(ids)} message ids for "
+                f"{len(messages)} messages"
             )
-        pending, replies = set(ids), {}
+        pending, replies = {i for i in ids if i}, {}
         deadline = time.monotonic() + self.cfg.timeout
         while pending:
             for reply in grid.pull_messages(list(pending)):
@@ -112,16 +144,16 @@ class AZSLStrategy:
                 pending.discard(reply.metadata.reply_to_message_id)
             if pending:
                 if time.monotonic() > deadline:
-                    raise OwnerError(
-                        f"{kind.message_type}: {len(pending)} owner(s) did not answer within "
-                        f"timeout={self.cfg.timeout}s"
-                    )
+                    break  # the silent owners fail this round trip; the others go on
                 time.sleep(self.cfg.poll_interval)
-        out = [replies[mid] for mid in ids]
+        silent = f"no answer within timeout={self.cfg.timeout}s"
+        out: list[Message | str] = [
+            replies.get(mid, silent) if mid else "the grid did not queue the message" for mid in ids
+        ]
         if self.faults is not None:
-            out = [self.faults.incoming(r) for r in out]
+            out = [r if isinstance(r, str) else self.faults.incoming(r) for r in out]
         for reply in out:
-            if not reply.has_error():
+            if not isinstance(reply, str) and not reply.has_error():
                 self.traffic.bytes_received += P.payload_nbytes(reply.content)
         return out
 
@@ -143,28 +175,40 @@ class AZSLStrategy:
             why,
         )
 
+    def _fail(self, node: int, phase: str, kind: str, reason: str) -> None:
+        """Record an owner's failed round trip (error reply, time-out, budget refusal)."""
+        self.failures.append({"node": node, "phase": phase, "kind": kind, "reason": reason})
+        log(WARNING, "owner node %d failed %s (%s): %s", node, phase, kind, reason)
+
     def _ask_all(
         self,
         grid: Grid,
         kind: P.Kind,
         payloads: list[dict[str, object]] | None = None,
         phase: str = "",
-    ) -> list[list[P.Payload]]:
-        """Every payload to every owner, sealed in one message per owner; replies[node][payload].
+        nodes: list[int] | None = None,
+    ) -> dict[int, list[P.Payload]]:
+        """Every payload to every owner in ``nodes`` (default: all still in the run), sealed
+        in one message per owner; the answers by node, for the owners that answered.
 
-        A message refused by either end (tampered, replayed, wrong key...) is re-sent, freshly
-        sealed, in a follow-up round trip up to ``max-retries`` times; an owner that still
-        fails is dropped and the run goes on with the others.
+        A message refused by either end (tampered, replayed, wrong key...), answered with an
+        error, or not answered within ``timeout`` is re-sent, freshly sealed, in a follow-up
+        round trip up to ``max-retries`` times; an owner that still fails is dropped and the
+        run goes on while ``quorum`` of the owners are left. An owner that refuses because
+        of its query budget is only skipped this time: it has not failed.
         """
         payloads = payloads if payloads is not None else [{}]
         parts = [P.encode(kind, "request", settings=self.settings, **p) for p in payloads]  # type: ignore[arg-type]
+        samples = _samples(kind, payloads)
         phase = phase or kind.message_type
         answers: dict[int, list[P.Payload]] = {}
-        todo = list(self.node_ids)
+        todo = list(self.node_ids if nodes is None else nodes)
+        why: dict[int, str] = {}  # node -> why its last attempt failed
         for attempt in range(self.cfg.max_retries + 1):
             unreachable = [n for n in todo if not self.security.addressable(n)]
             if unreachable:  # no allow-listed key left for it: not one of our owners
-                self._drop(unreachable, phase)
+                reason = "no allow-listed owner key is left for it (not one of our owners)"
+                self._drop(unreachable, phase, dict.fromkeys(unreachable, reason))
                 todo = [n for n in todo if n not in unreachable]
                 if not todo:
                     break
@@ -178,13 +222,26 @@ class AZSLStrategy:
             ]
             failed = []
             for node, reply in zip(todo, self._round_trip(grid, msgs, kind), strict=True):
+                if isinstance(reply, str):
+                    self.used[node] = self.used.get(node, 0) + samples  # it may have answered
+                    why[node] = reply
+                    self._fail(node, phase, "timeout", why[node])
+                    failed.append(node)
+                    continue
                 if reply.has_error():
-                    reason = P.parse_rejection(reply.error.code, reply.error.reason)
-                    if reason is None:
-                        raise OwnerError(
-                            f"owner node {node} failed on {kind.message_type}: {reply.error.reason}"
-                        )
-                    self._reject(node, kind, phase, "owner", reason, reply.error.reason)
+                    code, text = int(reply.error.code), str(reply.error.reason)
+                    reason = P.parse_rejection(code, text)
+                    if reason is not None:
+                        self._reject(node, kind, phase, "owner", reason, text)
+                        why[node] = f"the owner rejected our message ({reason})"
+                        failed.append(node)
+                        continue
+                    refusal = P.parse_budget_refusal(code, text)
+                    if refusal is not None:
+                        self._budget_refused(node, phase, refusal)
+                        continue
+                    why[node] = f"error reply (code {code}): {_first_line(text)}"
+                    self._fail(node, phase, "error", why[node])
                     failed.append(node)
                     continue
                 try:
@@ -194,32 +251,112 @@ class AZSLStrategy:
                             "malformed", f"{len(opened)} answers to {len(parts)} payloads"
                         )
                 except RejectedError as exc:
+                    self.used[node] = self.used.get(node, 0) + samples  # the owner answered
                     self._reject(node, kind, phase, "service", exc.reason, str(exc))
+                    why[node] = f"we rejected its reply ({exc.reason})"
                     failed.append(node)
                     continue
-                answers[node] = [P.decode(kind, "reply", rd) for rd in opened]
+                self.used[node] = self.used.get(node, 0) + samples
+                try:
+                    answers[node] = [P.decode(kind, "reply", rd) for rd in opened]
+                except P.ProtocolError as exc:  # authentic but off-schema: a broken owner
+                    why[node] = f"malformed answer: {exc}"
+                    self._fail(node, phase, "error", why[node])
+                    failed.append(node)
             todo = failed
             if not todo:
                 break
             if attempt < self.cfg.max_retries:
                 self.traffic.retries += len(todo)
         if todo:
-            self._drop(todo, phase)
-        return [answers[n] for n in self.node_ids]
+            self._drop(todo, phase, why)
+        return {n: answers[n] for n in self.node_ids if n in answers}
 
-    def _drop(self, nodes: list[int], phase: str) -> None:
+    def _budget_refused(self, node: int, phase: str, refusal: tuple[int, int, int]) -> None:
+        """The owner's own count wins: plan with it from now on (skip it, do not drop it)."""
+        budget, used, asked = refusal
+        self.budget[node], self.used[node] = budget, used
+        self._fail(
+            node,
+            phase,
+            "budget",
+            f"refused {asked} samples: query-budget {budget}, {used} used (skipped this time)",
+        )
+        self._skip([node], phase.split("-")[0])
+
+    def _drop(self, nodes: list[int], phase: str, why: dict[int, str]) -> None:
+        """Take owners out of the run; fail with who and why once fewer than quorum are left."""
         for n in nodes:
-            log(WARNING, "dropping owner node %d: its messages kept being rejected (%s)", n, phase)
+            reason = why.get(n, "its messages kept being rejected")
+            log(WARNING, "dropping owner node %d in %s: %s", n, phase, reason)
+            self.drops.append({"node": n, "phase": phase, "reason": reason})
         self.dropped += nodes
         self.node_ids = [n for n in self.node_ids if n not in nodes]
-        if not self.node_ids:
-            raise OwnerError(
-                f"no owner left in {phase}: every owner's messages were rejected "
-                f"({self.traffic.rejected}); check keys (service-key, owner-keys, owner-key, "
-                "service-pub) and the network path"
-            )
+        if len(self.node_ids) < self.required:
+            raise OwnerError(self._quorum_message(phase))
         if self.fed is not None:  # coverage follows the owners still in the run
             self.fed.covered = [self.covered[n] for n in self.node_ids]
+            orphaned = self.orphaned_classes()
+            if orphaned.size:
+                log(
+                    WARNING,
+                    "class(es) %s have no owner left: the student learns nothing about them",
+                    orphaned.tolist(),
+                )
+
+    def _quorum_message(self, phase: str) -> str:
+        total = len(self.node_ids) + len(self.dropped)
+        who = "; ".join(
+            f"node {d['node']} dropped in {d['phase']}: {d['reason']}" for d in self.drops
+        )
+        head = (
+            f"no owner left in {phase}"
+            if not self.node_ids
+            else f"only {len(self.node_ids)} of the {total} owners present at set-up are left "
+            f"after {phase}, but quorum={self.cfg.quorum} needs {self.required}"
+        )
+        return (
+            f"{head}: {who}. Fix or restart those owners (their logs say more), check keys "
+            "(service-key, owner-keys, owner-key, service-pub) and the network path, raise "
+            "timeout for slow owners, or lower quorum"
+        )
+
+    def orphaned_classes(self) -> np.ndarray:
+        """Classes some owner knew at set-up that no owner still in the run knows."""
+        live = [self.covered[n] for n in self.node_ids if n in self.covered]
+        known = np.unique(np.concatenate(live)) if live else np.zeros(0, dtype=np.int64)
+        return np.setdiff1d(self.initial_classes, known)
+
+    # -- query budgets ----------------------------------------------------------------------
+
+    def _left(self, node: int) -> float:
+        """Generated samples ``node`` will still answer (inf: unlimited)."""
+        budget = self.budget.get(node, 0)
+        return math.inf if budget <= 0 else budget - self.used.get(node, 0)
+
+    def _skip(self, nodes: list[int], phase: str) -> None:
+        for n in nodes:
+            per = self.skipped.setdefault(n, {})
+            if not per.get(phase):
+                log(
+                    WARNING,
+                    "owner node %d skipped in %s: query budget %d, %d used",
+                    n,
+                    phase,
+                    self.budget.get(n, 0),
+                    self.used.get(n, 0),
+                )
+            per[phase] = per.get(phase, 0) + 1
+
+    def _with_budget(self, size: int, phase: str, reserve: int = 0) -> list[int]:
+        """Owners with budget for a request of ``size`` samples, keeping ``reserve`` of the
+        budget of those that can afford it for later (verification); the rest are skipped."""
+        ok, skip = [], []
+        for n in self.node_ids:
+            keep = reserve if 0 < reserve <= self.budget.get(n, 0) else 0
+            (ok if self._left(n) - keep >= size else skip).append(n)
+        self._skip(skip, phase)
+        return ok
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -242,9 +379,13 @@ class AZSLStrategy:
                     f"{self.classes.num_classes} classes (0-based)"
                 )
         self.node_ids = nodes
+        # quorum counts the owners present now; 1e-9: 0.5 x 4 owners needs 2, not 3
+        self.required = max(1, math.ceil(self.cfg.quorum * len(nodes) - 1e-9))
         return nodes
 
-    def aggregate_setup(self, replies: list[P.Payload]) -> Federation:
+    def aggregate_setup(self, answers: dict[int, P.Payload]) -> Federation:
+        """Check the owners' declarations agree and record coverage and query budgets."""
+        replies = list(answers.values())
         dims = {int(r.scalars["dim"]) for r in replies}
         if len(dims) != 1:
             raise ValueError(
@@ -263,13 +404,16 @@ class AZSLStrategy:
                     "fault-tamper/fault-replay are for simulations only; an owner runs deployed"
                 )
             self.faults.enabled = True
-        self.covered = {n: r.arrays["covered"] for n, r in zip(self.node_ids, replies, strict=True)}
+        self.covered = {n: r.arrays["covered"] for n, r in answers.items()}
+        self.budget = {n: int(r.scalars["query_budget"]) for n, r in answers.items()}
+        self.used = dict.fromkeys(answers, 0)
+        self.initial_classes = np.unique(np.concatenate(list(self.covered.values())))
         seen = np.unique(np.concatenate([r.arrays["seen"] for r in replies]))
         unseen = np.unique(np.concatenate([r.arrays["unseen"] for r in replies]))
         self.fed = Federation(
             dim=dims.pop(),
             num_classes=self.classes.num_classes,
-            covered=[r.arrays["covered"] for r in replies],
+            covered=[self.covered[n] for n in self.node_ids],
             seen=seen,
             unseen=np.setdiff1d(unseen, seen),
         )
@@ -317,18 +461,30 @@ class AZSLStrategy:
 
     def evaluate(
         self, grid: Grid, models: dict[str, torch.nn.Module], unseen: np.ndarray
-    ) -> tuple[dict[str, ClassCounts], ClassCounts]:
-        """Send every model to every owner in one round trip; sum their per-class counts."""
+    ) -> tuple[dict[str, ClassCounts], ClassCounts, dict[int, ClassCounts]]:
+        """Send every model to every owner in one round trip; sum their per-class counts.
+
+        Also returns each answering owner's own teacher counts (its teacher on its split).
+        """
         payloads = [
             {"arrays": {"unseen": unseen.astype(np.int64)}, "weights": state_to_numpy(m)}
             for m in models.values()
         ]
         replies = self._ask_all(grid, P.EVALUATE, payloads, phase="evaluation")
+        if not replies:
+            raise OwnerError("no owner answered the evaluation round trip; see the failures above")
+        self.contributors["evaluation"] = list(replies)
         per_model = {
-            name: self.aggregate_evaluate([node[i] for node in replies], "model")
+            name: self.aggregate_evaluate([node[i] for node in replies.values()], "model")
             for i, name in enumerate(models)
         }
-        return per_model, self.aggregate_evaluate([node[0] for node in replies], "teacher")
+        per_owner = {n: self.aggregate_evaluate([r[0]], "teacher") for n, r in replies.items()}
+        teacher = self.aggregate_evaluate([r[0] for r in replies.values()], "teacher")
+        return per_model, teacher, per_owner
+
+    def _view(self, fed: Federation, nodes: list[int]) -> Federation:
+        """The federation as seen by the owners that answered one round trip (combine weights)."""
+        return replace(fed, covered=[self.covered[n] for n in nodes])
 
     # -- Algorithm 1 ------------------------------------------------------------------------
 
@@ -338,10 +494,15 @@ class AZSLStrategy:
         cfg, phases = self.cfg, {}
         t0 = time.monotonic()
         self.configure_setup(grid)
-        setup = [node[0] for node in self._ask_all(grid, P.SETUP, phase="setup")]
+        setup = {n: r[0] for n, r in self._ask_all(grid, P.SETUP, phase="setup").items()}
         fed = self.aggregate_setup(setup)
+        self.contributors["setup"] = list(setup)
         service = Service(cfg, self.classes, fed, self.device)
         local = self._local_oracles(setup) if cfg.scenario == "weights" else None
+        # generated samples one owner verifies; owners that can afford it keep it in reserve
+        verify_size = cfg.samples_per_class * int(fed.trainable.size)
+        if local is None:
+            self._check_budgets(verify_size)
         phases["setup"] = time.monotonic() - t0
         log(
             INFO,
@@ -357,42 +518,61 @@ class AZSLStrategy:
         # Generator phase: one round trip per pool of steps-per-round batches.
         t = time.monotonic()
         history: list[dict[str, float]] = []
+        pool_size = cfg.steps_per_round * cfg.batch_size
         for r in range(1, cfg.rounds + 1):
             if local is not None:  # weights scenario: fresh gradients, no messages
                 stats = self._local_round(service, local, fed)
+                answered = list(local)
             else:
-                pool = service.make_pool(cfg.steps_per_round)
-                replies = [
-                    node[0]
-                    for node in self._ask_all(
-                        grid, P.FEEDBACK, [self.configure_feedback(pool)], phase=f"generator-{r}"
+                asked = self._with_budget(pool_size, "generator", reserve=verify_size)
+                if not asked:
+                    log(
+                        WARNING,
+                        "no owner has query budget left for a pool of %d samples: the "
+                        "generator phase ends after %d of %d rounds",
+                        pool_size,
+                        r - 1,
+                        cfg.rounds,
                     )
-                ]
-                fb = self.aggregate_feedback(replies, fed, pool.labels)
+                    break
+                classes = np.unique(np.concatenate([self.covered[n] for n in asked]))
+                pool = service.make_pool(cfg.steps_per_round, classes)
+                replies = self._ask_all(
+                    grid,
+                    P.FEEDBACK,
+                    [self.configure_feedback(pool)],
+                    phase=f"generator-{r}",
+                    nodes=asked,
+                )
+                answered = list(replies)
+                if not answered:
+                    log(WARNING, "generator round %d: no owner answered; no update", r)
+                    continue
+                view = self._view(fed, answered)
+                fb = self.aggregate_feedback([a[0] for a in replies.values()], view, pool.labels)
                 stats = service.apply_feedback(pool, fb["probs"], fb["grad"])
                 stats.update(self._pool_stats(fb, pool.labels))
+            for n in answered:
+                self.generator_answers[n] = self.generator_answers.get(n, 0) + 1
+            stats["owners"] = len(answered)
             stats["round"] = r
             history.append(stats)
             if progress:
                 progress("generator", r, cfg.rounds, stats)
+        self.contributors["generator"] = sorted(self.generator_answers)
         phases["generator"] = time.monotonic() - t
 
         # Verification (Eq. 3): keep generated samples the teachers label as intended.
         t = time.monotonic()
-        x, y = service.generate(fed.trainable, cfg.samples_per_class)
         if local is not None:
-            per_owner = [o.probs(x) for o in local]
-            probs = self.combine(per_owner, fed, y, per_owner)
+            verifiers = [n for n in self.node_ids if n in local]
+            x, y = service.generate(fed.trainable, cfg.samples_per_class)
+            per_owner = [local[n].probs(x) for n in verifiers]
         else:
-            # one round trip unless the features outgrow a protobuf message (2 GB)
-            chunks: dict[int, list[np.ndarray]] = {}
-            for p in np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES)):
-                payload = {"arrays": {"x": x[p], "y": y[p]}}
-                replies = self._ask_all(grid, P.VERIFY, [payload], phase="verification")
-                for node, answer in zip(self.node_ids, replies, strict=True):
-                    chunks.setdefault(node, []).append(answer[0].arrays["probs"])
-            per_owner = [np.concatenate(chunks[n]) for n in self.node_ids]
-            probs = self.combine(per_owner, fed, y, per_owner)
+            verifiers, x, y, per_owner = self._verify(grid, service, fed)
+        self.contributors["verification"] = verifiers
+        view = self._view(fed, verifiers)
+        probs = self.combine(per_owner, view, y, per_owner)
         keep = probs.argmax(1) == y
         kept_classes = np.unique(y[keep])
         missing = np.setdiff1d(fed.trainable, kept_classes)
@@ -401,7 +581,7 @@ class AZSLStrategy:
         verification = {
             "generated": int(y.size),
             "kept": int(keep.sum()),
-            "pass_rate": float(keep.mean()),
+            "pass_rate": float(keep.mean()) if y.size else 0.0,
             "classes_without_samples": [int(c) for c in missing],
         }
         phases["verification"] = time.monotonic() - t
@@ -424,11 +604,12 @@ class AZSLStrategy:
         phases["student"] = time.monotonic() - t
 
         t = time.monotonic()
-        counts, teacher_counts = self.evaluate(grid, models, fed.unseen)
+        counts, teacher_counts, owner_counts = self.evaluate(grid, models, fed.unseen)
         phases["evaluation"] = time.monotonic() - t
         space = "unseen" if cfg.teacher == "inductive" else "all"
         main_name = next(iter(models))
         extra = {n: zsl_gzsl(c, space) for n, c in counts.items() if n != main_name}
+        orphaned = self.orphaned_classes()
         return RunResult(
             teacher=zsl_gzsl(teacher_counts, space),
             student=zsl_gzsl(counts[main_name], space),
@@ -439,9 +620,25 @@ class AZSLStrategy:
             student_model=models[main_name],
             history=history,
             verification=verification,
+            per_owner_teacher={str(n): zsl_gzsl(c, space) for n, c in owner_counts.items()},
             federation={
                 "node_ids": self.node_ids,
+                "owners_at_setup": len(self.node_ids) + len(self.dropped),
+                "quorum": cfg.quorum,
                 "dropped_node_ids": self.dropped,
+                "dropped": self.drops,
+                "failures": self.failures,
+                "contributors": self.contributors,
+                "generator_answers": {str(n): k for n, k in self.generator_answers.items()},
+                "orphaned_classes": [int(c) for c in orphaned],
+                "queries": {
+                    str(n): {
+                        "query_budget": self.budget.get(n, 0),
+                        "queries_used": self.used.get(n, 0),
+                        "skipped": self.skipped.get(n, {}),
+                    }
+                    for n in sorted(self.budget)
+                },
                 "coverage": [c.tolist() for c in fed.covered],
                 "seen_classes": fed.seen.tolist(),
                 "unseen_classes": fed.unseen.tolist(),
@@ -453,6 +650,54 @@ class AZSLStrategy:
             },
         )
 
+    def _check_budgets(self, verify_size: int) -> None:
+        """Fail before any query when no owner could ever answer verification."""
+        if any(self._left(n) >= verify_size for n in self.node_ids):
+            return
+        budgets = {n: self.budget[n] for n in self.node_ids}
+        raise OwnerError(
+            f"no owner's query-budget covers verification: it asks {verify_size} generated "
+            f"samples (samples-per-class={self.cfg.samples_per_class} x "
+            f"{verify_size // self.cfg.samples_per_class} classes) of each owner, whose "
+            f"budgets are {budgets}; lower samples-per-class or raise query-budget in the "
+            "owners' node config"
+        )
+
+    def _verify(
+        self, grid: Grid, service: Service, fed: Federation
+    ) -> tuple[list[int], np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Generate, then ask the owners with budget for all of it: (verifiers, x, y, probs).
+
+        Only classes those owners know are generated (the others would fail verification
+        anyway). Chunks keep one message under protobuf's 2 GB limit; an owner must answer
+        every chunk to count.
+        """
+        spc = self.cfg.samples_per_class
+        asked = self._with_budget(spc * int(fed.trainable.size), "verification")
+        if not asked:
+            raise OwnerError(
+                "no owner has query budget left for verification; lower rounds or "
+                "samples-per-class, or raise query-budget in the owners' node config"
+            )
+        classes = np.intersect1d(fed.trainable, np.concatenate([self.covered[n] for n in asked]))
+        x, y = service.generate(classes, spc)
+        chunks: dict[int, list[np.ndarray]] = {n: [] for n in asked}
+        for p in np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES)):
+            payload = {"arrays": {"x": x[p], "y": y[p]}}
+            replies = self._ask_all(grid, P.VERIFY, [payload], phase="verification", nodes=asked)
+            for node in list(asked):
+                if node in replies:
+                    chunks[node].append(replies[node][0].arrays["probs"])
+                else:  # failed, dropped or refused: its other chunks are of no use
+                    asked.remove(node)
+            if not asked:
+                why = [f for f in self.failures if f["phase"] == "verification"]
+                raise OwnerError(
+                    f"no owner answered verification: {why}; see the owners' logs, or raise "
+                    "query-budget if they refused for budget"
+                )
+        return asked, x, y, [np.concatenate(chunks[n]) for n in asked]
+
     @staticmethod
     def _pool_stats(fb: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
         return {
@@ -463,10 +708,10 @@ class AZSLStrategy:
 
     # -- weights scenario -------------------------------------------------------------------
 
-    def _local_oracles(self, setup: list[P.Payload]) -> list[FeedbackOracle]:
-        """Copies of the owners' teachers (and KL statistics) sent once at set-up."""
-        oracles = []
-        for r in setup:
+    def _local_oracles(self, setup: dict[int, P.Payload]) -> dict[int, FeedbackOracle]:
+        """Copies of the owners' teachers (and KL statistics) sent once at set-up, by node."""
+        oracles = {}
+        for node, r in setup.items():
             if r.weights is None:
                 raise OwnerError("scenario=weights but an owner sent no teacher weights")
             covered = r.arrays["covered"]
@@ -479,19 +724,17 @@ class AZSLStrategy:
                     torch.from_numpy(r.arrays["reg_var"]),
                     torch.from_numpy(r.arrays["reg_classes"]),
                 ).to(self.device)
-            oracles.append(
-                FeedbackOracle(
-                    teacher.to(self.device).eval(),
-                    covered,
-                    self.classes.num_classes,
-                    reg,
-                    self.device,
-                )
+            oracles[node] = FeedbackOracle(
+                teacher.to(self.device).eval(),
+                covered,
+                self.classes.num_classes,
+                reg,
+                self.device,
             )
         return oracles
 
     def _local_round(
-        self, service: Service, oracles: list[FeedbackOracle], fed: Federation
+        self, service: Service, oracles: dict[int, FeedbackOracle], fed: Federation
     ) -> dict[str, float]:
         """steps-per-round updates, each with feedback computed on the current generator."""
         stats: dict[str, float] = {}
@@ -499,7 +742,8 @@ class AZSLStrategy:
             pool = service.make_pool(1)
             y = pool.labels
             answers = [
-                o.feedback(pool.x, y, pool.batch_size, True, self.cfg.alpha) for o in oracles
+                o.feedback(pool.x, y, pool.batch_size, True, self.cfg.alpha)
+                for o in oracles.values()
             ]
             fb = self.aggregate_feedback(answers, fed, y)
             stats = service.apply_feedback(pool, fb["probs"], fb["grad"])

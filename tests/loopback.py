@@ -56,19 +56,51 @@ class LoopbackGrid(Grid):
             msg.metadata.__dict__["_message_id"] = mid
             msg.metadata.__dict__["_src_node_id"] = 1
             self.sent.append(msg)
-            try:
-                reply = self.app(msg, self.contexts[msg.metadata.dst_node_id])
-            except Exception as exc:  # what a SuperNode turns into an error reply
-                reply = Message(
-                    Error(code=1, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg
-                )
-            self.replies.append(reply)
-            self.pending[mid] = reply
+            reply = self.deliver(msg)
+            if reply is not None:  # None: the node never answers (a dead or lost SuperNode)
+                self.replies.append(reply)
+                self.pending[mid] = reply
             ids.append(mid)
         return ids
+
+    def deliver(self, msg: Message) -> Message | None:
+        """Run the ClientApp on one message; subclasses simulate owners that fail or vanish."""
+        try:
+            return self.app(msg, self.contexts[msg.metadata.dst_node_id])
+        except Exception as exc:  # what a SuperNode turns into an error reply
+            return Message(Error(code=2, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.pending.pop(i) for i in list(message_ids) if i in self.pending]
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
         return self.pull_messages(self.push_messages(messages))
+
+
+class FlakyGrid(LoopbackGrid):
+    """Owners that stop working mid-run: ``failing[node] = (after, mode)`` lets the node
+    answer its first ``after`` messages, then answer with an error ('error', as a SuperNode
+    whose ClientApp raised) or never again ('silent', as a SuperNode that went away)."""
+
+    CRASH = "<class 'OSError'>:<'owner crashed: disk full'>"  # real Flower's reason format
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: dict | None = None,
+        failing: dict[int, tuple[int, str]] | None = None,
+    ) -> None:
+        super().__init__(client_app, num_nodes, run_config)
+        self.failing = dict(failing or {})
+        self.delivered: dict[int, int] = {}
+
+    def deliver(self, msg: Message) -> Message | None:
+        node = msg.metadata.dst_node_id
+        self.delivered[node] = self.delivered.get(node, 0) + 1
+        after, mode = self.failing.get(node, (None, ""))
+        if after is not None and self.delivered[node] > after:
+            if mode == "silent":
+                return None
+            return Message(Error(code=2, reason=self.CRASH), reply_to=msg)
+        return super().deliver(msg)

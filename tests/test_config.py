@@ -93,6 +93,13 @@ def test_negative_alpha():
     assert parse_run_config({"alpha": 0}).alpha == 0.0  # zero switches R off: allowed
 
 
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, "nan"])
+def test_quorum_is_a_fraction(value):
+    with pytest.raises(ConfigError, match=r"quorum=.*\(0, 1\]"):
+        parse_run_config({"quorum": value})
+    assert parse_run_config({"quorum": 1}).quorum == 1.0
+
+
 def test_xlsa17_needs_data_dir():
     with pytest.raises(ConfigError, match="data-dir"):
         parse_run_config({"dataset": "xlsa17"})
