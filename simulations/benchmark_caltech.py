@@ -29,15 +29,25 @@ CASES = {
 TARGETS = {"whitebox-transductive": 0.90, "blackbox-transductive": 0.50}
 
 
-def run_case(overrides: dict[str, object]) -> dict:
+def run_case(overrides: dict[str, object], owners: int = 1) -> dict:
     """One simulated run in a fresh process; returns its results.json."""
     args = [f"{k}={v}" for k, v in overrides.items()]
-    cmd = [sys.executable, "-m", "simulations.simulate", *args, "--owners", "1"]
+    cmd = [sys.executable, "-m", "simulations.simulate", *args, "--owners", str(owners)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") :])
     return json.loads((Path(summary["output_dir"]) / "results.json").read_text())
+
+
+def save_figures(path: str | Path, figures: dict) -> Path:
+    """Write figures as JSON; an existing file is kept and the new one goes beside it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    return out
 
 
 def row(name: str, r: dict) -> dict:
@@ -114,11 +124,7 @@ def main() -> None:
     for rounds in [int(r) for r in args.curve.split(",") if r]:
         rows.append(row(f"whitebox-transductive@{rounds}", run_case({**base, "rounds": rounds})))
         print(f"whitebox@{rounds}: H ratio {rows[-1]['h_ratio']}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():  # keep earlier figures: write beside them
-        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
-    out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    out = save_figures(args.out, {"rows": rows})
     print(markdown(rows))
     print(f"figures saved to {out}")
 

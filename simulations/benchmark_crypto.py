@@ -3,7 +3,7 @@
     python -m simulations.benchmark_crypto --data-dir ../shared/data/caltech101
 
 1. Throughput (MB/s) of sealing + opening one message, per cipher suite and size, with and
-   without the protobuf serialisation of a bundle of float32 arrays that sealing needs.
+   without the serialisation of a bundle of float32 arrays into the plaintext that is sealed.
 2. The white-box Caltech-101 run (1 owner, default steps, same seed) with
    ``encryption=aes-256-gcm`` and with ``encryption=none``; overhead = relative wall-time
    difference (target <= 5 %), beside the service's own sealing/opening seconds.
@@ -13,7 +13,6 @@ Figures are printed and saved as JSON (an existing file is never overwritten).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from azsl_flower import protocol as P
 from azsl_flower.crypto import Channel, generate_keypair
-from simulations.benchmark_caltech import run_case
+from simulations.benchmark_caltech import run_case, save_figures
 
 
 def throughput(suite: str, megabytes: int, repeats: int = 3) -> dict[str, float]:
@@ -104,11 +103,7 @@ def main() -> None:
         )
         runs["overhead_fraction"] = overhead  # type: ignore[assignment]
         runs["service_crypto_fraction"] = service_share  # type: ignore[assignment]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
-    out.write_text(json.dumps({"throughput": rows, "runs": runs}, indent=2) + "\n")
+    out = save_figures(args.out, {"throughput": rows, "runs": runs})
     print(f"figures saved to {out}")
 
 

@@ -14,7 +14,7 @@ from strategies.azsl import OwnerError
 from tests.loopback import LoopbackGrid
 from tests.test_federation import FAST, _run
 
-LEARNS = {"rounds": 12, "steps_per_round": 10, "samples_per_class": 100, "student_epochs": 10}
+LEARNS = {"rounds": 20, "steps_per_round": 10, "samples_per_class": 100, "student_epochs": 10}
 
 
 def _only_ciphertext(msg) -> None:  # noqa: ANN001
