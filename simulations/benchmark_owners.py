@@ -1,0 +1,107 @@
+"""Several owners with class-disjoint data on Caltech-101: student quality and wall time vs N.
+
+    python -m simulations.benchmark_owners --data-dir ../shared/data/caltech101 --owners 1,2,5,10
+
+Each N is one white-box, transductive simulated run (default steps, same seed) with
+``partition=class-disjoint``: every class, seen and unseen, belongs to exactly one owner, and
+each owner trains its own teacher on its own classes only. With N = 1 the single owner holds
+all the data, so that run's teacher is the *union teacher*, the upper bound each N is
+compared with (issue 4 target: student H >= 0.85 x union-teacher H at 5 owners; 10 owners'
+wall time <= 2 x one owner's). Figures are printed and saved as JSON, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from simulations.benchmark_caltech import run_case, save_figures
+from simulations.simulate import parse_overrides
+
+TARGET_H_RATIO = {5: 0.85}
+TARGET_TIME_RATIO = {10: 2.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data-dir", default="../shared/data/caltech101")
+    ap.add_argument("--feature-file", default="effnetlite0.mat")
+    ap.add_argument("--owners", default="1,2,5,10", help="comma list; must start with 1")
+    ap.add_argument("--partition", default="class-disjoint")
+    ap.add_argument("--weighting", default="coverage", help="ensemble-weighting")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--alpha", type=float, default=50.0)
+    ap.add_argument("--output-dir", default="outputs/benchmark-owners")
+    ap.add_argument("--out", default="docs/benchmarks/owners.json")
+    ap.add_argument("overrides", nargs="*", help="extra run-config key=value, e.g. rounds=5")
+    args = ap.parse_args()
+    counts = [int(n) for n in args.owners.split(",") if n]
+    if not counts or counts[0] != 1:
+        raise SystemExit("--owners must start with 1: that run's teacher is the union upper bound")
+    base = {
+        "dataset": "xlsa17",
+        "data-dir": str(Path(args.data_dir).resolve()),
+        "feature-file": args.feature_file,
+        "scenario": "whitebox",
+        "teacher": "transductive",
+        "partition": args.partition,
+        "ensemble-weighting": args.weighting,
+        "seed": args.seed,
+        "alpha": args.alpha,
+        "output-dir": args.output_dir,
+        **parse_overrides(args.overrides),
+    }
+    rows: list[dict] = []
+    for n in counts:
+        t0 = time.monotonic()
+        r = run_case(base, owners=n)
+        rows.append(
+            {
+                "owners": n,
+                "student": r["student"],
+                "ensemble_teacher": r["teacher"],
+                "per_owner_teacher": r["per_owner_teacher"],
+                "rounds": r["rounds"],
+                "messages": r["messages"],
+                "wall_seconds": r["wall_seconds"],
+                "process_seconds": time.monotonic() - t0,
+                "phase_seconds": r["phase_seconds"],
+                "bytes_sent": r["bytes_sent"],
+                "bytes_received": r["bytes_received"],
+                "verification_pass_rate": r["verification"]["pass_rate"],
+                "orphaned_classes": r["federation"]["orphaned_classes"],
+                "output_dir": r["output_dir"],
+            }
+        )
+        h, wall = r["student"]["h"], r["wall_seconds"]
+        print(f"{n} owner(s): student H {h:.3f}, {wall:.0f} s", flush=True)
+    union_h, one_wall = rows[0]["ensemble_teacher"]["h"], rows[0]["wall_seconds"]
+    print("| owners | student T1 / u / s / H | H / union-teacher H | wall s | wall / 1 owner |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        r["h_ratio_to_union_teacher"] = r["student"]["h"] / union_h if union_h > 0 else None
+        r["wall_ratio_to_one_owner"] = r["wall_seconds"] / one_wall
+        s = r["student"]
+        ratio = r["h_ratio_to_union_teacher"]
+        print(
+            f"| {r['owners']} | {' / '.join(f'{100 * s[k]:.1f}' for k in ('zsl', 'u', 's', 'h'))} "
+            f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {r['wall_seconds']:.0f} "
+            f"| {r['wall_ratio_to_one_owner']:.2f} |"
+        )
+    out = save_figures(
+        args.out,
+        {
+            "union_teacher": rows[0]["ensemble_teacher"],
+            "targets": {"h_ratio": TARGET_H_RATIO, "wall_ratio": TARGET_TIME_RATIO},
+            "config": base,
+            "rows": rows,
+        },
+    )
+    print(f"figures saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
