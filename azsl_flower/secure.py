@@ -22,6 +22,7 @@ for the rest of the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -210,8 +211,15 @@ class OwnerSecurity:
             raise KeyFileError(
                 "this owner has no key: set owner-key and service-pub in its node config"
             )
+        # Flower keeps node state in the SuperNode's memory; a copy on the owner's disk lets
+        # a restarted SuperNode go on with the same session (same replay window, no re-key).
+        self._file = (
+            resolve_cache_dir(node.get("cache-dir") or run.get("cache-dir", ""))
+            / "channels"
+            / f"run-{context.run_id}-{fingerprint(me.public_key())}-{fingerprint(service)}.json"
+        )
         saved = context.state.config_records.get(_STATE_KEY)
-        state = _load_state(saved) if saved is not None else None
+        state = _load_state(saved) if saved is not None else _read_state_file(self._file)
         if state is not None and state.get("peer") != fingerprint(service):
             state = None  # a new service key: start a new session
         self.channel = (
@@ -249,19 +257,42 @@ class OwnerSecurity:
     def _save(self) -> None:
         assert self.channel is not None
         st = self.channel.state()
-        self.context.state[_STATE_KEY] = ConfigRecord(
-            {
-                "peer": self.channel.peer_key,
-                "send_salt": str(st["send_salt"]),
-                "send_seq": int(st["send_seq"]),  # type: ignore[arg-type]
-                "recv_salt": str(st["recv_salt"]),
-                "recv_last": int(st["recv_last"]),  # type: ignore[arg-type]
-                "recv_seen": ",".join(str(s) for s in st["recv_seen"]),  # type: ignore[attr-defined]
-            }
-        )
+        record = {
+            "peer": self.channel.peer_key,
+            "send_salt": str(st["send_salt"]),
+            "send_seq": int(st["send_seq"]),  # type: ignore[arg-type]
+            "recv_salt": str(st["recv_salt"]),
+            "recv_last": int(st["recv_last"]),  # type: ignore[arg-type]
+            "recv_seen": ",".join(str(s) for s in st["recv_seen"]),  # type: ignore[attr-defined]
+        }
+        self.context.state[_STATE_KEY] = ConfigRecord(record)  # type: ignore[arg-type]
+        _write_state_file(self._file, record)
 
 
-def _load_state(rec: ConfigRecord) -> dict[str, object]:
+def _write_state_file(path: Path, record: dict[str, object]) -> None:
+    """Atomically (temp file + rename), owner-readable only: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh)
+    os.replace(tmp, path)
+
+
+def _read_state_file(path: Path) -> dict[str, object] | None:
+    """The session saved by an earlier process of this SuperNode, or None (a new session)."""
+    try:
+        return _load_state(json.loads(path.read_text()))  # type: ignore[arg-type]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeyFileError(
+            f"unreadable channel state {path} ({exc}); delete it to start a new session "
+            "(the service then drops and reports this owner for this run)"
+        ) from None
+
+
+def _load_state(rec: ConfigRecord | dict[str, object]) -> dict[str, object]:
     seen = str(rec["recv_seen"])
     return {
         "peer": rec["peer"],

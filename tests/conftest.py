@@ -111,3 +111,11 @@ def write_xlsa17():
         return {"x": x, "y": y, "att": att, "loc": loc, "dir": folder}
 
     return write
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Teachers, keys and channel state written by tests never land in the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AZSL_CACHE_DIR", str(tmp_path_factory.mktemp("azsl-cache")))
+        yield

@@ -175,7 +175,11 @@ def _owner_context(tmp_path, node_id: int, owner_key, service_pub, run: int = 3)
     return Context(
         run_id=run,
         node_id=node_id,
-        node_config={"owner-key": str(owner_key), "service-pub": str(service_pub)},
+        node_config={
+            "owner-key": str(owner_key),
+            "service-pub": str(service_pub),
+            "cache-dir": str(tmp_path / "owner-cache"),
+        },
         state=RecordDict(),
         run_config={"encryption": "aes-256-gcm"},
     )
@@ -209,6 +213,41 @@ def test_service_and_owner_endpoints_bind_keys_and_keep_state(tmp_path, task_ide
     with pytest.raises(RejectedError) as exc:
         svc.open(11, "query.setup", reply)
     assert exc.value.reason in ("misrouted", "replay")
+
+
+def test_a_restarted_supernode_goes_on_with_its_session(tmp_path, task_identity):
+    """Node state dies with the SuperNode process; the copy on the owner's disk does not."""
+    write_keypair(tmp_path, "service")
+    write_keypair(tmp_path, "owner")
+    svc = ServiceSecurity.from_files(
+        "aes-256-gcm", 3, str(tmp_path / "service.key"), str(tmp_path / "owner.pub")
+    )
+    rd = P.encode(P.SETUP, "request", settings={})
+
+    def ask(ctx: Context, phase: str) -> RecordDict:
+        sealed = svc.seal(11, "query.setup", phase, [rd])
+        owner = OwnerSecurity(ctx)
+        request, parts = owner.open(
+            Message(sealed, dst_node_id=11, message_type="query.setup"), "query.setup"
+        )
+        assert svc.open(11, "query.setup", owner.seal("query.setup", request, parts))
+        return sealed
+
+    first = ask(_owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub"), "a")
+    restarted = _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
+    ask(restarted, "b")  # no session-changed: the same salt and sequence go on
+    with pytest.raises(RejectedError) as exc:  # and the replay window survived the restart
+        OwnerSecurity(
+            _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
+        ).open(Message(first, dst_node_id=11, message_type="query.setup"), "query.setup")
+    assert exc.value.reason == "replay"
+    state = list((tmp_path / "owner-cache" / "channels").glob("run-3-*.json"))
+    assert len(state) == 1 and stat.S_IMODE(os.stat(state[0]).st_mode) == 0o600
+    state[0].write_text("{not json")
+    with pytest.raises(KeyFileError, match="delete it to start a new session"):
+        OwnerSecurity(
+            _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
+        )
 
 
 def test_owner_refuses_a_cleartext_message_when_encryption_is_on(tmp_path, task_identity):
