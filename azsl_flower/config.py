@@ -64,6 +64,9 @@ DEFAULTS: dict[str, Any] = {
     "owner-classes": "",
     "ensemble-weighting": "coverage",
     "quorum": 0.5,
+    "checkpoint-dir": "",
+    "checkpoint-every": 1,
+    "resume": "auto",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -75,9 +78,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
     "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
     "ensemble-weighting": ("coverage", "uniform", "confidence"),
+    "resume": ("auto", "never"),
 }
 
-NON_NEGATIVE = ("rounds", "seed", "max-retries")  # rounds=0: an untrained generator (a baseline)
+# rounds=0: an untrained generator (a baseline); checkpoint-every=0: no checkpoints
+NON_NEGATIVE = ("rounds", "seed", "max-retries", "checkpoint-every")
 POSITIVE = (
     "noise-dim",
     "steps-per-round",
@@ -137,6 +142,9 @@ class RunConfig:
     owner_classes: str
     ensemble_weighting: str
     quorum: float
+    checkpoint_dir: str
+    checkpoint_every: int
+    resume: str
 
     @property
     def whitebox(self) -> bool:

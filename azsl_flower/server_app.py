@@ -92,11 +92,13 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
         "verification": out.verification,
         "federation": out.federation,
         "history": out.history,
+        "resumed_from_round": strategy.resumed_from,
         "config": cfg.as_dict(),
     }
     folder = write_run(
         cfg.output_dir, results, {"generator": out.generator, "student": out.student_model}
     )
+    strategy.checkpoint.finish()  # the models are in the run folder now
     results["output_dir"] = str(folder)
     return results, str(folder)
 

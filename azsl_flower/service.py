@@ -9,6 +9,7 @@ turns owner answers into parameter updates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,6 +170,37 @@ class Service:
             self.s_opt = torch.optim.Adam(self.surrogate.parameters(), lr=1e-3)
             self.buffer = Buffer(capacity=cfg.batch_size * cfg.steps_per_round * 8)
         self.history: list[dict[str, float]] = []
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything later generator rounds depend on (see :mod:`azsl_flower.checkpoint`)."""
+        state: dict[str, Any] = {
+            "generator": self.generator.state_dict(),
+            "g_opt": self.g_opt.state_dict(),
+            "rng": self.rng.get_state(),
+        }
+        if self.surrogate is not None:
+            state |= {
+                "surrogate": self.surrogate.state_dict(),
+                "s_opt": self.s_opt.state_dict(),
+                "buffer_x": [t.cpu() for t in self.buffer.x],
+                "buffer_p": [t.cpu() for t in self.buffer.p],
+            }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.generator.load_state_dict(state["generator"])
+        except RuntimeError as exc:  # shapes: another dataset or noise dimension
+            raise ValueError(f"the checkpoint's generator does not fit this run: {exc}") from None
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.rng.set_state(state["rng"])
+        if self.surrogate is not None:
+            self.surrogate.load_state_dict(state["surrogate"])
+            self.s_opt.load_state_dict(state["s_opt"])
+            self.buffer.x = [t.to(self.device) for t in state["buffer_x"]]
+            self.buffer.p = [t.to(self.device) for t in state["buffer_p"]]
 
     # -- generation ---------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from azsl_flower import protocol as P
+from azsl_flower.checkpoint import Checkpointer
 from azsl_flower.config import ConfigError, RunConfig, parse_owner_classes
 from azsl_flower.crypto import RejectedError
 from azsl_flower.faults import FaultInjector
@@ -111,6 +112,8 @@ class AZSLStrategy:
         self.used: dict[int, int] = {}  # samples each owner answered (or may have)
         self.skipped: dict[int, dict[str, int]] = {}  # node -> phase -> round trips skipped
         self.fed: Federation | None = None
+        self.checkpoint = Checkpointer(cfg)
+        self.resumed_from: int | None = None  # first generator round of a resumed run
         self.faults: FaultInjector | None = None
         if cfg.fault_tamper > 0 or cfg.fault_replay > 0:
             if security.suite == "none":
@@ -518,8 +521,15 @@ class AZSLStrategy:
         # Generator phase: one round trip per pool of steps-per-round batches.
         t = time.monotonic()
         history: list[dict[str, float]] = []
+        first = 1
+        saved = self.checkpoint.load()
+        if saved is not None:  # a crashed or stopped run with these settings: go on from it
+            service.load_state_dict(saved["service"])
+            history = list(saved["extra"]["history"])
+            self.generator_answers = {int(n): k for n, k in saved["extra"]["answers"].items()}
+            first = self.resumed_from = int(saved["round"]) + 1
         pool_size = cfg.steps_per_round * cfg.batch_size
-        for r in range(1, cfg.rounds + 1):
+        for r in range(first, cfg.rounds + 1):
             if local is not None:  # weights scenario: fresh gradients, no messages
                 stats = self._local_round(service, local, fed)
                 answered = list(local)
@@ -557,6 +567,10 @@ class AZSLStrategy:
             stats["owners"] = len(answered)
             stats["round"] = r
             history.append(stats)
+            if self.checkpoint.due(r):
+                answers = {str(n): k for n, k in self.generator_answers.items()}
+                extra = {"history": history, "answers": answers}
+                self.checkpoint.save(r, service.state_dict(), extra)
             if progress:
                 progress("generator", r, cfg.rounds, stats)
         self.contributors["generator"] = sorted(self.generator_answers)
