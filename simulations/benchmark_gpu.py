@@ -97,8 +97,11 @@ def _forget_owner_state() -> None:
     data._TABLE_CACHE.clear()
 
 
-def run_on(device: str, overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:
-    """One whole job with service and owners on ``device``; returns its figures."""
+def run_job(
+    device: str, overrides: dict[str, Any], owners: int = 1
+) -> tuple[dict[str, Any], float, float]:
+    """One whole job, service and owners on ``device``, through the in-process grid, with a
+    fresh teacher cache: (results.json's content, process seconds, CUDA start-up seconds)."""
     from azsl_flower.client_app import app as client_app
     from azsl_flower.config import parse_run_config
     from azsl_flower.server_app import run_azsl
@@ -115,15 +118,25 @@ def run_on(device: str, overrides: dict[str, Any], owners: int = 1) -> dict[str,
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix=f"azsl-gpu-bench-{device.replace(':', '')}-") as cache:
         raw = {**overrides, "device": device, "cache-dir": cache}
-        cfg = parse_run_config(raw)
         grid = InProcessGrid(client_app, owners, raw)
         t0 = time.monotonic()
-        results, folder = run_azsl(grid, cfg, run_id=1)
+        results, _ = run_azsl(grid, parse_run_config(raw), run_id=1)
         if gpu:
             torch.cuda.synchronize(device)
         process_seconds = time.monotonic() - t0
     if torch.device(results["device"]).type != torch.device(device).type:
         raise RuntimeError(f"asked for {device} but the job ran on {results['device']}")
+    return results, process_seconds, init_seconds
+
+
+def run_on(device: str, overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:
+    """One whole job with service and owners on ``device``; returns its figures."""
+    from azsl_flower.config import parse_run_config
+
+    gpu = device.startswith("cuda")
+    results, process_seconds, init_seconds = run_job(device, overrides, owners)
+    cfg = parse_run_config({**overrides, "device": device})
+    folder = results["output_dir"]
     phases = {p: results["phase_seconds"].get(p) for p in PHASES}
     kept = int(results["verification"]["kept"])
     sample_epochs = kept * cfg.student_epochs

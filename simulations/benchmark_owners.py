@@ -8,15 +8,23 @@ each owner trains its own teacher on its own classes only. With N = 1 the single
 all the data, so that run's teacher is the *union teacher*, the upper bound each N is
 compared with (issue 4 target: student H >= 0.85 x union-teacher H at 5 owners; 10 owners'
 wall time <= 2 x one owner's). Figures are printed and saved as JSON, never overwritten.
+
+``--runner ray`` (default) runs each N in Flower's simulation runtime, owners in parallel
+Ray workers on this machine's cores; ``--runner inprocess --device cuda`` runs service and
+owners in one process (simulations/inprocess.py) on one device, owners one after another,
+so its wall time is the *sum* of the owners' work: an upper bound on a deployment, where
+each owner answers on its own machine at the same time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 from simulations.benchmark_caltech import run_case, save_figures
+from simulations.benchmark_gpu import run_job
 from simulations.simulate import parse_overrides
 
 TARGET_H_RATIO = {5: 0.85}
@@ -36,6 +44,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=50.0)
     ap.add_argument("--output-dir", default="outputs/benchmark-owners")
     ap.add_argument("--out", default="docs/benchmarks/owners.json")
+    ap.add_argument("--runner", choices=("ray", "inprocess"), default="ray")
+    ap.add_argument("--device", default="auto", help="with --runner inprocess: cpu, cuda...")
     ap.add_argument("overrides", nargs="*", help="extra run-config key=value, e.g. rounds=5")
     args = ap.parse_args()
     counts = [int(n) for n in args.owners.split(",") if n]
@@ -57,7 +67,10 @@ def main() -> None:
     rows: list[dict] = []
     for n in counts:
         t0 = time.monotonic()
-        r = run_case(base, owners=n)
+        if args.runner == "ray":
+            r = run_case(base, owners=n)
+        else:
+            r, _, _ = run_job(args.device, base, owners=n)
         rows.append(
             {
                 "owners": n,
@@ -74,10 +87,12 @@ def main() -> None:
                 "verification_pass_rate": r["verification"]["pass_rate"],
                 "orphaned_classes": r["federation"]["orphaned_classes"],
                 "output_dir": r["output_dir"],
+                "device": r["device"],
             }
         )
         h, wall = r["student"]["h"], r["wall_seconds"]
         print(f"{n} owner(s): student H {h:.3f}, {wall:.0f} s", flush=True)
+        print("ROW " + json.dumps(rows[-1]), flush=True)  # survives a run cut off later
     union_h, one_wall = rows[0]["ensemble_teacher"]["h"], rows[0]["wall_seconds"]
     print("| owners | student T1 / u / s / H | H / union-teacher H | wall s | wall / 1 owner |")
     print("|---|---|---|---|---|")
@@ -97,6 +112,8 @@ def main() -> None:
             "union_teacher": rows[0]["ensemble_teacher"],
             "targets": {"h_ratio": TARGET_H_RATIO, "wall_ratio": TARGET_TIME_RATIO},
             "config": base,
+            "runner": args.runner,
+            "device": rows[0]["device"],
             "rows": rows,
         },
     )
