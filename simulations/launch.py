@@ -11,8 +11,10 @@ option for ``dataset``, ``scenario``, ``teacher``, ``regulariser``, ``federation
 ``model``. Each run gets its own folder (``outputs/launch/<time>``, or
 ``outputs/multirun/<time>/<job number>``) holding Hydra's record of the config
 (``.hydra/``) and the run folder itself (``<stamp>/results.json``, models, ``tb/``),
-unless ``output-dir`` is given. The same preset and overrides give the same run config
-as ``flwr run . --run-config "experiment='NAME key=value ...'"`` (tested).
+unless ``output-dir`` is given; curves and scores are plotted into ``<run folder>/plots``
+(``python -m simulations.plots <run folder> --tsne`` adds the owner-side t-SNE). The same
+preset and overrides give the same run config as
+``flwr run . --run-config "experiment='NAME key=value ...'"`` (tested).
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def run_config_from(settings: dict[str, Any], job_dir: str | None = None) -> tup
     return parse_run_config(run), owners
 
 
+def _plots(run_dir: Path) -> list[str]:
+    """Curves and scores of a finished run (cheap); a plotting error never fails the run."""
+    from simulations.plots import main as plots
+
+    try:
+        return [str(p) for p in plots([str(run_dir)])]
+    except Exception as exc:  # the run itself succeeded
+        logging.getLogger("flwr").warning("no plots for %s: %r", run_dir, exc)
+        return []
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One job: compose, simulate, print where everything went; returns student H."""
@@ -58,6 +71,7 @@ def main(cfg: DictConfig) -> float:
         handler.close()
     summary = {"experiment": run_cfg.experiment, "owners": owners}
     summary |= {k: results[k] for k in ("teacher", "student", "output_dir")}
+    summary["plots"] = _plots(Path(results["output_dir"]))
     print(json.dumps(summary, indent=1), flush=True)
     return float(results["student"]["h"])
 
