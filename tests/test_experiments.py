@@ -179,7 +179,13 @@ def test_config_dir_env_and_missing(tmp_path, monkeypatch):
         config_dir()
 
 
-TINY = ["rounds=2", "steps-per-round=2", "student-epochs=2", "samples-per-class=20"]
+TINY = [
+    "federation=one_owner",
+    "rounds=2",
+    "steps-per-round=2",
+    "student-epochs=2",
+    "samples-per-class=20",
+]
 
 
 def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
@@ -210,4 +216,4 @@ def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
     g_launcher = torch.load(Path(folder) / "generator.pt", weights_only=True)
     g_app = torch.load(app_json.parent / "generator.pt", weights_only=True)
     assert all(torch.equal(g_launcher[k], g_app[k]) for k in g_launcher)
-    assert served["config"]["experiment"] == "smoke" and served["num_owners"] == 2
+    assert served["config"]["experiment"] == "smoke" and served["num_owners"] == owners == 1
