@@ -217,3 +217,20 @@ def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
     g_app = torch.load(app_json.parent / "generator.pt", weights_only=True)
     assert all(torch.equal(g_launcher[k], g_app[k]) for k in g_launcher)
     assert served["config"]["experiment"] == "smoke" and served["num_owners"] == owners == 1
+
+
+def _sweep_params(preset: str) -> dict[str, list[str]]:
+    data = yaml.safe_load((ROOT / "configs" / "experiment" / f"{preset}.yaml").read_text()) or {}
+    params = (data.get("hydra") or {}).get("sweeper", {}).get("params", {})
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if _sweep_params(p)])
+def test_every_swept_value_composes(preset):
+    """`-m experiment=PRESET` sweeps hydra.sweeper.params: each value must make a valid run."""
+    for key, values in _sweep_params(preset).items():
+        assert len(values) > 1, (preset, key)
+        for value in values:
+            cfg, _ = run_config_from(compose_settings(preset, [f"{key}={value}"]))
+            expected = parse_run_config({key: value}).as_dict()[key]  # coerced as Flower would
+            assert cfg.as_dict()[key] == expected, (preset, key, value)
