@@ -48,6 +48,9 @@ OPERATIONAL = frozenset(
         "owner-keys",
         "fault-tamper",
         "fault-replay",
+        "experiment",  # a label: the settings it composed are all in the fingerprint
+        "tensorboard",
+        "tensorboard-dir",
     }
 )
 

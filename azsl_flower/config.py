@@ -67,6 +67,10 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint-dir": "",
     "checkpoint-every": 1,
     "resume": "auto",
+    # experiment presets (configs/experiment/, azsl_flower/experiments.py) and TensorBoard
+    "experiment": "",
+    "tensorboard": True,
+    "tensorboard-dir": "",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -145,6 +149,9 @@ class RunConfig:
     checkpoint_dir: str
     checkpoint_every: int
     resume: str
+    experiment: str
+    tensorboard: bool
+    tensorboard_dir: str
 
     @property
     def whitebox(self) -> bool:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -89,28 +90,14 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
         return _STATE[state_key]
     device = resolve_device(str(settings.get("device", "auto")))
     classes = data.covered_classes
-    teacher = classifier(data.dim, classes.size).to(device)
+    seed = int(settings.get("seed", 0)) + 7919 * partition_id
     path = resolve_cache_dir(settings.get("cache-dir")) / f"teacher-{key}.pt"
-    if path.is_file():
-        teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    else:
-        local = np.searchsorted(classes, data.train_y)
-        x = torch.from_numpy(data.train_x).to(device)
-        fit(
-            teacher,
-            x,
-            torch.from_numpy(local).to(device),
-            F.cross_entropy,
-            epochs=int(settings.get("teacher-epochs", 40)),
-            lr=float(settings.get("lr-teacher", 1e-3)),
-            batch_size=128,
-            seed=int(settings.get("seed", 0)) + 7919 * partition_id,
-            weight_decay=1e-5,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(teacher.state_dict(), tmp)
-        os.replace(tmp, path)  # atomic: a concurrent owner never reads half a file
+    # The teacher's initial weights and dropout draw from a generator seeded here, not from
+    # whatever the process ran before: the same teacher under `flwr run`, the Python
+    # launchers and in-process tests, and the process's own RNG left as it was.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        teacher = _teacher(data, classes, device, path, settings, seed)
     teacher.eval()
     with torch.no_grad():
         pred = predict_logits(teacher, torch.from_numpy(data.train_x).to(device)).argmax(1)
@@ -164,3 +151,36 @@ def model_from_weights(weights: dict[str, np.ndarray], device: torch.device) -> 
 
 def teacher_weights(state: OwnerState) -> dict[str, np.ndarray]:
     return state_to_numpy(state.oracle.teacher)
+
+
+def _teacher(
+    data: OwnerData,
+    classes: np.ndarray,
+    device: torch.device,
+    path: Path,
+    settings: dict,
+    seed: int,
+) -> torch.nn.Module:
+    """The owner's teacher from its disk cache, or trained on its data and cached."""
+    teacher = classifier(data.dim, classes.size).to(device)
+    if path.is_file():
+        teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        return teacher
+    local = np.searchsorted(classes, data.train_y)
+    x = torch.from_numpy(data.train_x).to(device)
+    fit(
+        teacher,
+        x,
+        torch.from_numpy(local).to(device),
+        F.cross_entropy,
+        epochs=int(settings.get("teacher-epochs", 40)),
+        lr=float(settings.get("lr-teacher", 1e-3)),
+        batch_size=128,
+        seed=seed,
+        weight_decay=1e-5,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(teacher.state_dict(), tmp)
+    os.replace(tmp, path)  # atomic: a concurrent owner never reads half a file
+    return teacher

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,16 @@ def _fresh_dir(root: Path) -> Path:
 
 
 def write_run(
-    output_dir: str, results: dict[str, Any], checkpoints: dict[str, torch.nn.Module]
+    output_dir: str,
+    results: dict[str, Any],
+    checkpoints: dict[str, torch.nn.Module],
+    move_in: dict[str, Path] | None = None,
 ) -> Path:
     """Write everything to a temporary folder, then rename it into place in one step.
 
     A failed run leaves no folder that looks like a run, and an existing folder is never
-    reused (rename fails rather than overwrite).
+    reused (rename fails rather than overwrite). ``move_in`` {name: folder}: folders the
+    run wrote elsewhere meanwhile (TensorBoard logs), moved in before the rename.
     """
     root = Path(output_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -37,6 +42,8 @@ def write_run(
     tmp.mkdir()
     for name, model in checkpoints.items():
         torch.save(model.state_dict(), tmp / f"{name}.pt")
+    for name, folder in (move_in or {}).items():
+        shutil.move(str(folder), str(tmp / name))
     final = _fresh_dir(root)
     results = dict(results, output_dir=str(final.resolve()))
     (tmp / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

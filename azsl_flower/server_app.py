@@ -12,11 +12,13 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from azsl_flower.config import RunConfig, parse_run_config
+from azsl_flower.config import RunConfig
+from azsl_flower.experiments import resolve_run_config
 from azsl_flower.models import resolve_device, seed_everything
 from azsl_flower.results import format_table, write_run
 from azsl_flower.secure import ServiceSecurity, provision_simulation_keys
 from azsl_flower.semantics import load_class_side
+from azsl_flower.tracking import open_observer
 from strategies.azsl import AZSLStrategy
 
 app = ServerApp()
@@ -53,9 +55,17 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
     device = resolve_device(cfg.device)
     classes = load_class_side(cfg.dataset, cfg.data_dir, cfg.semantics)
     security, key_folder = _security(grid, cfg, run_id)
+    observer = None
     try:
         strategy = AZSLStrategy(cfg, classes, device, security)
-        out = strategy.start(grid, progress=_progress)
+        observer = open_observer(cfg, strategy, forward=_progress)
+        out = strategy.start(grid, progress=observer or _progress)
+        if observer is not None:
+            observer.finish(out)
+    except BaseException:
+        if observer is not None:
+            observer.discard()
+        raise
     finally:
         if key_folder is not None:
             shutil.rmtree(key_folder, ignore_errors=True)
@@ -79,6 +89,10 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
         "messages": out.traffic.messages,
         "bytes_sent": out.traffic.bytes_sent,
         "bytes_received": out.traffic.bytes_received,
+        "bytes_per_owner": {
+            str(n): {"sent": b, "received": out.traffic.received_by_node.get(n, 0)}
+            for n, b in out.traffic.sent_by_node.items()
+        },
         "encryption": {
             "suite": security.suite,
             "plaintext_bytes": crypto.plaintext_bytes,
@@ -95,9 +109,16 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
         "resumed_from_round": strategy.resumed_from,
         "config": cfg.as_dict(),
     }
+    staged = {"tb": observer.dir} if observer is not None and observer.staged else None
     folder = write_run(
-        cfg.output_dir, results, {"generator": out.generator, "student": out.student_model}
+        cfg.output_dir,
+        results,
+        {"generator": out.generator, "student": out.student_model},
+        move_in=staged,
     )
+    if observer is not None:
+        tb = folder / "tb" if observer.staged else observer.dir
+        log(INFO, "TensorBoard logs in %s: tensorboard --logdir %s", tb, tb)
     strategy.checkpoint.finish()  # the models are in the run folder now
     results["output_dir"] = str(folder)
     return results, str(folder)
@@ -105,7 +126,18 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = parse_run_config(dict(context.run_config))
+    cfg, owners = resolve_run_config(dict(context.run_config))
+    connected = len(list(grid.get_node_ids()))
+    if owners is not None and owners != connected:
+        log(
+            WARNING,
+            "experiment %r is meant for %d owner(s) but %d are connected; start it with "
+            '--federation-config "num-supernodes=%d" to match',
+            cfg.experiment,
+            owners,
+            connected,
+            owners,
+        )
     results, folder = run_azsl(grid, cfg, context.run_id)
     table = format_table(results)
     print(table, flush=True)

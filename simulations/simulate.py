@@ -11,21 +11,33 @@ import json
 import os
 from typing import Any
 
+from azsl_flower.config import RunConfig
+
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def run(overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:
-    """Simulate ``owners`` SuperNodes + the ServerApp; return results.json's content."""
+def run(overrides: dict[str, Any] | RunConfig, owners: int | None = None) -> dict[str, Any]:
+    """Simulate ``owners`` SuperNodes + the ServerApp; return results.json's content.
+
+    ``overrides``: run-config keys (``experiment`` composes a preset, as the ServerApp
+    does) or a RunConfig already composed (the Hydra launcher). ``owners`` defaults to
+    the preset's, else 1.
+    """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from azsl_flower.client_app import app as client_app
-    from azsl_flower.config import parse_run_config
+    from azsl_flower.experiments import resolve_run_config
     from azsl_flower.results import format_table
     from azsl_flower.server_app import run_azsl
 
-    cfg = parse_run_config(overrides)  # fail before starting Ray on a bad option
+    if isinstance(overrides, RunConfig):
+        cfg = overrides
+    else:  # fail before starting Ray on a bad option
+        cfg, preset_owners = resolve_run_config(overrides)
+        owners = owners or preset_owners
+    owners = owners or 1
     # run_simulation gives ClientApps no run config: tell the simulated owners (Ray workers
     # inherit the environment) which cipher suite and key folder this run uses.
     os.environ["AZSL_ENCRYPTION"] = cfg.encryption
@@ -62,7 +74,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("overrides", nargs="*", help="run-config key=value pairs")
-    ap.add_argument("--owners", type=int, default=1)
+    ap.add_argument("--owners", type=int, default=None, help="default: the preset's, else 1")
     args = ap.parse_args()
     res = run(parse_overrides(args.overrides), args.owners)
     print(json.dumps({k: res[k] for k in ("teacher", "student", "rounds", "output_dir")}, indent=1))

@@ -66,6 +66,8 @@ class Traffic:
     retries: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     rejections: list[dict[str, object]] = field(default_factory=list)
+    sent_by_node: dict[int, int] = field(default_factory=dict)  # payload bytes per owner
+    received_by_node: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,7 +134,10 @@ class AZSLStrategy:
         self.traffic.messages += len(messages)
         if self.faults is not None:
             messages = [self.faults.outgoing(m) for m in messages]
-        self.traffic.bytes_sent += sum(P.payload_nbytes(m.content) for m in messages)
+        for m in messages:
+            nbytes, node = P.payload_nbytes(m.content), m.metadata.dst_node_id
+            self.traffic.bytes_sent += nbytes
+            self.traffic.sent_by_node[node] = self.traffic.sent_by_node.get(node, 0) + nbytes
         ids = list(grid.push_messages(messages))
         if len(ids) != len(messages):
             raise OwnerError(
@@ -155,9 +160,12 @@ class AZSLStrategy:
         ]
         if self.faults is not None:
             out = [r if isinstance(r, str) else self.faults.incoming(r) for r in out]
-        for reply in out:
+        for m, reply in zip(messages, out, strict=True):
             if not isinstance(reply, str) and not reply.has_error():
-                self.traffic.bytes_received += P.payload_nbytes(reply.content)
+                nbytes, node = P.payload_nbytes(reply.content), m.metadata.dst_node_id
+                self.traffic.bytes_received += nbytes
+                got = self.traffic.received_by_node
+                got[node] = got.get(node, 0) + nbytes
         return out
 
     def _reject(

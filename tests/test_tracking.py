@@ -1,0 +1,114 @@
+"""TensorBoard logs: the observer's tags, where the files go, and a failed run leaving none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from azsl_flower.client_app import app as client_app
+from azsl_flower.config import parse_run_config
+from azsl_flower.server_app import run_azsl
+from azsl_flower.tracking import TensorBoardObserver, open_observer
+from strategies.azsl import Traffic
+from tests.loopback import LoopbackGrid
+
+pytest.importorskip("tensorboard")
+
+
+def _tags(folder: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list(folder.glob("events.out.tfevents.*"))
+    assert files, f"no event file in {folder}"
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def _fake_run() -> SimpleNamespace:
+    metrics = {"zsl": 0.5, "u": 0.4, "s": 0.6, "h": 0.48}
+    return SimpleNamespace(
+        history=[{"round": 1}, {"round": 2}],
+        verification={"pass_rate": 0.7, "kept": 7, "generated": 10},
+        teacher=metrics,
+        student=metrics,
+        extra_models={"classifier": metrics},
+    )
+
+
+def test_observer_writes_expected_tags_and_forwards(tmp_path):
+    cfg = parse_run_config({"output-dir": str(tmp_path / "out")})
+    traffic = Traffic(rounds=3, bytes_sent=30, bytes_received=12)
+    traffic.sent_by_node, traffic.received_by_node = {7: 30}, {7: 12}
+    source = SimpleNamespace(used={7: 512}, traffic=traffic)
+    seen = []
+    obs = TensorBoardObserver(cfg, source, forward=lambda *a: seen.append(a))
+    assert obs.staged and obs.dir.parent == tmp_path / "out"
+    for r in (1, 2):
+        obs("generator", r, 2, {"teacher_ce": 2.0 / r, "regulariser": 1.0, "round": r})
+    obs.finish(_fake_run())
+    assert [s[:3] for s in seen] == [("generator", 1, 2), ("generator", 2, 2)]
+    tags = _tags(obs.dir)
+    assert {
+        "generator/teacher_ce",
+        "generator/regulariser",
+        "owner/7/queries",
+        "owner/7/bytes_sent",
+        "owner/7/bytes_received",
+        "traffic/round_trips",
+        "verification/pass_rate",
+        "eval/student/h",
+        "eval/teacher/u",
+        "eval/classifier/s",
+    } <= tags
+    assert "generator/round" not in tags
+
+
+def test_failed_run_discards_staged_logs_but_keeps_an_explicit_dir(tmp_path):
+    staged = TensorBoardObserver(parse_run_config({"output-dir": str(tmp_path / "out")}))
+    staged.discard()
+    assert not staged.dir.exists()
+    chosen = parse_run_config({"tensorboard-dir": str(tmp_path / "tb"), "experiment": "x"})
+    kept = TensorBoardObserver(chosen)
+    kept("generator", 1, 1, {"teacher_ce": 1.0})
+    kept.discard()
+    assert kept.dir.parent == tmp_path / "tb" and "-x-whitebox-transductive-seed0" in kept.dir.name
+    assert "generator/teacher_ce" in _tags(kept.dir)
+
+
+def test_tensorboard_false_means_no_observer(tmp_path):
+    assert open_observer(parse_run_config({"tensorboard": False})) is None
+
+
+def test_a_real_run_puts_its_logs_in_the_run_folder(tmp_path):
+    raw = {
+        "scenario": "blackbox",
+        "rounds": 2,
+        "steps-per-round": 2,
+        "student-epochs": 2,
+        "samples-per-class": 20,
+        "teacher-epochs": 3,
+        "output-dir": str(tmp_path / "out"),
+        "cache-dir": str(tmp_path / "cache"),
+    }
+    results, folder = run_azsl(LoopbackGrid(client_app, 2, raw), parse_run_config(raw), 1)
+    tags = _tags(Path(folder) / "tb")
+    for node in results["bytes_per_owner"]:
+        assert {f"owner/{node}/queries", f"owner/{node}/bytes_sent"} <= tags
+    assert {
+        "generator/teacher_ce",
+        "generator/regulariser",
+        "generator/surrogate_loss",
+        "generator/surrogate_ce",
+        "verification/pass_rate",
+        "eval/student/h",
+        "eval/student/u",
+        "eval/student/s",
+        "eval/teacher/h",
+    } <= tags
+    sent = sum(b["sent"] for b in results["bytes_per_owner"].values())
+    assert sent == results["bytes_sent"]
+    left = {p.name for p in (tmp_path / "out").iterdir()}
+    assert left == {"checkpoints", Path(folder).name}  # nothing staged is left behind
