@@ -1,7 +1,10 @@
-"""``azsl-flower`` command: key management for the end-to-end encryption.
+"""``azsl-flower`` command: keys and deployment material for an AZSL federation.
 
 azsl-flower keys generate --out DIR --name owner-1   # writes owner-1.key / owner-1.pub
 azsl-flower keys fingerprint DIR/owner-1.pub          # what operators compare by phone
+azsl-flower tls generate --out DIR --host 127.0.0.1 --host superlink.example.org
+azsl-flower node-auth generate --out DIR --name owner-1   # owner-1.node.key / .node.pub
+azsl-flower connection add --name azsl --address 127.0.0.1:9093 --root-certificates DIR/ca.pem
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ from azsl_flower.crypto import (
     load_private_key,
     load_public_key,
     write_keypair,
+)
+from azsl_flower.deploy import (
+    DEFAULT_HOSTS,
+    DeployError,
+    generate_node_auth,
+    generate_tls,
+    write_connection,
 )
 
 
@@ -34,6 +44,43 @@ def _fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls(args: argparse.Namespace) -> int:
+    files = generate_tls(
+        args.out,
+        args.host or list(DEFAULT_HOSTS),
+        ca_days=args.ca_days,
+        server_days=args.days,
+        ca_key=args.ca_key,
+        ca_cert=args.ca_cert,
+    )
+    print(f"CA certificate:     {files.ca_cert} (give it to every SuperNode and flwr user)")
+    print(f"CA private key:     {files.ca_key} (keep it offline; it signs server certificates)")
+    print(f"server certificate: {files.server_cert} (flower-superlink --ssl-certfile)")
+    print(f"server private key: {files.server_key} (flower-superlink --ssl-keyfile)")
+    return 0
+
+
+def _node_auth(args: argparse.Namespace) -> int:
+    priv, pub = generate_node_auth(args.out, args.name)
+    print(f"private key: {priv} (flower-supernode --auth-supernode-private-key; keep it here)")
+    print(f"public key:  {pub} (register it: flwr supernode register {pub} <connection>)")
+    return 0
+
+
+def _connection(args: argparse.Namespace) -> int:
+    path = write_connection(
+        args.name,
+        args.address,
+        args.root_certificates,
+        home=args.flwr_home,
+        insecure=args.insecure,
+        make_default=args.default,
+        replace=args.replace,
+    )
+    print(f"[superlink.{args.name}] in {path}; use it as: flwr run . {args.name} --stream")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="azsl-flower", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
@@ -46,10 +93,53 @@ def main(argv: list[str] | None = None) -> int:
     fpr = ksub.add_parser("fingerprint", help="print the fingerprint of .pub or .key files")
     fpr.add_argument("files", nargs="+")
     fpr.set_defaults(func=_fingerprint)
+
+    tls = sub.add_parser("tls", help="CA and SuperLink server certificate")
+    tsub = tls.add_subparsers(dest="command", required=True)
+    tgen = tsub.add_parser(
+        "generate",
+        help="write ca.key (0600), ca.pem, server.key (0600), server.pem; never overwrites",
+    )
+    tgen.add_argument("--out", required=True, help="folder for the certificate files")
+    tgen.add_argument(
+        "--host",
+        action="append",
+        help="IP address or DNS name the SuperLink is reached at; repeat for several "
+        f"(default: {' and '.join(DEFAULT_HOSTS)})",
+    )
+    tgen.add_argument("--days", type=int, default=825, help="server certificate lifetime")
+    tgen.add_argument("--ca-days", type=int, default=3650, help="CA certificate lifetime")
+    tgen.add_argument("--ca-key", help="sign with this existing CA key instead of a new CA")
+    tgen.add_argument("--ca-cert", help="the existing CA's certificate (with --ca-key)")
+    tgen.set_defaults(func=_tls)
+
+    node = sub.add_parser("node-auth", help="SuperNode authentication key pairs (EC P-384)")
+    nsub = node.add_subparsers(dest="command", required=True)
+    ngen = nsub.add_parser(
+        "generate", help="write NAME.node.key (OpenSSH, 0600) and NAME.node.pub; never overwrites"
+    )
+    ngen.add_argument("--out", required=True, help="folder for the key files")
+    ngen.add_argument("--name", required=True, help="file name stem, e.g. owner-1")
+    ngen.set_defaults(func=_node_auth)
+
+    conn = sub.add_parser("connection", help="SuperLink connections in $FLWR_HOME/config.toml")
+    csub = conn.add_subparsers(dest="command", required=True)
+    cadd = csub.add_parser("add", help="add [superlink.NAME]; other entries are kept")
+    cadd.add_argument("--name", required=True, help="connection name used by flwr run")
+    cadd.add_argument("--address", required=True, help="SuperLink HOST:PORT")
+    cadd.add_argument("--root-certificates", help="the CA's ca.pem (stored as absolute path)")
+    cadd.add_argument("--insecure", action="store_true", help="no TLS (tests only)")
+    cadd.add_argument("--default", action="store_true", help="also make it the default connection")
+    cadd.add_argument(
+        "--replace", action="store_true", help="update [superlink.NAME] if it differs"
+    )
+    cadd.add_argument("--flwr-home", help="default: $FLWR_HOME, else ~/.flwr")
+    cadd.set_defaults(func=_connection)
+
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except KeyFileError as exc:
+    except (KeyFileError, DeployError) as exc:
         print(f"azsl-flower: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,434 @@
+"""Deployment material for a real Flower federation: TLS, SuperNode auth keys, CLI config.
+
+Three things an operator needs before ``flower-superlink`` and ``flower-supernode`` can run
+with TLS and node authentication, made here with ``cryptography`` so nobody has to get
+``openssl`` incantations right:
+
+* :func:`generate_tls` writes a CA (``ca.key``, ``ca.pem``) and a SuperLink server
+  certificate signed by it (``server.key``, ``server.pem``) whose subject alternative names
+  list every address SuperNodes and ``flwr`` use to reach the SuperLink.
+* :func:`generate_node_auth` writes a SuperNode authentication key pair in the formats
+  Flower 1.42 reads: an EC P-384 private key in OpenSSH format
+  (``flower-supernode --auth-supernode-private-key``) and its OpenSSH one-line public key
+  (``flwr supernode register``).
+* :func:`write_connection` adds a SuperLink connection to ``$FLWR_HOME/config.toml``,
+  keeping every other entry.
+
+Nothing here overwrites an existing file, and private keys are created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "DeployError",
+    "TlsFiles",
+    "DEFAULT_HOSTS",
+    "generate_tls",
+    "generate_node_auth",
+    "write_connection",
+    "flwr_home",
+]
+
+DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+CA_DAYS, SERVER_DAYS = 3650, 825  # 825 days: the longest server lifetime clients accept
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class DeployError(ValueError):
+    """Bad input or a file that would be overwritten; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where :func:`generate_tls` put its files."""
+
+    ca_key: Path
+    ca_cert: Path
+    server_key: Path
+    server_cert: Path
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _check_name(name: str, what: str) -> str:
+    if not _NAME.match(name or ""):
+        raise DeployError(
+            f"{what} {name!r} must be a plain file name of letters, digits, '.', '_' or '-' "
+            "such as 'owner-1'"
+        )
+    return name
+
+
+def _refuse_existing(paths: Iterable[Path], hint: str) -> None:
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
+    if existing:
+        raise DeployError(
+            f"{', '.join(existing)} already exist(s); {hint} (files are never overwritten)"
+        )
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` from the start (no window where a key is world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # umask may have narrowed it; private keys must be exactly 0600
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),  # servers start unattended; the file mode protects it
+    )
+
+
+def _san(host: str) -> x509.GeneralName:
+    """An IP address or DNS name SAN for one --host value, with errors that say why."""
+    raw = host.strip()
+    if not raw:
+        raise DeployError("--host must not be empty; give an IP address or a DNS name")
+    try:
+        return x509.IPAddress(ipaddress.ip_address(raw.strip("[]")))
+    except ValueError:
+        pass
+    if "://" in raw or "/" in raw:
+        raise DeployError(f"--host {raw!r}: give a bare host name or IP address, not a URL")
+    if ":" in raw:
+        raise DeployError(
+            f"--host {raw!r}: give the host without a port (the certificate covers all ports)"
+        )
+    name = raw.rstrip(".").lower()
+    labels = name.split(".")
+    if labels[0] == "*":  # a wildcard is allowed as the whole left-most label only
+        labels = labels[1:]
+    if len(name) > 253 or not labels or not all(_DNS_LABEL.match(lb) for lb in labels):
+        raise DeployError(
+            f"--host {raw!r} is neither an IP address nor a valid DNS name "
+            "(letters, digits and '-' in dot-separated labels)"
+        )
+    return x509.DNSName(name)
+
+
+def _sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for h in hosts:
+        g = _san(h)
+        if g not in out:
+            out.append(g)
+    if not out:
+        raise DeployError("give at least one --host for the server certificate")
+    return out
+
+
+def _days(days: int, what: str) -> dt.timedelta:
+    if not isinstance(days, int) or days < 1:
+        raise DeployError(f"{what} must be a whole number of days >= 1, got {days!r}")
+    return dt.timedelta(days=days)
+
+
+def _load_ca(
+    key_path: Path, cert_path: Path
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """An existing CA to sign a new server certificate with (renewal keeps node trust)."""
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise DeployError(f"CA file {exc.filename} not found") from None
+    except (ValueError, TypeError) as exc:
+        raise DeployError(
+            f"cannot read the CA ({key_path}, {cert_path}): {exc}; give an unencrypted PEM "
+            "private key and its PEM certificate"
+        ) from None
+    if key.public_key() != cert.public_key():
+        raise DeployError(f"{key_path} is not the private key of {cert_path}")
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise DeployError(f"{cert_path} is not a CA certificate (BasicConstraints CA:TRUE)")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise DeployError(f"{key_path}: only EC CA keys (as made by `tls generate`) are supported")
+    return key, cert
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+def generate_tls(
+    out_dir: str | Path,
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    *,
+    ca_days: int = CA_DAYS,
+    server_days: int = SERVER_DAYS,
+    ca_key: str | Path | None = None,
+    ca_cert: str | Path | None = None,
+    now: dt.datetime | None = None,
+) -> TlsFiles:
+    """Write a CA and a SuperLink server certificate with SANs for ``hosts``.
+
+    ``ca_key``/``ca_cert`` sign with an existing CA instead of making one, so a renewed or
+    re-addressed server certificate needs no new ``ca.pem`` on the SuperNodes.
+    """
+    out = Path(out_dir).expanduser()
+    sans = _sans(list(hosts))
+    ca_life, server_life = _days(ca_days, "--ca-days"), _days(server_days, "--days")
+    reuse = ca_key is not None or ca_cert is not None
+    if reuse and (ca_key is None or ca_cert is None):
+        raise DeployError("give both --ca-key and --ca-cert to sign with an existing CA")
+    if reuse:
+        ca_paths = (Path(ca_key).expanduser(), Path(ca_cert).expanduser())  # type: ignore[arg-type]
+    else:
+        ca_paths = (out / "ca.key", out / "ca.pem")
+    files = TlsFiles(*ca_paths, out / "server.key", out / "server.pem")
+    targets = [files.server_key, files.server_cert]
+    if not reuse:
+        targets = [files.ca_key, files.ca_cert, *targets]
+    _refuse_existing(
+        targets,
+        "choose an empty --out folder, or pass --ca-key/--ca-cert to sign a new server "
+        "certificate with the existing CA into another folder",
+    )
+    now = now or dt.datetime.now(dt.UTC)
+    start = now - dt.timedelta(minutes=5)  # tolerate small clock skew between machines
+
+    if reuse:
+        ca_priv, ca_crt = _load_ca(files.ca_key, files.ca_cert)
+    else:
+        ca_priv = ec.generate_private_key(ec.SECP384R1())
+        ca_name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "azsl-flower deployment"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "azsl-flower SuperLink CA"),
+            ]
+        )
+        ca_crt = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_priv.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + ca_life)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(ca_priv.public_key()), critical=False
+            )
+            .sign(ca_priv, hashes.SHA384())
+        )
+
+    server_priv = ec.generate_private_key(ec.SECP256R1())
+    first = sans[0].value
+    common = str(first)
+    server_crt = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "azsl-flower deployment"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common[:64]),
+                ]
+            )
+        )
+        .issuer_name(ca_crt.subject)
+        .public_key(server_priv.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(min(start + server_life, ca_crt.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_priv.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_crt.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_priv, hashes.SHA384())
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not reuse:
+        _write_new(files.ca_key, _private_pem(ca_priv), 0o600)
+        _write_new(files.ca_cert, ca_crt.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_new(files.server_key, _private_pem(server_priv), 0o600)
+    _write_new(files.server_cert, server_crt.public_bytes(serialization.Encoding.PEM), 0o644)
+    return files
+
+
+# -- SuperNode authentication ----------------------------------------------------------------
+
+
+def generate_node_auth(out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``NAME.node.key`` (OpenSSH EC P-384, 0600) and ``NAME.node.pub`` (one line).
+
+    The ``.node.`` infix keeps these apart from the X25519 encryption keys
+    (``azsl-flower keys generate``): same owner, different job.
+    """
+    _check_name(name, "--name")
+    out = Path(out_dir).expanduser()
+    priv_path, pub_path = out / f"{name}.node.key", out / f"{name}.node.pub"
+    _refuse_existing([priv_path, pub_path], "choose another --name or --out")
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),  # flower-supernode loads it without a passphrase
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_new(priv_path, private, 0o600)
+    _write_new(pub_path, public + f" {name}\n".encode(), 0o644)
+    return priv_path, pub_path
+
+
+# -- $FLWR_HOME/config.toml ------------------------------------------------------------------
+
+
+def flwr_home(path: str | Path | None = None) -> Path:
+    """``path``, else ``$FLWR_HOME``, else ``~/.flwr`` (Flower's own rule)."""
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get("FLWR_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".flwr"
+
+
+def _flower_default_config() -> dict[str, Any]:
+    """The file Flower itself writes on first use, so `local` and `supergrid` stay usable."""
+    from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML
+
+    return tomllib.loads(DEFAULT_FLOWER_CONFIG_TOML)
+
+
+def write_connection(
+    name: str,
+    address: str,
+    root_certificates: str | Path | None,
+    *,
+    home: str | Path | None = None,
+    insecure: bool = False,
+    make_default: bool = False,
+    replace: bool = False,
+) -> Path:
+    """Add ``[superlink.NAME]`` to ``config.toml`` under ``home``; keep every other entry.
+
+    An existing NAME with the same settings is left alone; one with other settings is an
+    error (pick another name) unless ``replace`` (then only that entry changes).
+    ``make_default`` also sets ``[superlink] default = NAME``; off by default because
+    ``flwr run .`` without a connection name would then go to this SuperLink instead of
+    the local simulation.
+    Comments in an existing file are not kept (Flower's own writer drops them too).
+    """
+    import tomli_w
+    from flwr.cli.typing import SuperLinkConnection
+
+    _check_name(name, "connection name")
+    if insecure and root_certificates:
+        raise DeployError("give either root certificates (TLS) or insecure, not both")
+    if not insecure and not root_certificates:
+        raise DeployError(
+            "give --root-certificates (the CA's ca.pem) or, for a test without TLS, --insecure"
+        )
+    if not address or "://" in address or ":" not in address:
+        raise DeployError(f"address {address!r} must be HOST:PORT, e.g. 127.0.0.1:9093")
+    entry: dict[str, Any] = {"address": address}
+    if root_certificates:
+        ca = Path(root_certificates).expanduser().resolve()
+        if not ca.is_file():
+            raise DeployError(f"root certificates {ca} not found; give the CA's ca.pem")
+        try:
+            x509.load_pem_x509_certificates(ca.read_bytes())
+        except ValueError:
+            raise DeployError(f"{ca} is not a PEM certificate (bundle)") from None
+        entry["root-certificates"] = str(ca)
+    entry["insecure"] = bool(insecure)
+    try:  # Flower's own validation, so what we write is what `flwr` accepts
+        SuperLinkConnection(
+            name=name,
+            address=entry["address"],
+            root_certificates=entry.get("root-certificates"),
+            insecure=entry["insecure"],
+        )
+    except ValueError as exc:
+        raise DeployError(str(exc)) from None
+
+    cfg_path = flwr_home(home) / "config.toml"
+    if cfg_path.exists():
+        try:
+            doc = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise DeployError(f"{cfg_path} is not valid TOML ({exc}); fix it first") from None
+    else:
+        doc = _flower_default_config()
+    superlink = doc.setdefault("superlink", {})
+    if not isinstance(superlink, dict):
+        raise DeployError(f"{cfg_path}: 'superlink' must be a table")
+    old = superlink.get(name)
+    if old is not None and old != entry and not replace:
+        raise DeployError(
+            f"{cfg_path} already has [superlink.{name}] with other settings ({old}); "
+            "choose another connection name, or pass --replace to update that entry"
+        )
+    changed = old != entry
+    superlink[name] = entry
+    if make_default and superlink.get("default") != name:
+        superlink["default"] = name
+        changed = True
+    if changed:
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfg_path.with_name(f".{cfg_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(tomli_w.dumps(doc), encoding="utf-8")
+        if cfg_path.exists():
+            os.chmod(tmp, cfg_path.stat().st_mode & 0o777)
+        os.replace(tmp, cfg_path)  # atomic: a crash never leaves half a config
+    return cfg_path
