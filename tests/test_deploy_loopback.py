@@ -1,0 +1,137 @@
+"""A real deployment on 127.0.0.1: flower-superlink with TLS and SuperNode authentication,
+two flower-supernode processes that each hold their own data and keys, `flwr run` of a short
+AZSL job; then the same with one SuperNode restarted mid-run.
+
+Bounded in time (every subprocess has a timeout) and every process is stopped at the end,
+also on failure (`LocalDeployment.stop`, then anything left with one of its FLWR_HOMEs).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from simulations.deploy_local import (
+    DATA_FILE,
+    LocalDeployment,
+    prepare,
+    results_of,
+    write_owner_data,
+)
+from simulations.local_superlink import processes_of
+
+# A short job: each deployed round trip costs seconds (HTTP polling, a ClientApp process per
+# message), so few of them. timeout is per round trip; the first one trains the teachers.
+JOB = "steps-per-round=2 student-epochs=2 samples-per-class=30 teacher-epochs=3 timeout=120"
+RUN_TIMEOUT = 420  # seconds for one `flwr run --stream`
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    lay = prepare(tmp_path_factory.mktemp("deploy"), owners=2)
+    dep = LocalDeployment(lay)
+    try:
+        dep.up()
+        yield dep
+    finally:
+        dep.stop()
+        left = [p for home in lay.homes() for p in processes_of(str(home))]
+        assert not left, f"processes left running: {left}"
+
+
+def _log_tail(dep: LocalDeployment, text: str) -> str:
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in dep.layout.logs.iterdir()
+    )
+    return f"{text[-4000:]}\n{logs}"
+
+
+def _new_results(dep: LocalDeployment, before: int) -> dict:
+    found = results_of(dep.layout)
+    assert len(found) == before + 1, f"expected one new results.json, found {len(found) - before}"
+    return found[-1]
+
+
+def test_loopback_deployment_tls_node_auth_two_owners(deployment):
+    dep = deployment
+    # registered auth keys, TLS and both nodes online: what the SuperLink itself reports
+    assert set(dep.nodes().items()) == {(n, "online") for n in dep.node_ids.values()}
+    before = len(results_of(dep.layout))
+    t0 = time.monotonic()
+    rc, log = dep.run(f"rounds=2 {JOB}", timeout=RUN_TIMEOUT)
+    assert rc == 0, _log_tail(dep, log)
+    res = _new_results(dep, before)
+    assert res["num_owners"] == 2
+    assert sorted(res["federation"]["node_ids"]) == sorted(dep.node_ids.values())
+    assert res["encryption"]["suite"] == "aes-256-gcm"
+    assert res["encryption"]["ciphertext_bytes"] > 0
+    assert res["rejected_messages"] == {}
+    for model in ("teacher", "student"):
+        assert {"zsl", "u", "s", "h"} <= set(res[model]), res[model]
+    assert res["teacher"]["h"] > 0.5  # each owner's own data trains a real teacher
+    assert res["rounds"] == 2 + 3  # set-up, 2 generator round trips, verification, evaluation
+    assert "teacher (upper bound)" in log and "student" in log
+    print(f"loopback run: {time.monotonic() - t0:.0f}s")
+
+
+def test_loopback_supernode_restart_mid_run(deployment):
+    """Stop owner-1's SuperNode once the generator phase runs and start it again with the
+    same auth key and node config: same node id, the service retries, the job completes."""
+    dep = deployment
+    before = len(results_of(dep.layout))
+    restarted = threading.Event()
+    errors: list[BaseException] = []
+    offline: list[float] = []
+
+    def restart() -> None:
+        try:
+            offline.append(dep.restart_supernode(1, signal.SIGTERM, pause=0.0))
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    def watch(line: str) -> None:
+        if not restarted.is_set() and re.search(r"\[generator 1/", line):
+            restarted.set()
+            threading.Thread(target=restart, daemon=True).start()
+
+    rc, log = dep.run(f"rounds=4 {JOB}", timeout=RUN_TIMEOUT, on_line=watch)
+    assert restarted.is_set(), _log_tail(dep, log)
+    assert not errors, errors
+    assert rc == 0, _log_tail(dep, log)
+    res = _new_results(dep, before)
+    node = dep.node_ids[1]
+    assert dep.nodes().get(node) == "online"  # came back under its registered node id
+    fed = res["federation"]
+    assert fed["dropped"] == [], (fed["failures"], _log_tail(dep, log))
+    assert res["num_owners"] == 2
+    assert fed["generator_answers"][str(node)] == 4  # answered every round, after the restart too
+    assert res["rejected_messages"] == {}  # its channel state survived the restart
+    print(
+        f"owner-1 offline {offline[0]:.1f}s; retries {res['retries']}; failures {fed['failures']}"
+    )
+
+
+def test_owner_data_partitions_the_digits_without_sharing(tmp_path, fresh_table_cache):
+    import scipy.io
+
+    from azsl_flower.data import digits_table, load_owner_data
+
+    folders = write_owner_data(tmp_path, 2)
+    whole = load_owner_data("digits")
+    parts = [load_owner_data("xlsa17", str(f), DATA_FILE) for f in folders]
+    for part in parts:
+        assert part.num_classes == 10 and part.dim == 64
+        assert np.array_equal(part.seen_classes, whole.seen_classes)
+        assert np.array_equal(part.covered_classes, np.arange(10))
+    for split in ("train_x", "test_seen_x", "test_unseen_x"):
+        assert sum(len(getattr(p, split)) for p in parts) == len(getattr(whole, split))
+    # together the owners hold every digit exactly once: a partition, nothing shared
+    held = np.concatenate([scipy.io.loadmat(f / DATA_FILE)["features"].T for f in folders])
+    everything = digits_table().features
+    assert held.shape == everything.shape
+    assert np.array_equal(held[np.lexsort(held.T)], everything[np.lexsort(everything.T)])
