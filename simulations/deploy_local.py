@@ -322,9 +322,8 @@ class LocalDeployment:
     def stop(self) -> None:
         """Every process this deployment started, then anything left with one of its
         FLWR_HOMEs (a ServerApp or ClientApp process that escaped its group)."""
-        for name in sorted(self.procs, key=lambda n: n != "superlink"):  # nodes first
-            if name != "superlink":
-                self._kill(name)
+        for name in [n for n in self.procs if n != "superlink"]:  # nodes sign off first
+            self._kill(name)
         self._kill("superlink")
         for home in self.layout.homes():
             stop_by_flwr_home(str(home))
@@ -568,6 +567,8 @@ def results_of(layout: Layout) -> list[dict]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # `kill <pid>` of this script also stops everything it started (via the with-block)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     lay = prepare(args.work, args.owners)
     print(f"work folder: {lay.work} (logs in {lay.logs})")
     restarted = threading.Event()
