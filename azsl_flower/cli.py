@@ -20,7 +20,9 @@ from azsl_flower.crypto import (
     write_keypair,
 )
 from azsl_flower.deploy import (
+    CA_DAYS,
     DEFAULT_HOSTS,
+    SERVER_DAYS,
     DeployError,
     generate_node_auth,
     generate_tls,
@@ -107,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         help="IP address or DNS name the SuperLink is reached at; repeat for several "
         f"(default: {' and '.join(DEFAULT_HOSTS)})",
     )
-    tgen.add_argument("--days", type=int, default=825, help="server certificate lifetime")
-    tgen.add_argument("--ca-days", type=int, default=3650, help="CA certificate lifetime")
+    tgen.add_argument(
+        "--days", type=int, default=SERVER_DAYS, help="server certificate lifetime in days"
+    )
+    tgen.add_argument(
+        "--ca-days", type=int, default=CA_DAYS, help="CA certificate lifetime in days"
+    )
     tgen.add_argument("--ca-key", help="sign with this existing CA key instead of a new CA")
     tgen.add_argument("--ca-cert", help="the existing CA's certificate (with --ca-key)")
     tgen.set_defaults(func=_tls)

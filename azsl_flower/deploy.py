@@ -38,6 +38,8 @@ __all__ = [
     "DeployError",
     "TlsFiles",
     "DEFAULT_HOSTS",
+    "CA_DAYS",
+    "SERVER_DAYS",
     "generate_tls",
     "generate_node_auth",
     "write_connection",
