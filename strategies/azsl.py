@@ -19,6 +19,7 @@ from logging import INFO, WARNING
 import numpy as np
 import torch
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -215,7 +216,11 @@ class AZSLStrategy:
         answers: dict[int, list[P.Payload]] = {}
         todo = list(self.node_ids if nodes is None else nodes)
         why: dict[int, str] = {}  # node -> why its last attempt failed
+        offline: list[int] = []  # nodes Flower reported unavailable in the last attempt
         for attempt in range(self.cfg.max_retries + 1):
+            if offline:  # a restarting SuperNode: re-send once it is back, not straight away
+                self._await_nodes(grid, offline, phase)
+            offline = []
             unreachable = [n for n in todo if not self.security.addressable(n)]
             if unreachable:  # no allow-listed key left for it: not one of our owners
                 reason = "no allow-listed owner key is left for it (not one of our owners)"
@@ -251,6 +256,8 @@ class AZSLStrategy:
                     if refusal is not None:
                         self._budget_refused(node, phase, refusal)
                         continue
+                    if code == ErrorCode.NODE_UNAVAILABLE:
+                        offline.append(node)
                     why[node] = f"error reply (code {code}): {_first_line(text)}"
                     self._fail(node, phase, "error", why[node])
                     failed.append(node)
@@ -282,6 +289,26 @@ class AZSLStrategy:
         if todo:
             self._drop(todo, phase, why)
         return {n: answers[n] for n in self.node_ids if n in answers}
+
+    def _await_nodes(self, grid: Grid, nodes: list[int], phase: str) -> None:
+        """Wait up to ``timeout`` for SuperNodes Flower reported offline to reconnect.
+
+        A SuperNode that is restarted keeps its node id (its authentication key), but while
+        it is away the SuperLink answers every message for it with "node unavailable" at
+        once: re-sending straight away would spend all retries within a second.
+        """
+        deadline = time.monotonic() + self.cfg.timeout
+        log(
+            INFO,
+            "%s: waiting up to %.0f s for node(s) %s to come back",
+            phase,
+            self.cfg.timeout,
+            nodes,
+        )
+        while time.monotonic() < deadline:
+            if set(nodes) <= set(grid.get_node_ids()):
+                return
+            time.sleep(max(self.cfg.poll_interval, 0.5))
 
     def _budget_refused(self, node: int, phase: str, refusal: tuple[int, int, int]) -> None:
         """The owner's own count wins: plan with it from now on (skip it, do not drop it)."""

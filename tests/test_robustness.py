@@ -34,6 +34,19 @@ def _no_run_folder(tmp_path: Path) -> bool:
     return not out.exists() or all(p.name == "checkpoints" for p in out.iterdir())
 
 
+def test_a_restarting_owner_is_waited_for_not_dropped(tmp_path):
+    """Flower answers "node unavailable" at once while a SuperNode restarts: the service
+    waits for the node to be listed again instead of burning its retries in a second."""
+    raw = _raw(tmp_path, timeout=10, max_retries=1)
+    grid = FlakyGrid(client_app, 2, raw, failing={1001: (2, "offline")})
+    results, _ = run_azsl(grid, parse_run_config(raw), run_id=1)
+    fed = results["federation"]
+    assert fed["dropped_node_ids"] == [] and results["num_owners"] == 2
+    assert [(f["node"], f["phase"]) for f in fed["failures"]] == [(1001, "generator-2")]
+    assert results["retries"] == 1 and fed["generator_answers"] == {"1000": 4, "1001": 4}
+    assert results["rejected_messages"] == {}  # the session survived the restart
+
+
 @pytest.mark.parametrize(("mode", "partition"), [("error", "class-disjoint"), ("silent", "iid")])
 def test_run_survives_an_owner_that_dies_mid_run(tmp_path, mode, partition):
     raw = _raw(tmp_path, partition=partition, timeout=0.5, max_retries=1)
