@@ -96,8 +96,8 @@ def test_loopback_deployment_tls_node_auth_two_owners(deployment):
             signal.SIGKILL,
             marks=pytest.mark.skipif(
                 not os.environ.get("AZSL_DEPLOY_CRASH_TEST"),
-                reason="a crash keeps the node 'online' at the SuperLink for up to 60 s; "
-                "set AZSL_DEPLOY_CRASH_TEST=1 to run it (about 3 more minutes)",
+                reason="a crash keeps the node 'online' at the SuperLink for up to 60 s, which "
+                "this test waits out; set AZSL_DEPLOY_CRASH_TEST=1 to run it (3 more minutes)",
             ),
         ),
     ],
