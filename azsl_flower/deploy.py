@@ -69,6 +69,26 @@ class TlsFiles:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    """x509.KeyUsage takes all nine flags; name only the ones a certificate may use."""
+    flags = dict.fromkeys(
+        (
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
+    flags.update(dict.fromkeys(allowed, True))
+    return x509.KeyUsage(**flags)
+
+
 def _check_name(name: str, what: str) -> str:
     if not _NAME.match(name or ""):
         raise DeployError(
@@ -233,17 +253,7 @@ def generate_tls(
             .not_valid_after(start + ca_life)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage("key_cert_sign", "crl_sign"),
                 critical=True,
             )
             .add_extension(
@@ -273,17 +283,7 @@ def generate_tls(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage("digital_signature", "key_agreement"),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
