@@ -183,12 +183,17 @@ class RunConfig:
         return {k: d[k] for k in keys}
 
 
-def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
-    """Merge ``raw`` over DEFAULTS, coerce types, and reject unknown keys or values."""
-    raw = dict(raw or {})
+def check_known_keys(raw: dict[str, Any]) -> None:
+    """Refuse keys that are not run-config keys, listing the known ones."""
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown run-config key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+
+
+def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
+    """Merge ``raw`` over DEFAULTS, coerce types, and reject unknown keys or values."""
+    raw = dict(raw or {})
+    check_known_keys(raw)
     merged: dict[str, Any] = {}
     for key, default in DEFAULTS.items():
         value = raw.get(key, default)

@@ -99,6 +99,15 @@ def generate_keypair() -> X25519PrivateKey:
     return X25519PrivateKey.generate()
 
 
+def write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode`` from the start (no window where a key is world-readable);
+    fails if it exists, so nothing is ever overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # umask may have narrowed it; private keys must be exactly 0600
+
+
 def write_keypair(out_dir: str | Path, name: str, key: X25519PrivateKey | None = None) -> Path:
     """Write ``NAME.key`` (private, mode 0600) and ``NAME.pub``; never overwrite a key."""
     if not name or any(c in name for c in "/\\") or name.startswith("."):
@@ -117,9 +126,7 @@ def write_keypair(out_dir: str | Path, name: str, key: X25519PrivateKey | None =
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    write_new_file(priv_path, pem, 0o600)
     pub_path.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

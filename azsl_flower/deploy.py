@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from azsl_flower.crypto import write_new_file
+
 __all__ = [
     "DeployError",
     "TlsFiles",
@@ -104,14 +106,6 @@ def _refuse_existing(paths: Iterable[Path], hint: str) -> None:
         raise DeployError(
             f"{', '.join(existing)} already exist(s); {hint} (files are never overwritten)"
         )
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``mode`` from the start (no window where a key is world-readable)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)  # umask may have narrowed it; private keys must be exactly 0600
 
 
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -299,10 +293,10 @@ def generate_tls(
 
     out.mkdir(parents=True, exist_ok=True)
     if not reuse:
-        _write_new(files.ca_key, _private_pem(ca_priv), 0o600)
-        _write_new(files.ca_cert, ca_crt.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write_new(files.server_key, _private_pem(server_priv), 0o600)
-    _write_new(files.server_cert, server_crt.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_new_file(files.ca_key, _private_pem(ca_priv), 0o600)
+        write_new_file(files.ca_cert, ca_crt.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_new_file(files.server_key, _private_pem(server_priv), 0o600)
+    write_new_file(files.server_cert, server_crt.public_bytes(serialization.Encoding.PEM), 0o644)
     return files
 
 
@@ -329,8 +323,8 @@ def generate_node_auth(out_dir: str | Path, name: str) -> tuple[Path, Path]:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
     out.mkdir(parents=True, exist_ok=True)
-    _write_new(priv_path, private, 0o600)
-    _write_new(pub_path, public + f" {name}\n".encode(), 0o644)
+    write_new_file(priv_path, private, 0o600)
+    write_new_file(pub_path, public + f" {name}\n".encode(), 0o644)
     return priv_path, pub_path
 
 

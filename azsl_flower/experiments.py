@@ -21,7 +21,13 @@ from logging import INFO
 from pathlib import Path
 from typing import Any
 
-from azsl_flower.config import DEFAULTS, ConfigError, RunConfig, parse_run_config
+from azsl_flower.config import (
+    DEFAULTS,
+    ConfigError,
+    RunConfig,
+    check_known_keys,
+    parse_run_config,
+)
 
 __all__ = [
     "CONFIG_DIR_ENV",
@@ -166,9 +172,7 @@ def resolve_run_config(raw: Mapping[str, Any] | None) -> tuple[RunConfig, int | 
     spec = str(raw.get("experiment", "") or "").strip()
     if not spec:
         return parse_run_config(raw), None
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown run-config key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
+    check_known_keys(raw)  # before DEFAULTS[k] below
     try:
         name, *hydra_overrides = shlex.split(spec)
     except ValueError as exc:

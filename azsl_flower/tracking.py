@@ -72,10 +72,9 @@ class TensorBoardObserver:
         for node, used in getattr(src, "used", {}).items():
             self.writer.add_scalar(f"owner/{node}/queries", float(used), step)
         traffic = getattr(src, "traffic", None)
-        for name in ("sent_by_node", "received_by_node"):
-            for node, nbytes in getattr(traffic, name, {}).items():
-                what = "bytes_sent" if name == "sent_by_node" else "bytes_received"
-                self.writer.add_scalar(f"owner/{node}/{what}", float(nbytes), step)
+        for attr, tag in (("sent_by_node", "bytes_sent"), ("received_by_node", "bytes_received")):
+            for node, nbytes in getattr(traffic, attr, {}).items():
+                self.writer.add_scalar(f"owner/{node}/{tag}", float(nbytes), step)
         if traffic is not None:
             self.writer.add_scalar("traffic/round_trips", float(traffic.rounds), step)
             self.writer.add_scalar("traffic/bytes_sent", float(traffic.bytes_sent), step)

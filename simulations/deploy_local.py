@@ -40,6 +40,7 @@ import numpy as np
 
 from azsl_flower.crypto import write_keypair
 from azsl_flower.deploy import generate_node_auth, generate_tls, write_connection
+from simulations.local_superlink import free_port
 from simulations.local_superlink import stop as stop_by_flwr_home
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,12 +222,6 @@ def prepare(work: str | Path, owners: int = 2) -> Layout:
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path) -> None:
@@ -470,7 +465,7 @@ class LocalDeployment:
         while True:
             time.sleep(pause)
             start = log.stat().st_size if log.exists() else 0
-            proc = self.start_supernode(i)
+            self.start_supernode(i)
             attempt_end, said = time.monotonic() + 30, None
             # the SuperLink's status cannot tell: a crashed node still shows "online"
             while time.monotonic() < attempt_end and (said := self._said(log, start)) is None:
@@ -479,10 +474,7 @@ class LocalDeployment:
                 return time.monotonic() - t0
             # Flower 1.42: after "Exit Code: 305" the process lingers (its SuperExec child
             # keeps retrying), so a refused start is stopped here, not awaited.
-            self.procs.pop(name, None)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            self._reap(proc, 5)
+            self._kill(name, grace=5)
             if time.monotonic() - t0 > timeout:
                 raise DeployError(f"owner-{i} did not come back within {timeout:.0f}s; see {log}")
             pause = 5.0

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def _ancestors() -> set[int]:
         except (OSError, IndexError, ValueError):
             break
     return chain
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (tests and the loopback deployment bind only there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def processes_of(flwr_home: str) -> list[int]:

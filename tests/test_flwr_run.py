@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from simulations.local_superlink import processes_of, stop
+from simulations.local_superlink import free_port, processes_of, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_flwr_run_simulation_two_owners(tmp_path):
@@ -27,8 +20,8 @@ def test_flwr_run_simulation_two_owners(tmp_path):
         os.environ,
         FLWR_HOME=str(home),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
         PATH=f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         AZSL_CACHE_DIR=str(tmp_path / "cache"),
     )
