@@ -133,7 +133,14 @@ def _feedback(payload: P.Payload, context: Context) -> Answer:
     _check_query(x, y, st)
     s = payload.settings or {}
     whitebox = s.get("scenario") in ("whitebox", "weights")
-    out = st.oracle.feedback(x, y, int(payload.scalars["batch_size"]), whitebox, float(s["alpha"]))
+    out = st.oracle.feedback(
+        x,
+        y,
+        int(payload.scalars["batch_size"]),
+        whitebox,
+        float(s["alpha"]),
+        lse_grad=bool(payload.scalars["lse_grad"]),
+    )
     return {"arrays": out}
 
 
@@ -141,8 +148,9 @@ def _verify(payload: P.Payload, context: Context) -> Answer:
     st = _state(payload, context)
     x, y = payload.arrays["x"], payload.arrays["y"]
     _check_query(x, y, st)
-    probs = st.oracle.probs(x).astype(np.float32)
-    return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs}}
+    probs, lse = st.oracle.probs_lse(x)
+    probs = probs.astype(np.float32)
+    return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs, "lse": lse}}
 
 
 def _evaluate(payload: P.Payload, context: Context) -> Answer:

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "teacher-epochs": 40,
     "lr-teacher": 1e-3,
     "samples-per-class": 400,
+    # false: the student learns from every generated sample (Table 4 "without verification")
+    "verification": True,
     "seed": 0,
     "device": "auto",
     "output-dir": "outputs",
@@ -81,7 +83,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "regulariser": ("none", "kl", "mmd"),
     "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
     "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
-    "ensemble-weighting": ("coverage", "uniform", "confidence"),
+    "ensemble-weighting": ("coverage", "uniform", "confidence", "joint"),
     "resume": ("auto", "never"),
 }
 
@@ -129,6 +131,7 @@ class RunConfig:
     teacher_epochs: int
     lr_teacher: float
     samples_per_class: int
+    verification: bool
     seed: int
     device: str
     output_dir: str
@@ -199,7 +202,11 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         value = raw.get(key, default)
         try:
             if isinstance(default, bool):
-                value = value if isinstance(value, bool) else str(value).lower() == "true"
+                if not isinstance(value, bool):
+                    text = str(value).strip().lower()
+                    if text not in ("true", "false", "1", "0"):
+                        raise ValueError
+                    value = text in ("true", "1")
             elif isinstance(default, int):
                 if isinstance(value, float) and not value.is_integer():
                     raise ValueError

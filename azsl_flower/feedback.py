@@ -144,12 +144,22 @@ class FeedbackOracle:
         return probs
 
     def feedback(
-        self, x: np.ndarray, y: np.ndarray, batch_size: int, whitebox: bool, alpha: float
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        whitebox: bool,
+        alpha: float,
+        lse_grad: bool = False,
     ) -> dict[str, np.ndarray]:
         """Per batch: teacher softmax, CE and R values, and the gradient w.r.t. x̃.
 
         White-box: grad of CE(T(x̃), y) + alpha*R(x̃). Black-box: grad of alpha*R(x̃) only,
         which depends on the owner's feature statistics and never on the teacher.
+        Always also ``lse``, the log-sum-exp of the teacher's logits per sample (how
+        strongly it claims x̃ for *some* of its classes), and with ``lse_grad`` in
+        white-box its input gradient (same 1/batch scaling as CE): what the service
+        needs for ``ensemble-weighting=joint``.
         """
         self.teacher.eval()
         local = np.full(self.num_classes, -1, dtype=np.int64)
@@ -157,7 +167,7 @@ class FeedbackOracle:
         xs = torch.from_numpy(np.ascontiguousarray(x)).float().to(self.device)
         ys = torch.from_numpy(np.ascontiguousarray(y)).long().to(self.device)
         ys_local = torch.from_numpy(local[y]).to(self.device)
-        probs, grads, ces, regs = [], [], [], []
+        probs, grads, ces, regs, lses, lse_grads = [], [], [], [], [], []
         for i in range(0, xs.shape[0], batch_size):
             xb = xs[i : i + batch_size].clone().requires_grad_(True)
             yb, yl = ys[i : i + batch_size], ys_local[i : i + batch_size]
@@ -169,6 +179,10 @@ class FeedbackOracle:
                 else xb.sum() * 0.0
             )
             reg = self.regulariser(xb, yb)
+            lse = logits.logsumexp(1)
+            if whitebox and lse_grad:
+                (gl,) = torch.autograd.grad(lse.sum() / xb.shape[0], xb, retain_graph=True)
+                lse_grads.append(gl.detach())
             if whitebox:
                 (g,) = torch.autograd.grad(ce + alpha * reg, xb)
             elif reg.requires_grad:
@@ -179,14 +193,27 @@ class FeedbackOracle:
             grads.append(g.detach())
             ces.append(float(ce.detach()))
             regs.append(float(reg.detach()))
-        return {
+            lses.append(lse.detach())
+        out = {
             "probs": torch.cat(probs).cpu().numpy().astype(np.float32),
             "grad": torch.cat(grads).cpu().numpy().astype(np.float32),
             "ce": np.asarray(ces, dtype=np.float32),
             "reg": np.asarray(regs, dtype=np.float32),
+            "lse": torch.cat(lses).cpu().numpy().astype(np.float32),
         }
+        if lse_grads:
+            out["grad_lse"] = torch.cat(lse_grads).cpu().numpy().astype(np.float32)
+        return out
 
     @torch.no_grad()
-    def probs(self, x: np.ndarray) -> np.ndarray:
+    def probs_lse(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher softmax in the global label space and log-sum-exp of its logits."""
         xs = torch.from_numpy(np.ascontiguousarray(x)).float().to(self.device)
-        return self._global_probs(predict_logits(self.teacher, xs)).cpu().numpy()
+        logits = predict_logits(self.teacher, xs)
+        return (
+            self._global_probs(logits).cpu().numpy(),
+            logits.logsumexp(1).cpu().numpy().astype(np.float32),
+        )
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        return self.probs_lse(x)[0]

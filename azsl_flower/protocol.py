@@ -100,13 +100,27 @@ SETUP = Kind(
 )
 FEEDBACK = Kind(
     "query.feedback",
-    request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, scalars={"batch_size": int}, settings=True),
-    reply=Spec(arrays={"probs": (F32, 2), "grad": (F32, 2), "ce": (F32, 1), "reg": (F32, 1)}),
+    request=Spec(
+        arrays={"x": (F32, 2), "y": (I64, 1)},
+        # lse_grad: also return the input gradient of the logits' log-sum-exp (joint ensemble)
+        scalars={"batch_size": int, "lse_grad": bool},
+        settings=True,
+    ),
+    reply=Spec(
+        arrays={
+            "probs": (F32, 2),
+            "grad": (F32, 2),
+            "ce": (F32, 1),
+            "reg": (F32, 1),
+            "lse": (F32, 1),  # log-sum-exp of the teacher's logits, per sample
+        },
+        optional_arrays={"grad_lse": (F32, 2)},  # asked with lse_grad, white-box only
+    ),
 )
 VERIFY = Kind(
     "query.verify",
     request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, settings=True),
-    reply=Spec(arrays={"pred": (I64, 1), "probs": (F32, 2)}),
+    reply=Spec(arrays={"pred": (I64, 1), "probs": (F32, 2), "lse": (F32, 1)}),
 )
 EVALUATE = Kind(
     "evaluate",

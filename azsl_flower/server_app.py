@@ -25,6 +25,8 @@ app = ServerApp()
 
 
 def _progress(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
+    if phase != "generator" and step % 10 and step != total:  # student epochs: every 10th
+        return
     shown = " ".join(
         f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
         for k, v in stats.items()

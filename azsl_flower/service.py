@@ -8,6 +8,7 @@ turns owner answers into parameter updates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ __all__ = [
     "Pool",
     "Service",
     "combine_over_owners",
+    "joint_gates",
+    "joint_gradient",
     "owner_weights",
 ]
 
@@ -54,7 +57,57 @@ class Federation:
         return np.flatnonzero(self.coverage.any(0))
 
 
-WEIGHTINGS = ("coverage", "uniform", "confidence")  # run-config ensemble-weighting
+EpochProgress = Callable[[int, float], None]  # (epoch from 0, mean loss of the epoch)
+
+WEIGHTINGS = ("coverage", "uniform", "confidence", "joint")  # run-config ensemble-weighting
+
+
+def joint_gates(lse: list[np.ndarray]) -> np.ndarray:
+    """Owners x samples: softmax over owners of each teacher's log-sum-exp of logits.
+
+    One softmax over *every* owner's logits, classes several owners cover adding their
+    exp-logits, is p(k|x̃) = sum_o gate_o(x̃) p_o(k|x̃): each owner's own softmax, weighted by
+    how strongly it claims x̃ (its logits' log-sum-exp). With class-disjoint owners this is
+    exactly the softmax over the concatenated logits: an owner that never saw class y can
+    still say "x̃ looks like one of *my* classes", which coverage weighting cannot hear.
+    """
+    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in lse])
+    e = np.exp(stacked - stacked.max(0, keepdims=True))
+    return (e / e.sum(0, keepdims=True)).astype(np.float32)
+
+
+def joint_gradient(
+    grads: list[np.ndarray],
+    grads_lse: list[np.ndarray] | None,
+    probs: list[np.ndarray],
+    lse: list[np.ndarray],
+    coverage: np.ndarray,
+    y: np.ndarray,
+) -> np.ndarray:
+    """Input gradient of -log p_joint(y|x̃) (+ alpha R) from one answer per owner.
+
+    -log p(y) = log sum_o exp(lse_o) - log sum_{o covers y} exp(logit_oy), so its gradient
+    is sum_o gate_o grad(lse_o) - sum_{o covers y} rho_o grad(logit_oy) with rho_o the
+    covering owners' share of exp(logit_oy). Each owner sent grad(lse_o) and
+    grad(CE_o + alpha R_o) = grad(lse_o) - grad(logit_oy) + alpha grad(R_o), so the sum
+    is exact in one round trip; its R part is the covering owners' (rho-weighted).
+    One covering owner and no other: its own gradient exactly. Black-box (no
+    ``grads_lse``; owners' gradients are alpha grad(R_o) only): sum_o rho_o grad_o.
+    """
+    gates = joint_gates(lse)
+    rows = np.arange(y.size)
+    claim = np.stack([np.asarray(p, dtype=np.float32)[rows, y] for p in probs]) * gates
+    claim = claim * coverage[:, y]
+    denom = claim.sum(0)
+    fallback = coverage[:, y].astype(np.float32)  # y's teachers all give it 0: split evenly
+    fallback = fallback / np.maximum(fallback.sum(0), 1.0)
+    rho = np.where(denom > 0, claim / np.where(denom > 0, denom, 1.0), fallback)
+    out = np.zeros_like(grads[0], dtype=np.float32)
+    for o in range(len(grads)):
+        out += rho[o][:, None] * grads[o]
+        if grads_lse is not None:
+            out += (gates[o] - rho[o])[:, None] * grads_lse[o]
+    return out
 
 
 def owner_weights(
@@ -62,6 +115,7 @@ def owner_weights(
     y: np.ndarray,
     mode: str = "coverage",
     probs: list[np.ndarray] | None = None,
+    lse: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Owners x samples weights for combining the owners' answers about each sample.
 
@@ -71,12 +125,17 @@ def owner_weights(
     classes it never saw and so dilutes the others. ``confidence``: covering owners in
     proportion to their teacher's probability of the intended class y (``probs``: per
     owner, samples x classes in the global label space); coverage weights where all of
-    them give it 0. Columns sum to 1, except (coverage, confidence) for classes nobody
-    covers, which get 0 everywhere.
+    them give it 0. ``joint``: :func:`joint_gates` (needs ``lse``, per owner its logits'
+    log-sum-exp per sample), whatever y is. Columns sum to 1, except (coverage,
+    confidence) for classes nobody covers, which get 0 everywhere.
     """
     n_owners = coverage.shape[0]
     if mode == "uniform":
         return np.full((n_owners, y.size), 1.0 / n_owners, dtype=np.float32)
+    if mode == "joint":
+        if lse is None or len(lse) != n_owners:
+            raise ValueError("ensemble-weighting=joint needs every owner's log-sum-exp (lse)")
+        return joint_gates(lse)
     w = coverage[:, y].astype(np.float32)  # owners x n
     if mode == "confidence":
         if probs is None or len(probs) != n_owners:
@@ -97,14 +156,16 @@ def combine_over_owners(
     y: np.ndarray,
     probs: list[np.ndarray] | None = None,
     mode: str = "coverage",
+    lse: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Combine per-sample answers (softmax, gradients...) of several owners into one.
 
     Weights come from :func:`owner_weights`. Under ``coverage`` and ``confidence`` a class
     covered by one owner gets that owner's answer exactly, and samples of a class nobody
-    covers get zeros.
+    covers get zeros. Under ``joint``, softmaxes combine into the joint softmax; white-box
+    gradients combine with :func:`joint_gradient` instead.
     """
-    w = owner_weights(coverage, y, mode, probs)
+    w = owner_weights(coverage, y, mode, probs, lse)
     out = np.zeros_like(per_owner[0], dtype=np.float32)
     for o, arr in enumerate(per_owner):
         out += w[o].reshape(-1, *([1] * (arr.ndim - 1))) * arr
@@ -309,8 +370,12 @@ class Service:
 
     # -- student and classifier -----------------------------------------------------------
 
-    def train_student(self, x: np.ndarray, probs: np.ndarray) -> nn.Module:
-        """Eq. 4: student S mimics the teachers' softmax (MSE) on verified generated features."""
+    def train_student(
+        self, x: np.ndarray, probs: np.ndarray, progress: EpochProgress | None = None
+    ) -> nn.Module:
+        """Eq. 4: student S mimics the teachers' softmax (MSE) on verified generated features.
+
+        ``progress(epoch, mean loss)`` after each epoch (TensorBoard's student curve)."""
         student = classifier(self.fed.dim, self.fed.num_classes).to(self.device)
         fit(
             student,
@@ -320,10 +385,13 @@ class Service:
             epochs=self.cfg.student_epochs,
             lr=self.cfg.lr_student,
             seed=self.cfg.seed,
+            progress=progress,
         )
         return student
 
-    def train_classifier(self, x: np.ndarray, y: np.ndarray) -> nn.Module:
+    def train_classifier(
+        self, x: np.ndarray, y: np.ndarray, progress: EpochProgress | None = None
+    ) -> nn.Module:
         """Eq. 7: classifier C over seen ∪ unseen, cross-entropy on generated features."""
         clf = classifier(self.fed.dim, self.fed.num_classes).to(self.device)
         fit(
@@ -334,5 +402,6 @@ class Service:
             epochs=self.cfg.student_epochs,
             lr=self.cfg.lr_student,
             seed=self.cfg.seed,
+            progress=progress,
         )
         return clf

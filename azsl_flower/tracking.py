@@ -1,7 +1,8 @@
 """TensorBoard logs of a run, written by an observer on the strategy's progress callback.
 
-The strategy only reports generator rounds through ``progress``; the observer adds what the
-service knows at that moment (queries and bytes per owner) and, once the run is over, the
+The strategy reports generator rounds and student (or classifier) epochs through
+``progress``; after each round the observer adds what the service knows at that moment
+(queries and bytes per owner) and, once the run is over, the
 verification pass rate and the evaluation (ZSL T1, u, s, H). With ``tensorboard-dir``
 empty, logs are written to a hidden folder under ``output-dir`` while the run goes on and
 moved into ``<run folder>/tb`` when the run folder is written (a failed run leaves none).
@@ -57,11 +58,12 @@ class TensorBoardObserver:
     def __call__(self, phase: str, step: int, total: int, stats: dict[str, float]) -> None:
         if self.forward is not None:
             self.forward(phase, step, total, stats)
-        self.step = step
         for key, value in stats.items():
             if key != "round" and isinstance(value, int | float):
                 self.writer.add_scalar(f"{phase}/{key}", float(value), step)
-        self._owners(step)
+        if phase == "generator":  # round trips; student/classifier steps are epochs
+            self.step = step
+            self._owners(step)
         self.writer.flush()
 
     def _owners(self, step: int) -> None:

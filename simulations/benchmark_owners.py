@@ -46,11 +46,15 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks/owners.json")
     ap.add_argument("--runner", choices=("ray", "inprocess"), default="ray")
     ap.add_argument("--device", default="auto", help="with --runner inprocess: cpu, cuda...")
+    ap.add_argument(
+        "--one-owner-from",
+        default="",
+        help="a saved figures JSON whose 1-owner row to reuse (same settings but the "
+        "ensemble-weighting, which changes nothing with one owner); --owners then may skip 1",
+    )
     ap.add_argument("overrides", nargs="*", help="extra run-config key=value, e.g. rounds=5")
     args = ap.parse_args()
     counts = [int(n) for n in args.owners.split(",") if n]
-    if not counts or counts[0] != 1:
-        raise SystemExit("--owners must start with 1: that run's teacher is the union upper bound")
     base = {
         "dataset": "xlsa17",
         "data-dir": str(Path(args.data_dir).resolve()),
@@ -65,6 +69,11 @@ def main() -> None:
         **parse_overrides(args.overrides),
     }
     rows: list[dict] = []
+    if args.one_owner_from:
+        rows.append(_one_owner_row(Path(args.one_owner_from), base, args.runner))
+        counts = [n for n in counts if n != 1]
+    elif not counts or counts[0] != 1:
+        raise SystemExit("--owners must start with 1: that run's teacher is the union upper bound")
     for n in counts:
         t0 = time.monotonic()
         if args.runner == "ray":
@@ -118,6 +127,24 @@ def main() -> None:
         },
     )
     print(f"figures saved to {out}")
+
+
+def _one_owner_row(path: Path, base: dict, runner: str) -> dict:
+    """The 1-owner row of an earlier benchmark with the same settings (weighting aside)."""
+    try:
+        saved = json.loads(path.read_text())
+        row = saved["rows"][0]
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        raise SystemExit(f"--one-owner-from {path}: not a benchmark_owners JSON ({exc})") from None
+    ignore = {"ensemble-weighting", "output-dir"}
+    mine = {k: v for k, v in base.items() if k not in ignore}
+    theirs = {k: v for k, v in saved.get("config", {}).items() if k not in ignore}
+    if row.get("owners") != 1 or mine != theirs or saved.get("runner") != runner:
+        raise SystemExit(
+            f"--one-owner-from {path}: its 1-owner run used other settings "
+            f"({theirs}, runner {saved.get('runner')}); rerun with --owners 1,..."
+        )
+    return {**row, "reused_from": str(path)}
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from azsl_flower.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.models import classifier, load_numpy_state, state_to_numpy
 from azsl_flower.secure import ServiceSecurity
 from azsl_flower.semantics import ClassSide
-from azsl_flower.service import Federation, Pool, Service, combine_over_owners
+from azsl_flower.service import Federation, Pool, Service, combine_over_owners, joint_gradient
 
 __all__ = ["AZSLStrategy", "OwnerError", "RunResult"]
 
@@ -459,33 +459,52 @@ class AZSLStrategy:
 
     # -- feedback ---------------------------------------------------------------------------
 
+    @property
+    def _lse_grad(self) -> bool:
+        """Ask owners for grad(lse) too: only the joint ensemble in white-box needs it."""
+        return self.cfg.ensemble_weighting == "joint" and self.cfg.scenario != "blackbox"
+
     def configure_feedback(self, pool: Pool) -> dict[str, object]:
         return {
             "arrays": {"x": pool.x, "y": pool.labels},
-            "scalars": {"batch_size": pool.batch_size},
+            "scalars": {"batch_size": pool.batch_size, "lse_grad": self._lse_grad},
         }
 
     def aggregate_feedback(
         self, replies: list[P.Payload] | list[dict[str, np.ndarray]], fed: Federation, y: np.ndarray
     ) -> dict[str, np.ndarray]:
         answers = [r.arrays if isinstance(r, P.Payload) else r for r in replies]
-        probs = [a["probs"] for a in answers]
+        probs, lse = [a["probs"] for a in answers], [a["lse"] for a in answers]
+        grads = [a["grad"] for a in answers]
+        if self.cfg.ensemble_weighting == "joint":
+            if self._lse_grad and any("grad_lse" not in a for a in answers):
+                raise OwnerError("ensemble-weighting=joint: an owner sent no grad_lse")
+            grads_lse = [a["grad_lse"] for a in answers] if self._lse_grad else None
+            grad = joint_gradient(grads, grads_lse, probs, lse, fed.coverage, y)
+        else:
+            grad = self.combine(grads, fed, y, probs, lse)
         return {
-            "probs": self.combine(probs, fed, y, probs),
-            "grad": self.combine([a["grad"] for a in answers], fed, y, probs),
+            "probs": self.combine(probs, fed, y, probs, lse),
+            "grad": grad,
             "ce": np.mean([a["ce"] for a in answers], 0),
             "reg": np.mean([a["reg"] for a in answers], 0),
         }
 
     def combine(
-        self, per_owner: list[np.ndarray], fed: Federation, y: np.ndarray, probs: list[np.ndarray]
+        self,
+        per_owner: list[np.ndarray],
+        fed: Federation,
+        y: np.ndarray,
+        probs: list[np.ndarray],
+        lse: list[np.ndarray],
     ) -> np.ndarray:
         """One answer per sample from every owner's, by the run's ensemble-weighting.
 
         The same rule combines feedback, verification and (through verification) the
         student's targets, so all three agree on which owner speaks for a class.
         """
-        return combine_over_owners(per_owner, fed.coverage, y, probs, self.cfg.ensemble_weighting)
+        mode = self.cfg.ensemble_weighting
+        return combine_over_owners(per_owner, fed.coverage, y, probs, mode, lse)
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -616,21 +635,26 @@ class AZSLStrategy:
         if local is not None:
             verifiers = [n for n in self.node_ids if n in local]
             x, y = service.generate(fed.trainable, cfg.samples_per_class)
-            per_owner = [local[n].probs(x) for n in verifiers]
+            answers = [local[n].probs_lse(x) for n in verifiers]
+            per_owner, lse = [a[0] for a in answers], [a[1] for a in answers]
         else:
-            verifiers, x, y, per_owner = self._verify(grid, service, fed)
+            verifiers, x, y, per_owner, lse = self._verify(grid, service, fed)
         self.contributors["verification"] = verifiers
         view = self._view(fed, verifiers)
-        probs = self.combine(per_owner, view, y, per_owner)
-        keep = probs.argmax(1) == y
+        probs = self.combine(per_owner, view, y, per_owner, lse)
+        agree = probs.argmax(1) == y
+        # verification=false (an ablation): the student also learns from samples the
+        # teachers label otherwise, with the teachers' labels as its targets
+        keep = agree if cfg.verification else np.ones_like(agree)
         kept_classes = np.unique(y[keep])
         missing = np.setdiff1d(fed.trainable, kept_classes)
         if missing.size:
             log(WARNING, "no verified sample for %d class(es): %s", missing.size, missing.tolist())
         verification = {
+            "enabled": cfg.verification,
             "generated": int(y.size),
             "kept": int(keep.sum()),
-            "pass_rate": float(keep.mean()) if y.size else 0.0,
+            "pass_rate": float(agree.mean()) if y.size else 0.0,
             "classes_without_samples": [int(c) for c in missing],
         }
         phases["verification"] = time.monotonic() - t
@@ -642,12 +666,14 @@ class AZSLStrategy:
             raise RuntimeError(
                 "no generated sample passed verification; train longer (rounds) or check alpha"
             )
-        student = service.train_student(x[keep], probs[keep])
+        student = service.train_student(x[keep], probs[keep], self._epochs("student", progress))
         models: dict[str, torch.nn.Module] = {"student": student}
         if cfg.teacher == "inductive" and fed.unseen.size:
             xu, yu = service.generate(fed.unseen, cfg.samples_per_class)
             clf = service.train_classifier(
-                np.concatenate([x[keep], xu]), np.concatenate([y[keep], yu])
+                np.concatenate([x[keep], xu]),
+                np.concatenate([y[keep], yu]),
+                self._epochs("classifier", progress),
             )
             models = {"classifier": clf, "student": student}
         phases["student"] = time.monotonic() - t
@@ -699,6 +725,15 @@ class AZSLStrategy:
             },
         )
 
+    def _epochs(
+        self, phase: str, progress: Callable[[str, int, int, dict[str, float]], None] | None
+    ) -> Callable[[int, float], None] | None:
+        """Per-epoch loss of the student (or classifier) to the run's progress callback."""
+        if progress is None:
+            return None
+        total = self.cfg.student_epochs
+        return lambda epoch, loss: progress(phase, epoch + 1, total, {"loss": loss})
+
     def _check_budgets(self, verify_size: int) -> None:
         """Fail before any query when no owner could ever answer verification."""
         if any(self._left(n) >= verify_size for n in self.node_ids):
@@ -714,8 +749,9 @@ class AZSLStrategy:
 
     def _verify(
         self, grid: Grid, service: Service, fed: Federation
-    ) -> tuple[list[int], np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Generate, then ask the owners with budget for all of it: (verifiers, x, y, probs).
+    ) -> tuple[list[int], np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Generate, then ask the owners with budget for all of it:
+        (verifiers, x, y, probs per verifier, lse per verifier).
 
         Only classes those owners know are generated (the others would fail verification
         anyway). Chunks keep one message under protobuf's 2 GB limit; an owner must answer
@@ -731,12 +767,14 @@ class AZSLStrategy:
         classes = np.intersect1d(fed.trainable, np.concatenate([self.covered[n] for n in asked]))
         x, y = service.generate(classes, spc)
         chunks: dict[int, list[np.ndarray]] = {n: [] for n in asked}
+        lse: dict[int, list[np.ndarray]] = {n: [] for n in asked}
         for p in np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES)):
             payload = {"arrays": {"x": x[p], "y": y[p]}}
             replies = self._ask_all(grid, P.VERIFY, [payload], phase="verification", nodes=asked)
             for node in list(asked):
                 if node in replies:
                     chunks[node].append(replies[node][0].arrays["probs"])
+                    lse[node].append(replies[node][0].arrays["lse"])
                 else:  # failed, dropped or refused: its other chunks are of no use
                     asked.remove(node)
             if not asked:
@@ -745,7 +783,8 @@ class AZSLStrategy:
                     f"no owner answered verification: {why}; see the owners' logs, or raise "
                     "query-budget if they refused for budget"
                 )
-        return asked, x, y, [np.concatenate(chunks[n]) for n in asked]
+        probs = [np.concatenate(chunks[n]) for n in asked]
+        return asked, x, y, probs, [np.concatenate(lse[n]) for n in asked]
 
     @staticmethod
     def _pool_stats(fb: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
@@ -791,7 +830,7 @@ class AZSLStrategy:
             pool = service.make_pool(1)
             y = pool.labels
             answers = [
-                o.feedback(pool.x, y, pool.batch_size, True, self.cfg.alpha)
+                o.feedback(pool.x, y, pool.batch_size, True, self.cfg.alpha, self._lse_grad)
                 for o in oracles.values()
             ]
             fb = self.aggregate_feedback(answers, fed, y)

@@ -195,3 +195,15 @@ def test_bad_owner_classes_are_refused_with_the_fix(spec, message):
         parse_owner_classes(spec)
     with pytest.raises(ConfigError, match="owner-classes"):
         parse_run_config({"partition": "explicit", "owner-classes": spec})
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("false", False), ("True", True), ("0", False), (1, True)]
+)
+def test_switches_take_true_false(raw, value):
+    assert parse_run_config({"verification": raw}).verification is value
+
+
+def test_a_misspelt_switch_is_refused_not_read_as_false():
+    with pytest.raises(ConfigError, match=r"verification='no': expected bool"):
+        parse_run_config({"verification": "no"})

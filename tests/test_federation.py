@@ -178,3 +178,38 @@ def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17)
     with pytest.raises(ValueError, match="different feature dimensions"):
         run_azsl(grid, parse_run_config(raw), run_id=1)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_without_verification_the_student_gets_every_sample(tmp_path):
+    on, _, _ = _run(tmp_path, rounds=1)
+    off, _, _ = _run(tmp_path, rounds=1, verification=False)
+    assert on["verification"]["enabled"] and not off["verification"]["enabled"]
+    # a barely trained generator: the teachers reject some samples, the ablation keeps them
+    assert on["verification"]["kept"] < on["verification"]["generated"]
+    assert off["verification"]["kept"] == off["verification"]["generated"]
+    assert off["verification"]["pass_rate"] == pytest.approx(on["verification"]["pass_rate"])
+
+
+@pytest.mark.parametrize("scenario", ["whitebox", "blackbox"])
+def test_joint_ensemble_asks_for_lse_gradients_only_in_whitebox(tmp_path, scenario):
+    results, _, grid = _run(
+        tmp_path,
+        owners=2,
+        scenario=scenario,
+        partition="class-disjoint",
+        ensemble_weighting="joint",
+        encryption="none",
+    )
+    assert results["federation"]["ensemble_weighting"] == "joint"
+    feedback = [
+        part
+        for r in grid.replies
+        if r.metadata.message_type == "query.feedback"
+        for part in P.unbundle(r.content)
+    ]
+    assert feedback
+    for part in feedback:
+        fields = set(part.array_records["arrays"])
+        assert "lse" in fields
+        assert ("grad_lse" in fields) == (scenario == "whitebox")
+    assert 0.0 <= results["student"]["h"] <= 1.0

@@ -109,7 +109,7 @@ def _feedback_request(**arrays):
 
 
 def _encode_fb(arrays, **kw):
-    kw.setdefault("scalars", {"batch_size": 2})
+    kw.setdefault("scalars", {"batch_size": 2, "lse_grad": False})
     kw.setdefault("settings", SETTINGS)
     return encode(FEEDBACK, "request", arrays=arrays, **kw)
 
@@ -157,7 +157,7 @@ def test_encode_scalars_must_match():
     with pytest.raises(ProtocolError, match="batch_size"):
         _encode_fb(_feedback_request(), scalars={})
     with pytest.raises(ProtocolError, match="extra"):
-        _encode_fb(_feedback_request(), scalars={"batch_size": 2, "extra": 1})
+        _encode_fb(_feedback_request(), scalars={"batch_size": 2, "lse_grad": False, "extra": 1})
 
 
 def test_encode_weights_required_and_forbidden():
@@ -189,7 +189,9 @@ def test_bad_direction():
 def _raw(arrays, scalars=None, weights=None, settings=SETTINGS, extra=None):
     rd = RecordDict()
     rd["arrays"] = ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in arrays.items()})
-    rd["scalars"] = ConfigRecord(scalars if scalars is not None else {"batch_size": 2})
+    rd["scalars"] = ConfigRecord(
+        scalars if scalars is not None else {"batch_size": 2, "lse_grad": False}
+    )
     if weights is not None:
         rd["weights"] = ArrayRecord({n: Array(w) for n, w in weights.items()})
     if settings is not None:
@@ -201,7 +203,7 @@ def _raw(arrays, scalars=None, weights=None, settings=SETTINGS, extra=None):
 
 def test_decode_accepts_hand_built_valid_payload():
     out = decode(FEEDBACK, "request", _raw(_feedback_request()))
-    assert out.arrays["x"].shape == (4, 3) and out.scalars == {"batch_size": 2}
+    assert out.arrays["x"].shape == (4, 3) and out.scalars == {"batch_size": 2, "lse_grad": False}
 
 
 def test_decode_wrong_dtype_and_ndim():

@@ -173,7 +173,7 @@ def test_owner_refuses_queries_over_its_budget(tmp_path):
             part = P.encode(kind, "request", settings=settings)
         else:
             arrays = {"x": rng.random((n, 64), dtype=np.float32), "y": np.arange(n) % 10}
-            scalars = {"batch_size": n} if kind is P.FEEDBACK else {}
+            scalars = {"batch_size": n, "lse_grad": False} if kind is P.FEEDBACK else {}
             part = P.encode(kind, "request", arrays=arrays, scalars=scalars, settings=settings)
         msg = Message(content=P.bundle([part]), dst_node_id=1000, message_type=kind.message_type)
         [reply] = grid.pull_messages(grid.push_messages([msg]))

@@ -1,4 +1,4 @@
-"""Combining owners' answers: coverage (default), uniform and confidence weighting."""
+"""Combining owners' answers: coverage (default), uniform, confidence and joint."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import pytest
 import torch
 
 from azsl_flower.config import ConfigError, parse_run_config
+from azsl_flower.feedback import FeedbackOracle, KLRegulariser, Regulariser
 from azsl_flower.secure import ServiceSecurity
 from azsl_flower.semantics import load_class_side
-from azsl_flower.service import Federation, combine_over_owners, owner_weights
+from azsl_flower.service import (
+    Federation,
+    combine_over_owners,
+    joint_gates,
+    joint_gradient,
+    owner_weights,
+)
 from strategies.azsl import AZSLStrategy
 
 
@@ -170,7 +177,13 @@ def test_aggregate_feedback_follows_ensemble_weighting(mode):
     probs = _probs()
     grads = [np.full((5, 2), k + 1.0, dtype=np.float32) for k in range(3)]
     answers = [
-        {"probs": p, "grad": g, "ce": np.array([k], np.float32), "reg": np.array([0.0], np.float32)}
+        {
+            "probs": p,
+            "grad": g,
+            "ce": np.array([k], np.float32),
+            "reg": np.array([0.0], np.float32),
+            "lse": np.zeros(Y.size, np.float32),
+        }
         for k, (p, g) in enumerate(zip(probs, grads, strict=True))
     ]
     fb = _strategy(**{"ensemble-weighting": mode}).aggregate_feedback(answers, _fed(), Y)
@@ -195,3 +208,123 @@ def test_explicit_owner_classes_are_checked_before_any_message():
     s = _strategy(partition="explicit", **{"owner-classes": "0-4;5-12"})
     with pytest.raises(ConfigError, match=r"class\(es\) \[10, 11, 12\] but the dataset has 10"):
         s.configure_setup(_Grid(2))
+
+
+# ---------------------------------------------------------------------------------------
+# ensemble-weighting=joint: one softmax over every owner's logits, checked against autograd
+# ---------------------------------------------------------------------------------------
+
+
+def _joint_owners(covered: list[list[int]], dim: int = 6, num_classes: int = 5, reg=None):
+    torch.manual_seed(3)
+    return [
+        FeedbackOracle(
+            torch.nn.Linear(dim, len(c)),
+            np.array(c),
+            num_classes,
+            reg(c) if reg else Regulariser(),
+            torch.device("cpu"),
+        )
+        for c in covered
+    ]
+
+
+def _joint_reference(owners, x: np.ndarray, y: np.ndarray, alpha: float, covered):
+    """-log p_joint(y|x) per sample (batch mean) + alpha * covering owners' R, by autograd."""
+    xt = torch.from_numpy(x).requires_grad_(True)
+    logits = [o.teacher(xt) for o in owners]
+    lse = torch.stack([lg.logsumexp(1) for lg in logits])  # owners x n
+    per_class = []  # n x owners: owner o's logit of y, -inf where o does not cover y
+    for o, c in enumerate(covered):
+        col = torch.full((y.size,), -torch.inf)
+        for k, cls in enumerate(c):
+            col = torch.where(torch.from_numpy(y == cls), logits[o][:, k], col)
+        per_class.append(col)
+    nll = lse.logsumexp(0) - torch.stack(per_class).logsumexp(0)
+    loss = nll.sum() / y.size
+    if alpha:
+        for o in owners:  # each owner's R only sees classes it covers
+            loss = loss + alpha * o.regulariser(xt, torch.from_numpy(y))
+    (g,) = torch.autograd.grad(loss, xt)
+    joint = torch.zeros(y.size, owners[0].num_classes)
+    for o, c in enumerate(covered):
+        joint[:, c] += logits[o].exp()
+    joint = joint / joint.sum(1, keepdim=True)
+    return g.numpy(), joint.detach().numpy()
+
+
+@pytest.mark.parametrize(
+    "covered",
+    [
+        [[0, 1], [2, 3], [4]],  # class-disjoint: the softmax over concatenated logits
+        [[0, 1, 2], [1, 2, 3, 4], [2, 4]],  # overlapping: exp-logits of shared classes add up
+    ],
+)
+def test_joint_gradient_and_probs_match_autograd(covered):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 0, 2, 4])
+    owners = _joint_owners(covered)
+    answers = [o.feedback(x, y, x.shape[0], True, 0.0, lse_grad=True) for o in owners]
+    fed = Federation(6, 5, [np.array(c) for c in covered], np.arange(5), np.array([], int))
+    fb = _strategy(**{"ensemble-weighting": "joint"}).aggregate_feedback(answers, fed, y)
+    grad, joint = _joint_reference(owners, x, y, 0.0, covered)
+    np.testing.assert_allclose(fb["probs"], joint, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fb["grad"], grad, rtol=1e-4, atol=1e-6)
+    # and it is not what coverage weighting gives: other owners' claims now count
+    cov = _strategy().aggregate_feedback(answers, fed, y)
+    assert np.abs(cov["grad"] - fb["grad"]).max() > 1e-3
+
+
+def test_joint_gradient_keeps_the_covering_owners_regulariser():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    covered = [[0, 1], [2, 3]]
+
+    def reg(c):
+        idx = torch.as_tensor(c)
+        return KLRegulariser(torch.randn(len(c), 6), torch.rand(len(c), 6) + 0.5, idx)
+
+    owners = _joint_owners(covered, num_classes=4, reg=reg)
+    answers = [o.feedback(x, y, x.shape[0], True, 2.0, lse_grad=True) for o in owners]
+    probs, lse = [a["probs"] for a in answers], [a["lse"] for a in answers]
+    coverage = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
+    g = joint_gradient(
+        [a["grad"] for a in answers], [a["grad_lse"] for a in answers], probs, lse, coverage, y
+    )
+    ref, _ = _joint_reference(owners, x, y, 2.0, covered)
+    np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_joint_with_one_owner_is_that_owners_answer():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    (owner,) = _joint_owners([[0, 1, 2]], num_classes=3)
+    a = owner.feedback(x, y, 3, True, 0.0, lse_grad=True)
+    g = joint_gradient(
+        [a["grad"]], [a["grad_lse"]], [a["probs"]], [a["lse"]], np.ones((1, 3), bool), y
+    )
+    np.testing.assert_allclose(g, a["grad"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(joint_gates([a["lse"]]), 1.0)
+
+
+def test_joint_gates_are_a_stable_softmax_over_owners():
+    lse = [np.array([1000.0, 0.0]), np.array([1000.0 + np.log(3), -5.0])]
+    gates = joint_gates(lse)
+    np.testing.assert_allclose(gates[:, 0], [0.25, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(
+        gates[:, 1], [1 / (1 + np.exp(-5)), np.exp(-5) / (1 + np.exp(-5))], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="joint needs every owner's log-sum-exp"):
+        owner_weights(COVERAGE, Y, "joint", _probs())
+
+
+def test_joint_blackbox_gradient_is_the_covering_owners_regulariser():
+    grads = [np.ones((2, 3), np.float32), 2 * np.ones((2, 3), np.float32)]
+    probs = [np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]])]
+    lse = [np.zeros(2), np.zeros(2)]
+    cov = np.array([[1, 0], [0, 1]], dtype=bool)
+    g = joint_gradient(grads, None, probs, lse, cov, np.array([0, 1]))
+    np.testing.assert_allclose(g, [[1, 1, 1], [2, 2, 2]])

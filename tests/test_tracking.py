@@ -17,14 +17,18 @@ from tests.loopback import LoopbackGrid
 pytest.importorskip("tensorboard")
 
 
-def _tags(folder: Path) -> set[str]:
+def _events(folder: Path):  # noqa: ANN202 - tensorboard's EventAccumulator
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     files = list(folder.glob("events.out.tfevents.*"))
     assert files, f"no event file in {folder}"
     acc = EventAccumulator(str(folder))
     acc.Reload()
-    return set(acc.Tags()["scalars"])
+    return acc
+
+
+def _tags(folder: Path) -> set[str]:
+    return set(_events(folder).Tags()["scalars"])
 
 
 def _fake_run() -> SimpleNamespace:
@@ -94,7 +98,11 @@ def test_a_real_run_puts_its_logs_in_the_run_folder(tmp_path):
         "cache-dir": str(tmp_path / "cache"),
     }
     results, folder = run_azsl(LoopbackGrid(client_app, 2, raw), parse_run_config(raw), 1)
-    tags = _tags(Path(folder) / "tb")
+    events = _events(Path(folder) / "tb")
+    tags = set(events.Tags()["scalars"])
+    # the student's loss, once per epoch
+    assert [e.step for e in events.Scalars("student/loss")] == [1, 2]
+    assert all(e.value >= 0 for e in events.Scalars("student/loss"))
     for node in results["bytes_per_owner"]:
         assert {f"owner/{node}/queries", f"owner/{node}/bytes_sent"} <= tags
     assert {
