@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "teacher-epochs": 40,
     "lr-teacher": 1e-3,
     "samples-per-class": 400,
+    # val: xlsa17's validation classes (train_loc seen, val_loc unseen) to choose settings on
+    "split": "test",
     # false: the student learns from every generated sample (Table 4 "without verification")
     "verification": True,
     "seed": 0,
@@ -85,6 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
     "ensemble-weighting": ("coverage", "uniform", "confidence", "joint"),
     "resume": ("auto", "never"),
+    "split": ("test", "val"),
 }
 
 # rounds=0: an untrained generator (a baseline); checkpoint-every=0: no checkpoints
@@ -131,6 +134,7 @@ class RunConfig:
     teacher_epochs: int
     lr_teacher: float
     samples_per_class: int
+    split: str
     verification: bool
     seed: int
     device: str
@@ -181,6 +185,7 @@ class RunConfig:
             "partition",
             "dirichlet-beta",
             "owner-classes",
+            "split",
         ]
         d = self.as_dict()
         return {k: d[k] for k in keys}

@@ -44,6 +44,8 @@ __all__ = [
     "load_class_side",
     "load_owner_data",
     "read_xlsa17",
+    "SPLITS",
+    "validation_splits",
     "clean_class_name",
 ]
 
@@ -53,6 +55,7 @@ DIGITS_UNSEEN = (2, 5, 9)
 DIGITS_VAL = (3, 7)  # seen classes held out as validation-unseen (val_loc)
 SPLIT_SEED = 0  # the dataset split is part of the dataset, not of a run's seed
 PARTITIONS = ("iid", "class-disjoint", "dirichlet", "explicit")  # run-config partition
+SPLITS = ("test", "val")  # run-config split: the benchmark's classes, or its validation ones
 PARTITION_STREAM = 0x0A2B  # keeps partition draws apart from other uses of the run seed
 
 SPLIT_KEYS = (
@@ -335,6 +338,35 @@ def _describe_partition(
     return f"{partition}(seed={int(seed)})"
 
 
+def validation_splits(splits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """xlsa17's validation protocol as a split: ``train_loc`` classes are seen, ``val_loc``
+    classes play the unseen ones, and test classes are never touched.
+
+    For choosing hyper-parameters without looking at test classes. Each train_loc class's
+    images are dealt 80/20 into training and seen-test, each val class's 80/20 into the
+    transductive teacher's share and unseen-test (inductive: all of them are unseen-test).
+    """
+    missing = [k for k in ("train_loc", "val_loc") if k not in splits or not splits[k].size]
+    if missing:
+        raise DataError(
+            f"split=val needs {missing} in att_splits.mat (xlsa17's validation classes); "
+            "this dataset has none: use split=test"
+        )
+    train, val = splits["train_loc"], splits["val_loc"]
+    shared = np.intersect1d(labels[train], labels[val])
+    if shared.size:
+        raise DataError(f"train_loc and val_loc share class(es) {shared.tolist()}; not a ZSL split")
+    seen_train, seen_test = _split_per_class(train, labels)
+    val_train, val_test = _split_per_class(val, labels)
+    return {
+        "trainval_loc": seen_train,
+        "test_seen_loc": seen_test,
+        "test_unseen_loc": np.sort(val),
+        "tunseen_train_loc": val_train,
+        "tunseen_test_loc": val_test,
+    }
+
+
 def load_owner_data(
     dataset: str,
     data_dir: str = "",
@@ -346,8 +378,11 @@ def load_owner_data(
     seed: int = 0,
     dirichlet_beta: float = 0.5,
     owner_classes: str = "",
+    split: str = "test",
 ) -> OwnerData:
     """An owner's private split. Transductive: trainval + tunseen_train; inductive: trainval.
+
+    ``split=val``: the same on :func:`validation_splits` (test classes never loaded).
 
     With several simulated owners, ``partition`` decides who holds which samples (see
     :func:`class_holders` and :func:`split_owners`); train and test splits follow the same
@@ -359,8 +394,10 @@ def load_owner_data(
         raise DataError(f"unknown partition {partition!r}; choose one of {list(PARTITIONS)}.")
     if not 0 <= partition_id < num_partitions:
         raise DataError(f"partition-id {partition_id} outside 0..{num_partitions - 1}.")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}.")
     t = _table(dataset, data_dir, feature_file)
-    s = t.splits
+    s = t.splits if split == "test" else validation_splits(t.splits, t.labels)
     if teacher == "transductive":
         if "tunseen_train_loc" in s and "tunseen_test_loc" in s:
             tu_train, tu_test = s["tunseen_train_loc"], s["tunseen_test_loc"]
@@ -403,6 +440,8 @@ def load_owner_data(
         )
     described = _describe_partition(partition, seed, dirichlet_beta, owner_classes)
     ident = f"{t.source}|{teacher}|{partition_id}/{num_partitions}|{described}|{t.features.shape}"
+    if split != "test":  # the historical key for split=test, so cached teachers stay valid
+        ident += f"|split={split}"
     h = hashlib.sha256(ident.encode())
     h.update(np.ascontiguousarray(t.features[train[:64]]).tobytes())
     return OwnerData(

@@ -79,6 +79,7 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
         seed=int(settings.get("seed", 0)),
         dirichlet_beta=float(settings.get("dirichlet-beta", 0.5)),
         owner_classes=str(settings.get("owner-classes", "")),
+        split=str(settings.get("split", "test")),
     )
     teacher_cfg = {k: settings.get(k) for k in TEACHER_KEYS}
     key = hashlib.sha256(

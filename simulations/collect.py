@@ -2,11 +2,16 @@
 
     python -m simulations.collect outputs/multirun/20260101-120000 --out docs/results/table3
     python -m simulations.collect 'outputs/**/results.json' --group-by scenario,teacher
+    python -m simulations.collect outputs/multirun/<sweep with split=val> --select student.h
 
 Arguments are results.json files, folders (searched recursively) or glob patterns. Runs
 are grouped by the settings that differ between them, apart from the seed and keys that
 do not change what a run computes (paths, device, time-outs, keys); each group is one
 row with the number of seeds and mean ± sample std of every metric.
+
+``--select METRIC`` names the group with the best mean METRIC: the way to choose a
+setting (alpha, noise-dim...) for the test runs. It only accepts runs made with
+``split=val`` (xlsa17's validation classes), so nothing is ever chosen on test classes.
 """
 
 from __future__ import annotations
@@ -209,16 +214,42 @@ def write_csv(
             w.writerow(cells)
 
 
+def select(runs: Sequence[Run], rows: Sequence[Row], metric: str) -> tuple[Row, str]:
+    """The row with the best mean ``metric`` and a line saying so; validation runs only."""
+    if metric not in METRICS:
+        raise CollectError(f"unknown metric {metric!r} for --select; choose from {list(METRICS)}")
+    on_test = [str(r.path) for r in runs if r.settings.get("split", "test") != "val"]
+    if on_test:
+        raise CollectError(
+            "--select chooses settings by their scores, so it only takes runs on validation "
+            f"classes (run-config split=val); these ran on test classes: {on_test[:3]}"
+        )
+    scored = [row for row in rows if metric in row.stats]
+    if not scored:
+        raise CollectError(f"no run has a value for {metric}")
+    best = max(scored, key=lambda row: row.stats[metric][0])
+    setting = ", ".join(f"{k}={v}" for k, v in best.group.items()) or "(one group)"
+    m = METRICS[metric]
+    line = (
+        f"Selected on validation classes by {m.header}: **{setting}** "
+        f"({_fmt(best.stats[metric], m.digits)} over {len(best.seeds)} seed(s))"
+    )
+    return best, line
+
+
 def collect(
     items: Sequence[str],
     out: Path,
     group_by: Sequence[str] | None = None,
     metrics: Sequence[str] = (),
+    select_by: str | None = None,
 ) -> tuple[Path, Path, str]:
     """Write ``out``.md and ``out``.csv; return both paths and the Markdown."""
     runs = [load_run(p) for p in find_results(items)]
     keys, rows = summarise(runs, group_by, metrics)
     md = to_markdown(keys, rows, metrics)
+    if select_by:
+        md += "\n" + select(runs, rows, select_by)[1] + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     base = out.with_suffix("") if out.suffix in (".md", ".csv") else out
     md_path, csv_path = base.parent / f"{base.name}.md", base.parent / f"{base.name}.csv"
@@ -239,10 +270,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default="results", help="output path without suffix (.md, .csv)")
     ap.add_argument("--group-by", help="comma list of settings (default: those that differ)")
     ap.add_argument("--metrics", help=f"comma list from {', '.join(METRICS)}")
+    ap.add_argument("--select", help="name the group with the best mean of this metric (split=val)")
     args = ap.parse_args(argv)
     try:
         md_path, csv_path, md = collect(
-            args.runs, Path(args.out), _split(args.group_by), _split(args.metrics) or ()
+            args.runs,
+            Path(args.out),
+            _split(args.group_by),
+            _split(args.metrics) or (),
+            args.select,
         )
     except CollectError as exc:
         raise SystemExit(f"collect: {exc}") from None

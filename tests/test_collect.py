@@ -97,3 +97,17 @@ def test_command_line(sweep, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| scenario | seeds | H | round trips |" in out and "wrote" in out
     assert (tmp_path / "cli.csv").is_file()
+
+
+def test_select_names_the_best_setting_on_validation_runs_only(tmp_path):
+    root = tmp_path / "val"
+    for alpha, hs in {0.1: [0.60, 0.62], 1.0: [0.70, 0.66], 10.0: [0.50, 0.52]}.items():
+        for seed, h in enumerate(hs):
+            _write(root, f"a{alpha}-{seed}", seed, h, alpha=alpha, split="val")
+    _, _, md = collect([str(root)], tmp_path / "sel", select_by="student.h")
+    assert "Selected on validation classes by H: **alpha=1.0** (68.0 ± 2.8 over 2 seed(s))" in md
+    _write(root, "test-run", 0, 0.99, alpha=0.5)  # split=test: scores on test classes
+    with pytest.raises(CollectError, match="only takes runs on validation classes"):
+        collect([str(root)], tmp_path / "sel2", select_by="student.h")
+    with pytest.raises(CollectError, match="unknown metric 'H'"):
+        collect([str(root / "a1.0-0")], tmp_path / "sel3", select_by="H")

@@ -9,6 +9,7 @@ import scipy.io
 from azsl_flower import data
 from azsl_flower.data import (
     DIGITS_UNSEEN,
+    DIGITS_VAL,
     SEVEN_SEGMENT,
     DataError,
     clean_class_name,
@@ -387,3 +388,41 @@ def test_unknown_values(fresh_table_cache):
         load_class_side("xlsa17")
     with pytest.raises(DataError, match="needs data-dir"):
         load_owner_data("xlsa17")
+
+
+# ---------------------------------------------------------------------------------------
+# split=val: xlsa17's validation classes, for choosing settings without test classes
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("teacher", ["transductive", "inductive"])
+def test_validation_split_never_touches_test_classes(indexed_digits, teacher):
+    t = indexed_digits
+    od = load_owner_data("digits", teacher=teacher, split="val")
+    val_classes = set(np.unique(t.labels[t.splits["val_loc"]]).tolist())
+    train_classes = set(np.unique(t.labels[t.splits["train_loc"]]).tolist())
+    assert set(od.unseen_classes.tolist()) == val_classes == set(DIGITS_VAL)
+    assert set(od.seen_classes.tolist()) == train_classes
+    rows = _idx(od.train_x) | _idx(od.test_seen_x) | _idx(od.test_unseen_x)
+    assert not rows & set(t.splits["test_unseen_loc"].tolist())  # no test-class image
+    assert not rows & set(t.splits["test_seen_loc"].tolist())  # nor a seen test image
+    assert not _idx(od.train_x) & (_idx(od.test_seen_x) | _idx(od.test_unseen_x))
+    assert set(np.unique(od.test_seen_y).tolist()) == train_classes
+    assert set(np.unique(od.test_unseen_y).tolist()) == val_classes
+    assert np.isin(od.train_y, DIGITS_VAL).any() == (teacher == "transductive")
+    assert od.fingerprint != load_owner_data("digits", teacher=teacher).fingerprint
+
+
+def test_validation_split_of_caltech(caltech_dir, fresh_table_cache):
+    od = load_owner_data("xlsa17", str(caltech_dir), "effnetlite0.mat", "inductive", split="val")
+    assert od.seen_classes.size == 40 and od.unseen_classes.size == 10
+    test = load_owner_data("xlsa17", str(caltech_dir), "effnetlite0.mat", "inductive")
+    assert not np.intersect1d(od.unseen_classes, test.unseen_classes).size
+
+
+def test_validation_split_needs_val_loc(tmp_path, write_xlsa17, fresh_table_cache):
+    w = write_xlsa17(tmp_path / "ds")
+    with pytest.raises(DataError, match=r"split=val needs \['train_loc', 'val_loc'\]"):
+        load_owner_data("xlsa17", str(w["dir"]), split="val")
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        load_owner_data("digits", split="dev")
