@@ -16,12 +16,20 @@ from azsl_flower.config import RunConfig
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def run(overrides: dict[str, Any] | RunConfig, owners: int | None = None) -> dict[str, Any]:
+RUNNERS = ("ray", "inprocess")
+
+
+def run(
+    overrides: dict[str, Any] | RunConfig, owners: int | None = None, runner: str | None = None
+) -> dict[str, Any]:
     """Simulate ``owners`` SuperNodes + the ServerApp; return results.json's content.
 
     ``overrides``: run-config keys (``experiment`` composes a preset, as the ServerApp
     does) or a RunConfig already composed (the Hydra launcher). ``owners`` defaults to
-    the preset's, else 1.
+    the preset's, else 1. ``runner`` (default ``$AZSL_RUNNER``, else ``ray``): ``ray`` is
+    Flower's simulation runtime, owners in Ray workers; ``inprocess`` serves the same
+    ClientApp and ServerApp logic in this one process (simulations/inprocess.py), owners
+    one after another: less overhead on a small machine, and what a sweep there wants.
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -38,6 +46,15 @@ def run(overrides: dict[str, Any] | RunConfig, owners: int | None = None) -> dic
         cfg, preset_owners = resolve_run_config(overrides)
         owners = owners or preset_owners
     owners = owners or 1
+    runner = runner or os.environ.get("AZSL_RUNNER", "ray")
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r} (AZSL_RUNNER); choose one of {RUNNERS}")
+    if runner == "inprocess":
+        from simulations.inprocess import InProcessGrid
+
+        results, _ = run_azsl(InProcessGrid(client_app, owners, cfg.as_dict()), cfg, run_id=1)
+        print(format_table(results), flush=True)
+        return results
     # run_simulation gives ClientApps no run config: tell the simulated owners (Ray workers
     # inherit the environment) which cipher suite and key folder this run uses.
     os.environ["AZSL_ENCRYPTION"] = cfg.encryption
@@ -75,8 +92,9 @@ def main() -> None:
     )
     ap.add_argument("overrides", nargs="*", help="run-config key=value pairs")
     ap.add_argument("--owners", type=int, default=None, help="default: the preset's, else 1")
+    ap.add_argument("--runner", choices=RUNNERS, default=None, help="default: $AZSL_RUNNER or ray")
     args = ap.parse_args()
-    res = run(parse_overrides(args.overrides), args.owners)
+    res = run(parse_overrides(args.overrides), args.owners, args.runner)
     print(json.dumps({k: res[k] for k in ("teacher", "student", "rounds", "output_dir")}, indent=1))
 
 

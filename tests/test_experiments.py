@@ -234,3 +234,22 @@ def test_every_swept_value_composes(preset):
             cfg, _ = run_config_from(compose_settings(preset, [f"{key}={value}"]))
             expected = parse_run_config({key: value}).as_dict()[key]  # coerced as Flower would
             assert cfg.as_dict()[key] == expected, (preset, key, value)
+
+
+def test_inprocess_runner_gives_the_launchers_run(tmp_path, monkeypatch):
+    """AZSL_RUNNER=inprocess: the same run as the loopback grid, without Ray."""
+    from simulations.simulate import run
+
+    cache = str(tmp_path / "cache")
+    settings = compose_settings("smoke", [*TINY, "seed=5", f"cache-dir={cache}"])
+    cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "loop"))
+    looped, _ = run_azsl(LoopbackGrid(client_app, owners, cfg.as_dict()), cfg, run_id=1)
+    cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "inproc"))
+    monkeypatch.setenv("AZSL_RUNNER", "inprocess")
+    served = run(cfg, owners)
+    assert Path(served["output_dir"]).parent == tmp_path / "inproc"
+    for key in ("teacher", "student", "verification", "history", "rounds"):
+        assert served[key] == looped[key], key
+    monkeypatch.setenv("AZSL_RUNNER", "threads")
+    with pytest.raises(ValueError, match="unknown runner 'threads'"):
+        run(cfg, owners)
