@@ -90,6 +90,30 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "split": ("test", "val"),
 }
 
+# What an owner's teacher depends on (with its data's fingerprint): its cache key.
+TEACHER_KEYS = (
+    "dataset",
+    "data-dir",
+    "feature-file",
+    "teacher",
+    "teacher-epochs",
+    "lr-teacher",
+    "seed",
+    "partition",  # with the data fingerprint: different partitions never share a teacher
+    "dirichlet-beta",
+    "owner-classes",
+)
+# What an owner needs to rebuild its state: sent with every request.
+OWNER_KEYS = (
+    *TEACHER_KEYS,
+    "split",
+    "regulariser",
+    "alpha",
+    "scenario",
+    "device",
+    "cache-dir",
+)
+
 # rounds=0: an untrained generator (a baseline); checkpoint-every=0: no checkpoints
 NON_NEGATIVE = ("rounds", "seed", "max-retries", "checkpoint-every")
 POSITIVE = (
@@ -169,26 +193,8 @@ class RunConfig:
 
     def owner_settings(self) -> dict[str, Any]:
         """What an owner needs to rebuild its state; sent with every request."""
-        keys = [
-            "dataset",
-            "data-dir",
-            "feature-file",
-            "teacher",
-            "teacher-epochs",
-            "lr-teacher",
-            "seed",
-            "regulariser",
-            "alpha",
-            "scenario",
-            "device",
-            "cache-dir",
-            "partition",
-            "dirichlet-beta",
-            "owner-classes",
-            "split",
-        ]
         d = self.as_dict()
-        return {k: d[k] for k in keys}
+        return {k: d[k] for k in OWNER_KEYS}
 
 
 def check_known_keys(raw: dict[str, Any]) -> None:

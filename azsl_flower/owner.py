@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from azsl_flower.config import resolve_cache_dir
+from azsl_flower.config import TEACHER_KEYS, resolve_cache_dir
 from azsl_flower.data import OwnerData, load_owner_data
 from azsl_flower.feedback import FeedbackOracle, make_regulariser
 from azsl_flower.metrics import count_predictions
@@ -52,18 +52,6 @@ class OwnerState:
 
 _STATE: dict[str, OwnerState] = {}
 
-TEACHER_KEYS = (
-    "dataset",
-    "data-dir",
-    "feature-file",
-    "teacher",
-    "teacher-epochs",
-    "lr-teacher",
-    "seed",
-    "partition",  # with the data fingerprint: different partitions never share a teacher
-    "dirichlet-beta",
-    "owner-classes",
-)
 
 
 def owner_state(settings: dict, partition_id: int, num_partitions: int) -> OwnerState:
