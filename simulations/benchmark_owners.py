@@ -13,7 +13,9 @@ wall time <= 2 x one owner's). Figures are printed and saved as JSON, never over
 Ray workers on this machine's cores; ``--runner inprocess --device cuda`` runs service and
 owners in one process (simulations/inprocess.py) on one device, owners one after another,
 so its wall time is the *sum* of the owners' work: an upper bound on a deployment, where
-each owner answers on its own machine at the same time.
+each owner answers on its own machine at the same time. For that deployment the in-process
+rows also give ``parallel_wall_seconds``: the wall time with, in each round trip, only the
+slowest owner's answering time instead of all owners' (timed per owner by the grid).
 """
 
 from __future__ import annotations
@@ -99,21 +101,34 @@ def main() -> None:
                 "device": r["device"],
             }
         )
+        if "owner_seconds" in r:  # in-process: owners timed one by one
+            spent = r["owner_seconds"]
+            rows[-1]["owner_seconds"] = spent
+            rows[-1]["parallel_wall_seconds"] = (
+                r["wall_seconds"] - spent["total"] + spent["critical"]
+            )
         h, wall = r["student"]["h"], r["wall_seconds"]
         print(f"{n} owner(s): student H {h:.3f}, {wall:.0f} s", flush=True)
         print("ROW " + json.dumps(rows[-1]), flush=True)  # survives a run cut off later
     union_h, one_wall = rows[0]["ensemble_teacher"]["h"], rows[0]["wall_seconds"]
-    print("| owners | student T1 / u / s / H | H / union-teacher H | wall s | wall / 1 owner |")
-    print("|---|---|---|---|---|")
+    one_parallel = rows[0].get("parallel_wall_seconds")
+    print(
+        "| owners | student T1 / u / s / H | H / union-teacher H | wall s | wall / 1 owner "
+        "| parallel-owner wall / 1 owner |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in rows:
         r["h_ratio_to_union_teacher"] = r["student"]["h"] / union_h if union_h > 0 else None
         r["wall_ratio_to_one_owner"] = r["wall_seconds"] / one_wall
+        if one_parallel and "parallel_wall_seconds" in r:
+            r["parallel_wall_ratio_to_one_owner"] = r["parallel_wall_seconds"] / one_parallel
         s = r["student"]
         ratio = r["h_ratio_to_union_teacher"]
+        par = r.get("parallel_wall_ratio_to_one_owner")
         print(
             f"| {r['owners']} | {' / '.join(f'{100 * s[k]:.1f}' for k in ('zsl', 'u', 's', 'h'))} "
             f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {r['wall_seconds']:.0f} "
-            f"| {r['wall_ratio_to_one_owner']:.2f} |"
+            f"| {r['wall_ratio_to_one_owner']:.2f} | {'n/a' if par is None else f'{par:.2f}'} |"
         )
     out = save_figures(
         args.out,

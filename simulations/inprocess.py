@@ -8,6 +8,7 @@ benchmarks time the AZSL loop without Ray's process and scheduling overheads. Th
 
 from __future__ import annotations
 
+import time
 import traceback
 import uuid
 from collections.abc import Iterable
@@ -45,6 +46,8 @@ class InProcessGrid(Grid):
         self.pending: dict[str, Message] = {}
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        # per push (one round trip of the strategy): seconds each node spent answering
+        self.owner_seconds: list[dict[int, float]] = []
 
     def set_run(self, run) -> None:  # noqa: ANN001 - Flower's signature
         pass
@@ -61,12 +64,17 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
+        spent: dict[int, float] = {}
+        self.owner_seconds.append(spent)
         for msg in messages:
             mid = str(uuid.uuid4())
             msg.metadata.__dict__["_message_id"] = mid
             msg.metadata.__dict__["_src_node_id"] = 1
             self.sent.append(msg)
+            t = time.perf_counter()
             reply = self.deliver(msg)
+            node = msg.metadata.dst_node_id
+            spent[node] = spent.get(node, 0.0) + time.perf_counter() - t
             if reply is not None:  # None: the node never answers (a dead or lost SuperNode)
                 self.replies.append(reply)
                 self.pending[mid] = reply
@@ -79,6 +87,15 @@ class InProcessGrid(Grid):
             return self.app(msg, self.contexts[msg.metadata.dst_node_id])
         except Exception as exc:  # what a SuperNode turns into an error reply
             return Message(Error(code=2, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg)
+
+    def owner_time(self) -> dict[str, float]:
+        """Owners' answering time: ``total`` (what this process spent, owners one after
+        another) and ``critical`` (per round trip the slowest owner only, summed: what it
+        would take were every owner on its own machine, all at once)."""
+        return {
+            "total": sum(sum(s.values()) for s in self.owner_seconds),
+            "critical": sum(max(s.values(), default=0.0) for s in self.owner_seconds),
+        }
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.pending.pop(i) for i in list(message_ids) if i in self.pending]

@@ -213,3 +213,11 @@ def test_joint_ensemble_asks_for_lse_gradients_only_in_whitebox(tmp_path, scenar
         assert "lse" in fields
         assert ("grad_lse" in fields) == (scenario == "whitebox")
     assert 0.0 <= results["student"]["h"] <= 1.0
+
+
+def test_inprocess_grid_times_each_owner_per_round_trip(tmp_path):
+    results, _, grid = _run(tmp_path, owners=2)
+    assert len(grid.owner_seconds) == results["rounds"]  # one entry per round trip
+    assert all(set(spent) == {1000, 1001} for spent in grid.owner_seconds)
+    t = grid.owner_time()
+    assert 0 < t["critical"] < t["total"]  # two owners: the slower one is not both
