@@ -53,7 +53,6 @@ class OwnerState:
 _STATE: dict[str, OwnerState] = {}
 
 
-
 def owner_state(settings: dict, partition_id: int, num_partitions: int) -> OwnerState:
     """Load this owner's data and teacher (train it once; reuse from memory or disk cache)."""
     data = load_owner_data(

@@ -461,8 +461,11 @@ class AZSLStrategy:
 
     @property
     def _lse_grad(self) -> bool:
-        """Ask owners for grad(lse) too: only the joint ensemble in white-box needs it."""
-        return self.cfg.ensemble_weighting == "joint" and self.cfg.scenario != "blackbox"
+        """Ask owners for grad(lse) too: only the joint ensemble in white-box needs it, and
+        only with several owners (one owner's joint gradient is its own gradient)."""
+        cfg = self.cfg
+        joint = cfg.ensemble_weighting == "joint" and cfg.scenario != "blackbox"
+        return joint and len(self.node_ids) > 1
 
     def configure_feedback(self, pool: Pool) -> dict[str, object]:
         return {
@@ -477,9 +480,10 @@ class AZSLStrategy:
         probs, lse = [a["probs"] for a in answers], [a["lse"] for a in answers]
         grads = [a["grad"] for a in answers]
         if self.cfg.ensemble_weighting == "joint":
-            if self._lse_grad and any("grad_lse" not in a for a in answers):
+            sent = all("grad_lse" in a for a in answers)
+            if self._lse_grad and not sent and len(answers) > 1:
                 raise OwnerError("ensemble-weighting=joint: an owner sent no grad_lse")
-            grads_lse = [a["grad_lse"] for a in answers] if self._lse_grad else None
+            grads_lse = [a["grad_lse"] for a in answers] if sent else None
             grad = joint_gradient(grads, grads_lse, probs, lse, fed.coverage, y)
         else:
             grad = self.combine(grads, fed, y, probs, lse)

@@ -221,3 +221,13 @@ def test_inprocess_grid_times_each_owner_per_round_trip(tmp_path):
     assert all(set(spent) == {1000, 1001} for spent in grid.owner_seconds)
     t = grid.owner_time()
     assert 0 < t["critical"] < t["total"]  # two owners: the slower one is not both
+
+
+def test_joint_with_one_owner_asks_for_no_lse_gradient(tmp_path):
+    joint, _, grid = _run(tmp_path, ensemble_weighting="joint", encryption="none")
+    for m in grid.sent:
+        if m.metadata.message_type == "query.feedback":
+            for part in P.unbundle(m.content):
+                assert part.config_records["scalars"]["lse_grad"] is False
+    plain, _, _ = _run(tmp_path, encryption="none")  # one owner: joint is coverage exactly
+    assert joint["student"] == plain["student"] and joint["history"] == plain["history"]
