@@ -25,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+from azsl_flower.config import DEFAULTS, TEACHER_KEYS
 from simulations.benchmark_caltech import run_case, save_figures
 from simulations.benchmark_gpu import run_job
 from simulations.simulate import parse_overrides
@@ -51,8 +52,8 @@ def main() -> None:
     ap.add_argument(
         "--one-owner-from",
         default="",
-        help="a saved figures JSON whose 1-owner row to reuse (same settings but the "
-        "ensemble-weighting, which changes nothing with one owner); --owners then may skip 1",
+        help="a saved figures JSON whose 1-owner row (the union teacher) to reuse; its teacher "
+        "settings must match; --owners then may skip 1",
     )
     ap.add_argument("overrides", nargs="*", help="extra run-config key=value, e.g. rounds=5")
     args = ap.parse_args()
@@ -145,21 +146,23 @@ def main() -> None:
 
 
 def _one_owner_row(path: Path, base: dict, runner: str) -> dict:
-    """The 1-owner row of an earlier benchmark with the same settings (weighting aside)."""
+    """The 1-owner row of an earlier benchmark whose union teacher is this run's: same data
+    and teacher settings. Other settings may differ (its student and wall time are then
+    of other settings: the row records ``reused_from`` and what differed)."""
     try:
         saved = json.loads(path.read_text())
         row = saved["rows"][0]
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise SystemExit(f"--one-owner-from {path}: not a benchmark_owners JSON ({exc})") from None
-    ignore = {"ensemble-weighting", "output-dir"}
-    mine = {k: v for k, v in base.items() if k not in ignore}
-    theirs = {k: v for k, v in saved.get("config", {}).items() if k not in ignore}
-    if row.get("owners") != 1 or mine != theirs or saved.get("runner") != runner:
+    config = saved.get("config", {})
+    teacher = [k for k in TEACHER_KEYS if base.get(k, DEFAULTS[k]) != config.get(k, DEFAULTS[k])]
+    if row.get("owners") != 1 or teacher or saved.get("runner") != runner:
         raise SystemExit(
-            f"--one-owner-from {path}: its 1-owner run used other settings "
-            f"({theirs}, runner {saved.get('runner')}); rerun with --owners 1,..."
+            f"--one-owner-from {path}: its union teacher differs (keys {teacher}, runner "
+            f"{saved.get('runner')}); rerun with --owners 1,..."
         )
-    return {**row, "reused_from": str(path)}
+    other = sorted(k for k in set(base) | set(config) if base.get(k) != config.get(k))
+    return {**row, "reused_from": str(path), "reused_row_differs_in": other}
 
 
 if __name__ == "__main__":
