@@ -29,6 +29,19 @@ CASES = {
 TARGETS = {"whitebox-transductive": 0.90, "blackbox-transductive": 0.50}
 
 
+def caltech_run_config(args: argparse.Namespace, **extra: object) -> dict[str, object]:
+    """The run config every Caltech benchmark starts from (its command-line arguments)."""
+    return {
+        "dataset": "xlsa17",
+        "data-dir": str(Path(args.data_dir).resolve()),
+        "feature-file": args.feature_file,
+        "seed": args.seed,
+        "alpha": args.alpha,
+        "output-dir": args.output_dir,
+        **extra,
+    }
+
+
 def run_case(overrides: dict[str, object], owners: int = 1) -> dict:
     """One simulated run in a fresh process; returns its results.json."""
     args = [f"{k}={v}" for k, v in overrides.items()]
@@ -106,14 +119,7 @@ def main() -> None:
     ap.add_argument("--output-dir", default="outputs/benchmark-caltech101")
     ap.add_argument("--out", default="docs/benchmarks/caltech101.json")
     args = ap.parse_args()
-    base = {
-        "dataset": "xlsa17",
-        "data-dir": str(Path(args.data_dir).resolve()),
-        "feature-file": args.feature_file,
-        "seed": args.seed,
-        "alpha": args.alpha,
-        "output-dir": args.output_dir,
-    }
+    base = caltech_run_config(args)
     rows = []
     for name in [c for c in args.cases.split(",") if c]:
         if name not in CASES:

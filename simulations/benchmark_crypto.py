@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
 from azsl_flower import protocol as P
 from azsl_flower.crypto import Channel, generate_keypair
-from simulations.benchmark_caltech import run_case, save_figures
+from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
 from simulations.benchmark_gpu import run_job
 from simulations.simulate import parse_overrides
 
@@ -84,15 +83,7 @@ def main() -> None:
         )
     runs: dict[str, list[dict]] = {}
     if not args.skip_runs:
-        base = {
-            "dataset": "xlsa17",
-            "data-dir": str(Path(args.data_dir).resolve()),
-            "feature-file": args.feature_file,
-            "alpha": args.alpha,
-            "seed": args.seed,
-            "output-dir": args.output_dir,
-            **parse_overrides(args.overrides),
-        }
+        base = caltech_run_config(args, **parse_overrides(args.overrides))
         suites = ("none", "aes-256-gcm")
         for rep in range(args.repeats):  # alternate, so drift in machine load hits both
             for suite in suites:

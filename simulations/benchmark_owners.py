@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from azsl_flower.config import DEFAULTS, TEACHER_KEYS
-from simulations.benchmark_caltech import run_case, save_figures
+from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
 from simulations.benchmark_gpu import run_job
 from simulations.simulate import parse_overrides
 
@@ -58,19 +58,14 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra run-config key=value, e.g. rounds=5")
     args = ap.parse_args()
     counts = [int(n) for n in args.owners.split(",") if n]
-    base = {
-        "dataset": "xlsa17",
-        "data-dir": str(Path(args.data_dir).resolve()),
-        "feature-file": args.feature_file,
-        "scenario": "whitebox",
-        "teacher": "transductive",
-        "partition": args.partition,
-        "ensemble-weighting": args.weighting,
-        "seed": args.seed,
-        "alpha": args.alpha,
-        "output-dir": args.output_dir,
+    base = caltech_run_config(
+        args,
+        scenario="whitebox",
+        teacher="transductive",
+        partition=args.partition,
+        **{"ensemble-weighting": args.weighting},
         **parse_overrides(args.overrides),
-    }
+    )
     rows: list[dict] = []
     if args.one_owner_from:
         rows.append(_one_owner_row(Path(args.one_owner_from), base, args.runner))
