@@ -14,12 +14,27 @@ __all__ = [
     "resolve_device",
     "fit",
     "predict_logits",
+    "cuda_problem",
     "seed_everything",
 ]
 
 
+def cuda_problem(name: str) -> str | None:
+    """Why ``name`` (cuda or cuda:N) cannot be used here, or None when it can."""
+    if not torch.cuda.is_available():
+        return (
+            f"cuda is unavailable (torch {torch.__version__}, built for CUDA "
+            f"{torch.version.cuda or 'none'}; no GPU visible)"
+        )
+    index = torch.device(name).index
+    if index is not None and index >= torch.cuda.device_count():
+        return f"device {name}: only {torch.cuda.device_count()} GPU(s) visible"
+    return None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N'; 'auto' and an absent GPU fall back to the CPU."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N'; 'auto' and an absent GPU fall back to the CPU
+    (CI has none); a GPU index this machine does not have is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -27,10 +42,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name}: only {torch.cuda.device_count()} GPU(s) visible.")
-        return dev
+        problem = cuda_problem(name)
+        if problem:
+            raise ValueError(f"{problem}.")
+        return torch.device(name)
     raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N.")
 
 

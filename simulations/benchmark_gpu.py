@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from azsl_flower.models import cuda_problem
 from simulations.benchmark_caltech import save_figures
 from simulations.simulate import parse_overrides
 
@@ -43,19 +44,6 @@ RESERVED = ("device", "cache-dir")  # set per run by this benchmark
 # --cpu-overrides may change these only: the projection to the GPU's settings knows how
 # they scale (generator time per round, student time per verified sample and epoch).
 SCALABLE = ("rounds", "student-epochs")
-
-
-def cuda_problem(device: str) -> str | None:
-    """Why ``device`` (cuda or cuda:N) cannot be used here, or None when it can."""
-    if not torch.cuda.is_available():
-        return (
-            f"cuda is unavailable (torch {torch.__version__}, built for CUDA "
-            f"{torch.version.cuda or 'none'}; no GPU visible)"
-        )
-    index = torch.device(device).index
-    if index is not None and index >= torch.cuda.device_count():
-        return f"{device} is unavailable: only {torch.cuda.device_count()} GPU(s) visible"
-    return None
 
 
 def environment() -> dict[str, Any]:
