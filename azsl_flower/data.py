@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from azsl_flower.config import parse_owner_classes
+from azsl_flower.config import CHOICES, parse_owner_classes
 from azsl_flower.semantics import (
     DIGITS_NAMES,
     REQUIRED_SPLIT_KEYS,
@@ -54,8 +54,8 @@ __all__ = [
 DIGITS_UNSEEN = (2, 5, 9)
 DIGITS_VAL = (3, 7)  # seen classes held out as validation-unseen (val_loc)
 SPLIT_SEED = 0  # the dataset split is part of the dataset, not of a run's seed
-PARTITIONS = ("iid", "class-disjoint", "dirichlet", "explicit")  # run-config partition
-SPLITS = ("test", "val")  # run-config split: the benchmark's classes, or its validation ones
+PARTITIONS = CHOICES["partition"]  # how simulated owners share one dataset
+SPLITS = CHOICES["split"]  # the benchmark's classes, or its validation ones
 PARTITION_STREAM = 0x0A2B  # keeps partition draws apart from other uses of the run seed
 
 SPLIT_KEYS = (

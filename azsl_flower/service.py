@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from azsl_flower.config import RunConfig
+from azsl_flower.config import CHOICES, RunConfig
 from azsl_flower.models import Generator, classifier, fit
 from azsl_flower.semantics import ClassSide
 
@@ -59,7 +59,7 @@ class Federation:
 
 EpochProgress = Callable[[int, float], None]  # (epoch from 0, mean loss of the epoch)
 
-WEIGHTINGS = ("coverage", "uniform", "confidence", "joint")  # run-config ensemble-weighting
+WEIGHTINGS = CHOICES["ensemble-weighting"]  # how owners' answers about a sample combine
 
 
 def joint_gates(lse: list[np.ndarray]) -> np.ndarray:

@@ -26,7 +26,7 @@ from azsl_flower import protocol as P
 from azsl_flower.crypto import Channel, generate_keypair
 from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
 from simulations.benchmark_gpu import run_job
-from simulations.simulate import parse_overrides
+from simulations.simulate import RUNNERS, parse_overrides
 
 
 def throughput(suite: str, megabytes: int, repeats: int = 3) -> dict[str, float]:
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks/encryption.json")
     ap.add_argument("--repeats", type=int, default=1, help="runs per suite, alternating")
     ap.add_argument("overrides", nargs="*", help="extra run-config key=value, e.g. rounds=5")
-    ap.add_argument("--runner", choices=("ray", "inprocess"), default="ray")
+    ap.add_argument("--runner", choices=RUNNERS, default="ray")
     ap.add_argument("--device", default="auto", help="with --runner inprocess: cpu, cuda...")
     args = ap.parse_args()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from azsl_flower.config import DEFAULTS, TEACHER_KEYS
 from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
 from simulations.benchmark_gpu import run_job
-from simulations.simulate import parse_overrides
+from simulations.simulate import RUNNERS, parse_overrides
 
 TARGET_H_RATIO = {5: 0.85}
 TARGET_TIME_RATIO = {10: 2.0}
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=50.0)
     ap.add_argument("--output-dir", default="outputs/benchmark-owners")
     ap.add_argument("--out", default="docs/benchmarks/owners.json")
-    ap.add_argument("--runner", choices=("ray", "inprocess"), default="ray")
+    ap.add_argument("--runner", choices=RUNNERS, default="ray")
     ap.add_argument("--device", default="auto", help="with --runner inprocess: cpu, cuda...")
     ap.add_argument(
         "--one-owner-from",
