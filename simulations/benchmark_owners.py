@@ -150,7 +150,8 @@ def _one_owner_row(path: Path, base: dict, runner: str) -> dict:
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise SystemExit(f"--one-owner-from {path}: not a benchmark_owners JSON ({exc})") from None
     config = saved.get("config", {})
-    teacher = [k for k in TEACHER_KEYS if base.get(k, DEFAULTS[k]) != config.get(k, DEFAULTS[k])]
+    keys = (*TEACHER_KEYS, "split")  # the split picks the teacher's data too
+    teacher = [k for k in keys if base.get(k, DEFAULTS[k]) != config.get(k, DEFAULTS[k])]
     if row.get("owners") != 1 or teacher or saved.get("runner") != runner:
         raise SystemExit(
             f"--one-owner-from {path}: its union teacher differs (keys {teacher}, runner "

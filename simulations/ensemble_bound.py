@@ -51,13 +51,8 @@ def ensemble_figures(raw: dict, owners: int) -> dict[str, float]:
         parts[name] = count_predictions(
             scores.argmax(1), pred_zsl, y, name == "unseen", whole.num_classes
         )
-    counts = ClassCounts(
-        parts["seen"][0],
-        parts["seen"][1],
-        parts["unseen"][0],
-        parts["unseen"][1],
-        parts["unseen"][2],
-    )
+    (seen_ok, seen_n, _), (unseen_ok, unseen_n, zsl_ok) = parts["seen"], parts["unseen"]
+    counts = ClassCounts(seen_ok, seen_n, unseen_ok, unseen_n, zsl_ok)
     return zsl_gzsl(counts, "all" if cfg.teacher == "transductive" else "unseen")
 
 
