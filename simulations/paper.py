@@ -100,7 +100,12 @@ TABLES = (
         "reports it; over the unseen classes for an inductive one); u, s, H are GZSL. With an "
         "inductive teacher the scored model is classifier C (Eq. 7) trained on generated "
         "features of all classes; the teacher's own H is 0 by construction (it cannot name an "
-        "unseen class), and features generated for unseen classes get no teacher feedback.",
+        "unseen class), and features generated for unseen classes get no teacher feedback. "
+        "`python -m simulations.plots <run folder> --stats` (owner side, simulation only) shows "
+        "what that costs: on the white-box inductive runs of 2026-11-26 (seeds 0-2) the "
+        "generated unseen-class means are nearly parallel to each other (mean cosine 0.89 "
+        "between classes, real means 0.52), and nearest-generated-mean classification of real "
+        "unseen features reaches 12-13 % (50 classes).",
     ),
     Table(
         "table4",

@@ -2,8 +2,10 @@
 
     python -m simulations.plots outputs/20260101-120000              # curves.png, scores.png
     python -m simulations.plots outputs/20260101-120000 --tsne       # + tsne.png (owner side)
+    python -m simulations.plots outputs/20260101-120000 --stats      # + feature_stats.json
 
-Curves and scores come from results.json alone. The t-SNE needs real features, which only
+Curves and scores come from results.json alone. The t-SNE and ``--stats`` (how far
+generated unseen-class features are from real ones, in numbers) need real features, which only
 an owner holds: this command plays that owner, as the simulation launcher does. It loads
 the owner's partition with the owners' loader (``azsl_flower.data``) and the run's
 ``generator.pt``, and plots both here; nothing is sent anywhere. Use it in simulation
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_curves", "plot_scores", "plot_tsne", "main"]
+__all__ = ["feature_stats", "plot_curves", "plot_scores", "plot_tsne", "main"]
 
 SCORES = ("zsl", "u", "s", "h")
 
@@ -176,6 +178,36 @@ def owner_and_generated(
     return real_x, real_y, gen_x, gen_y, side.names
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _mean_off_diagonal(m: np.ndarray) -> float:
+    k = m.shape[0]
+    return float((m.sum() - np.trace(m)) / (k * (k - 1))) if k > 1 else float("nan")
+
+
+def feature_stats(
+    real_x: np.ndarray, real_y: np.ndarray, gen_x: np.ndarray, gen_y: np.ndarray
+) -> dict[str, float]:
+    """Numbers behind the t-SNE: do generated class means point where real ones do, are
+    they as distinct from each other, and do they classify real features (nearest mean)?"""
+    classes = np.unique(real_y)
+    real_m = _unit(np.stack([real_x[real_y == c].mean(0) for c in classes]))
+    gen_m = _unit(np.stack([gen_x[gen_y == c].mean(0) for c in classes]))
+    pred = classes[(_unit(real_x) @ gen_m.T).argmax(1)]
+    per_class = [float(np.mean(pred[real_y == c] == c)) for c in classes]
+    return {
+        "classes": int(classes.size),
+        "cos_generated_vs_real_mean": float((real_m * gen_m).sum(1).mean()),
+        "cos_between_real_means": _mean_off_diagonal(real_m @ real_m.T),
+        "cos_between_generated_means": _mean_off_diagonal(gen_m @ gen_m.T),
+        "norm_real": float(np.linalg.norm(real_x, axis=1).mean()),
+        "norm_generated": float(np.linalg.norm(gen_x, axis=1).mean()),
+        "nearest_generated_mean_acc": float(np.mean(per_class)),
+    }
+
+
 def plot_tsne(
     run_dir: Path,
     out: Path,
@@ -227,6 +259,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("run_dir", type=Path, help="a run folder (holds results.json)")
     ap.add_argument("--out", type=Path, help="where the PNGs go (default: <run folder>/plots)")
     ap.add_argument("--tsne", action="store_true", help="also the owner-side t-SNE")
+    ap.add_argument("--stats", action="store_true", help="also feature_stats.json (owner side)")
     ap.add_argument("--partition-id", type=int, default=0, help="which simulated owner")
     ap.add_argument("--per-class", type=int, default=100, help="samples per class, each kind")
     ap.add_argument("--data-dir", help="the owner's data folder if not the run's data-dir")
@@ -240,9 +273,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
         made = [plot_scores(results, out / "scores.png")]
         if results.get("history"):
             made.append(plot_curves(results, out / "curves.png"))
+        if (args.tsne or args.stats) and args.per_class < 1:
+            raise PlotError("--per-class must be >= 1")
+        if args.stats:
+            sample = owner_and_generated(
+                args.run_dir, args.partition_id, args.per_class, args.data_dir, args.seed
+            )
+            stats = feature_stats(*sample[:4])
+            print(json.dumps(stats, indent=1))
+            (out / "feature_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+            made.append(out / "feature_stats.json")
         if args.tsne:
-            if args.per_class < 1:
-                raise PlotError("--per-class must be >= 1")
             made.append(
                 plot_tsne(
                     args.run_dir,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from azsl_flower.config import DEFAULTS
 from azsl_flower.models import Generator
 from azsl_flower.semantics import load_class_side
-from simulations.plots import main, owner_and_generated
+from simulations.plots import feature_stats, main, owner_and_generated
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -55,6 +56,27 @@ def test_owner_side_samples_are_unseen_classes_of_that_owner(tmp_path):
     assert set(real_y) == set(gen_y) and len(set(real_y)) == 3  # digits: 3 unseen classes
     assert real_x.shape[1] == gen_x.shape[1] == 64 and len(names) == 10
     assert gen_y.size == 15 and real_y.size <= 15
+
+
+def test_feature_stats_tell_a_faithful_generator_from_a_collapsed_one():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 16) * 5 + 1.0
+    y = np.repeat(np.arange(4), 30)
+    real = centres[y] + rng.normal(0, 0.3, (y.size, 16))
+    faithful = feature_stats(real, y, centres[y] + rng.normal(0, 0.3, (y.size, 16)), y)
+    assert faithful["nearest_generated_mean_acc"] == 1.0
+    assert faithful["cos_generated_vs_real_mean"] > 0.99
+    collapsed = feature_stats(real, y, np.ones((y.size, 16)) + rng.normal(0, 0.01, (120, 16)), y)
+    assert collapsed["cos_between_generated_means"] > 0.99 > faithful["cos_between_real_means"]
+    assert collapsed["nearest_generated_mean_acc"] < 0.6
+
+
+def test_stats_are_written_owner_side(tmp_path):
+    run = _run_folder(tmp_path / "run")
+    made = main([str(run), "--stats", "--per-class", "6"])
+    stats = json.loads((run / "plots" / "feature_stats.json").read_text())
+    assert made[-1].name == "feature_stats.json" and stats["classes"] == 3
+    assert 0.0 <= stats["nearest_generated_mean_acc"] <= 1.0
 
 
 def test_without_history_only_scores(tmp_path):
