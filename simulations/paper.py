@@ -279,7 +279,8 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [HEADER.format(devices=_machines(runs) or "none yet", launch=LAUNCH)]
     for table in TABLES:
-        parts.append(f"## {table.title}\n\n{textwrap.fill(table.about, 92)}\n")
+        about = textwrap.fill(table.about, 92, break_on_hyphens=False)
+        parts.append(f"## {table.title}\n\n{about}\n")
         members = _labelled(test, table.label, table.column)
         if members:
             keys, rows = _table(members, table.column, list(table.rows))
