@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -116,3 +117,14 @@ def test_cli_reports_problems(tmp_path, capsys):
     text = (tmp_path / "page.md").read_text()
     assert "whitebox, transductive: `" in text and "No validation sweep" in text
     assert "wrote" in capsys.readouterr().out
+
+
+def test_committed_page_is_what_the_filed_runs_give(tmp_path):
+    """docs/results.md is never edited by hand: rebuilding from docs/results/runs gives it."""
+    repo = Path(__file__).resolve().parents[1]
+    runs = tmp_path / "docs" / "results" / "runs"
+    shutil.copytree(repo / "docs" / "results" / "runs", runs)
+    text = build(runs, tmp_path / "docs" / "results.md")
+    assert text == (repo / "docs" / "results.md").read_text(), (
+        "docs/results.md is out of date: run `python -m simulations.paper` and commit it"
+    )
