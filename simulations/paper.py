@@ -339,13 +339,19 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
 
 def _selection(runs: Sequence[Run]) -> str:
     """One line per validation sweep (split=val): the setting it picks."""
-    head = (
-        "## Choosing settings on validation classes\n\n"
+    about = (
         "Sweep a setting with `split=val` (seen = xlsa17's `train_loc` classes, unseen = its "
         "`val_loc` classes; no test class or test image is loaded), file the runs, and the "
         "best mean H is named here (`python -m simulations.collect <runs> --select student.h` "
-        "does the same for any folder):\n\n"
-        f"```bash\n{LAUNCH} experiment=fig3_alpha split=val seed=0\n"
+        "does the same for any folder). A choice made on one seed is only as good as its "
+        "margin: compare it with the seed-to-seed spread in the tables above before changing "
+        "a default."
+    )
+    head = (
+        "## Choosing settings on validation classes\n\n"
+        + textwrap.fill(about, 92, break_on_hyphens=False)
+        + f"\n\n```bash\n{LAUNCH} experiment=fig3_alpha split=val seed=0 "
+        "alpha=0.1,1.0,10.0,50.0\n"
         "python -m simulations.paper --archive outputs/multirun/<time>\n```\n"
     )
     val = [r for r in runs if r.settings.get("split") == "val"]
