@@ -162,15 +162,21 @@ def archive(items: Sequence[str], runs_dir: Path, replace: bool = False) -> list
     found = [load_run(p) for p in find_results(items)]
     plan: list[tuple[Path, Path]] = []
     clashes = []
+    planned: dict[Path, Path] = {}
     for run in found:
         dest = runs_dir / archive_name(run)
-        if dest.exists() and dest.read_bytes() != run.path.read_bytes() and not replace:
+        twin = planned.get(dest)
+        if twin is not None and twin.read_bytes() != run.path.read_bytes():
+            clashes.append(f"{twin} and {run.path} are both {dest.name} of {dest.parent.name}")
+        elif dest.exists() and dest.read_bytes() != run.path.read_bytes() and not replace:
             clashes.append(f"{run.path} -> {dest}")
+        planned[dest] = run.path
         plan.append((run.path, dest))
     if clashes:  # checked before anything is copied: all or nothing
         raise CollectError(
-            "these runs repeat a setting and seed already filed with other numbers; pass "
-            "--replace to file the new ones instead: " + "; ".join(clashes[:5])
+            "these runs repeat a setting and seed already filed (or given twice) with other "
+            "numbers; pass --replace to file a rerun instead of the filed run, or give one of "
+            "two runs: " + "; ".join(clashes[:5])
         )
     for src, dest in plan:
         dest.parent.mkdir(parents=True, exist_ok=True)

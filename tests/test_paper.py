@@ -108,6 +108,10 @@ def test_refiling_other_numbers_needs_replace(tmp_path):
     assert json.loads(first.read_text())["student"]["h"] == 0.8  # nothing overwritten
     archive([str(tmp_path / "again")], runs, replace=True)
     assert json.loads(first.read_text())["student"]["h"] == 0.7
+    # two new runs of one setting and seed in one call: which one to file is not guessed
+    with pytest.raises(CollectError, match="given twice"):
+        archive([str(out), str(tmp_path / "again")], tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_cli_reports_problems(tmp_path, capsys):
