@@ -20,6 +20,7 @@ import numpy as np
 
 from azsl_flower.config import parse_run_config
 from azsl_flower.data import load_owner_data
+from azsl_flower.feedback import FeedbackOracle
 from azsl_flower.metrics import ClassCounts, count_predictions, zsl_gzsl
 from azsl_flower.owner import owner_state
 from azsl_flower.service import joint_gates
@@ -27,9 +28,9 @@ from simulations.benchmark_caltech import save_figures
 from simulations.simulate import parse_overrides
 
 
-def joint_scores(settings: dict, owners: int, x: np.ndarray) -> np.ndarray:
-    """Joint-ensemble probabilities of the ``owners`` simulated teachers on features x."""
-    answers = [owner_state(settings, i, owners).oracle.probs_lse(x) for i in range(owners)]
+def joint_scores(oracles: list[FeedbackOracle], x: np.ndarray) -> np.ndarray:
+    """Joint-ensemble probabilities of the owners' teachers (their oracles) on features x."""
+    answers = [oracle.probs_lse(x) for oracle in oracles]
     gates = joint_gates([lse for _, lse in answers])
     return sum(gates[o][:, None] * probs for o, (probs, _) in enumerate(answers))
 
@@ -40,12 +41,14 @@ def ensemble_figures(raw: dict, owners: int) -> dict[str, float]:
     whole = load_owner_data(
         cfg.dataset, cfg.data_dir, cfg.feature_file, cfg.teacher, split=cfg.split
     )
+    settings = cfg.owner_settings()
+    oracles = [owner_state(settings, i, owners).oracle for i in range(owners)]
     parts = {}
     for name, x, y in (
         ("seen", whole.test_seen_x, whole.test_seen_y),
         ("unseen", whole.test_unseen_x, whole.test_unseen_y),
     ):
-        scores = joint_scores(cfg.owner_settings(), owners, x)
+        scores = joint_scores(oracles, x)
         unseen = whole.unseen_classes
         pred_zsl = unseen[scores[:, unseen].argmax(1)] if name == "unseen" else None
         parts[name] = count_predictions(
