@@ -109,13 +109,17 @@ def _title(results: dict[str, Any]) -> str:
     )
 
 
+# owner side: (real x, real y, generated x, generated y, class names)
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]
+
+
 def owner_and_generated(
     run_dir: Path,
     partition_id: int = 0,
     per_class: int = 100,
     data_dir: str | None = None,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+) -> Sample:
     """Owner side, in simulation: (real x, real y, generated x, generated y, class names)
     for the unseen classes, at most ``per_class`` real samples per class."""
     import torch
@@ -209,21 +213,14 @@ def feature_stats(
 
 
 def plot_tsne(
-    run_dir: Path,
-    out: Path,
-    partition_id: int = 0,
-    per_class: int = 100,
-    data_dir: str | None = None,
-    seed: int = 0,
-    threads: int = 1,
+    sample: Sample, out: Path, partition_id: int = 0, seed: int = 0, threads: int = 1
 ) -> Path:
-    """t-SNE of real (dots) and generated (crosses) unseen-class features, one colour a class."""
+    """t-SNE of real (dots) and generated (crosses) unseen-class features, one colour a class;
+    ``sample`` is what :func:`owner_and_generated` returns."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    real_x, real_y, gen_x, gen_y, names = owner_and_generated(
-        run_dir, partition_id, per_class, data_dir, seed
-    )
+    real_x, real_y, gen_x, gen_y, names = sample
     x = np.concatenate([real_x, gen_x]).astype(np.float32)
     perplexity = float(min(30.0, max(2.0, (x.shape[0] - 1) / 3)))
     # OpenMP threads that spin against torch's (or a busy machine's) cost 100x here
@@ -273,28 +270,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
         made = [plot_scores(results, out / "scores.png")]
         if results.get("history"):
             made.append(plot_curves(results, out / "curves.png"))
-        if (args.tsne or args.stats) and args.per_class < 1:
-            raise PlotError("--per-class must be >= 1")
-        if args.stats:
+        if args.tsne or args.stats:  # one owner-side sample serves both
+            if args.per_class < 1:
+                raise PlotError("--per-class must be >= 1")
             sample = owner_and_generated(
                 args.run_dir, args.partition_id, args.per_class, args.data_dir, args.seed
             )
-            stats = feature_stats(*sample[:4])
-            print(json.dumps(stats, indent=1))
-            (out / "feature_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
-            made.append(out / "feature_stats.json")
-        if args.tsne:
-            made.append(
-                plot_tsne(
-                    args.run_dir,
-                    out / "tsne.png",
-                    args.partition_id,
-                    args.per_class,
-                    args.data_dir,
-                    args.seed,
-                    args.threads,
-                )
-            )
+            if args.stats:
+                stats = feature_stats(*sample[:4])
+                print(json.dumps(stats, indent=1))
+                (out / "feature_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+                made.append(out / "feature_stats.json")
+            if args.tsne:
+                tsne = out / "tsne.png"
+                made.append(plot_tsne(sample, tsne, args.partition_id, args.seed, args.threads))
     except PlotError as exc:
         raise SystemExit(f"plots: {exc}") from None
     for path in made:
