@@ -217,13 +217,13 @@ def fig3_runs(runs: Sequence[Run], key: str) -> list[Run]:
 
 
 def plot_fig3(panels: dict[str, list[Row]], out: Path) -> Path:
-    """Fig. 3: u, s, H (mean ± std over seeds) against each swept setting."""
+    """Fig. 3: u, s, H (mean ± std over seeds) against each swept setting; each panel's
+    rows come sorted by that setting's value."""
     from simulations.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (key, rows) in zip(axes.flat, panels.items(), strict=True):
-        rows = sorted(rows, key=lambda r: float(r.group[key]))
         xs = [float(r.group[key]) for r in rows]
         for metric in FIG_METRICS:
             stats = [r.stats.get(metric, (float("nan"), None, 0)) for r in rows]
@@ -259,6 +259,11 @@ def _missing(table_rows: dict[str, str], present: set[str]) -> str:
     return "\nNot produced yet:\n\n" + "\n".join(gone) + "\n" if gone else ""
 
 
+def _prose(text: str) -> str:
+    """A paragraph wrapped for the page (never inside a hyphenated word)."""
+    return textwrap.fill(text, 92, break_on_hyphens=False)
+
+
 def _machines(runs: Sequence[Run]) -> str:
     devices = sorted({str(r.results.get("device", "?")) for r in runs})
     return ", ".join(devices)
@@ -286,7 +291,7 @@ python -m simulations.paper --archive outputs/multirun/<time>   # file the runs,
 
 
 def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
-    """Write ``page`` (and per-table .md/.csv, fig3.png beside the runs) from ``runs_dir``."""
+    """Write ``page`` (and per-table .csv, fig3.png beside the runs) from ``runs_dir``."""
     files = sorted(runs_dir.rglob("*.json")) if runs_dir.is_dir() else []
     runs = [load_run(p) for p in files]
     test = [r for r in runs if r.settings.get("split", "test") == "test"]
@@ -294,8 +299,7 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [HEADER.format(devices=_machines(runs) or "none yet", launch=LAUNCH)]
     for table in TABLES:
-        about = textwrap.fill(table.about, 92, break_on_hyphens=False)
-        parts.append(f"## {table.title}\n\n{about}\n")
+        parts.append(f"## {table.title}\n\n{_prose(table.about)}\n")
         members = _labelled(test, table.label, table.column)
         if members:
             keys, rows = _table(members, table.column, list(table.rows))
@@ -317,7 +321,7 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
     )
     parts.append(
         "## Fig. 3: noise dimension and regulariser weight alpha (white-box, transductive)\n\n"
-        + textwrap.fill(fig3_about, 92, break_on_hyphens=False)
+        + _prose(fig3_about)
         + "\n"
     )
     panels: dict[str, list[Row]] = {}
@@ -355,7 +359,7 @@ def _selection(runs: Sequence[Run]) -> str:
     )
     head = (
         "## Choosing settings on validation classes\n\n"
-        + textwrap.fill(about, 92, break_on_hyphens=False)
+        + _prose(about)
         + f"\n\n```bash\n{LAUNCH} experiment=fig3_alpha split=val seed=0 "
         "alpha=0.1,1.0,10.0,50.0\n"
         "python -m simulations.paper --archive outputs/multirun/<time>\n```\n"
