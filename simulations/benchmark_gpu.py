@@ -108,7 +108,7 @@ def run_job(
         raw = {**overrides, "device": device, "cache-dir": cache}
         grid = InProcessGrid(client_app, owners, raw)
         t0 = time.monotonic()
-        results, _ = run_azsl(grid, parse_run_config(raw), run_id=1)
+        results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
         if gpu:
             torch.cuda.synchronize(device)
         process_seconds = time.monotonic() - t0

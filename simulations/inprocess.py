@@ -8,6 +8,7 @@ benchmarks time the AZSL loop without Ray's process and scheduling overheads. Th
 
 from __future__ import annotations
 
+import secrets
 import time
 import traceback
 import uuid
@@ -25,17 +26,25 @@ class InProcessGrid(Grid):
     """``num_nodes`` simulated owners (node ids 1000, 1001, ...) served by ``client_app``.
 
     Each node has its own `Context` with ``partition-id``/``num-partitions`` in its node
-    config and ``run_config`` as its run config, as Flower's simulation gives them.
+    config and ``run_config`` as its run config, as Flower's simulation gives them. The
+    run id is random unless given, as Flower's are: per-run simulation keys live under
+    ``keys/run-<id>/``, so two runs in parallel (a sweep split over processes) must not
+    share one. Pass ``grid.run_id`` to ``run_azsl``.
     """
 
     def __init__(
-        self, client_app: ClientApp, num_nodes: int, run_config: dict | None = None
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: dict | None = None,
+        run_id: int | None = None,
     ) -> None:
         self.app = client_app
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+        self.run_id = run_id if run_id is not None else secrets.randbelow(2**63 - 1) + 1
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = self.run_id, 1, 1
         self.contexts = {
             1000 + i: Context(
-                run_id=1,
+                run_id=self.run_id,
                 node_id=1000 + i,
                 node_config={"partition-id": i, "num-partitions": num_nodes},
                 state=RecordDict(),

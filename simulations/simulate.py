@@ -52,7 +52,8 @@ def run(
     if runner == "inprocess":
         from simulations.inprocess import InProcessGrid
 
-        results, _ = run_azsl(InProcessGrid(client_app, owners, cfg.as_dict()), cfg, run_id=1)
+        grid = InProcessGrid(client_app, owners, cfg.as_dict())
+        results, _ = run_azsl(grid, cfg, run_id=grid.run_id)
         print(format_table(results), flush=True)
         return results
     # run_simulation gives ClientApps no run config: tell the simulated owners (Ray workers

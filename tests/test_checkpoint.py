@@ -44,7 +44,7 @@ def _cfg(tmp_path: Path, **extra: object) -> dict:
 
 def _run(cfg: dict, grid: LoopbackGrid | None = None) -> tuple[dict, Path]:
     grid = grid or LoopbackGrid(client_app, 2, cfg)
-    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=1)
+    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=grid.run_id)
     return results, Path(folder)
 
 

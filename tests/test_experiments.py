@@ -194,7 +194,7 @@ def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
     settings = compose_settings("smoke", [*TINY, "seed=3", f"cache-dir={cache}"])
     cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "launcher"))
     grid = LoopbackGrid(client_app, owners, cfg.as_dict())  # owners find the run keys
-    launched, folder = run_azsl(grid, cfg, run_id=1)
+    launched, folder = run_azsl(grid, cfg, run_id=grid.run_id)
 
     raw = {
         **flwr_defaults,
@@ -204,7 +204,7 @@ def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
         "output-dir": str(tmp_path / "app"),
     }
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw)
-    server_main(LoopbackGrid(client_app, owners, raw), context)
+    server_main(LoopbackGrid(client_app, owners, raw, run_id=context.run_id), context)
     (app_json,) = (tmp_path / "app").glob("*/results.json")
     served = json.loads(app_json.read_text())
 
@@ -243,7 +243,7 @@ def test_inprocess_runner_gives_the_launchers_run(tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     settings = compose_settings("smoke", [*TINY, "seed=5", f"cache-dir={cache}"])
     cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "loop"))
-    looped, _ = run_azsl(LoopbackGrid(client_app, owners, cfg.as_dict()), cfg, run_id=1)
+    looped, _ = run_azsl(LoopbackGrid(client_app, owners, cfg.as_dict(), run_id=1), cfg, run_id=1)
     cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "inproc"))
     monkeypatch.setenv("AZSL_RUNNER", "inprocess")
     served = run(cfg, owners)
@@ -253,3 +253,27 @@ def test_inprocess_runner_gives_the_launchers_run(tmp_path, monkeypatch):
     monkeypatch.setenv("AZSL_RUNNER", "threads")
     with pytest.raises(ValueError, match="unknown runner 'threads'"):
         run(cfg, owners)
+
+
+def test_inprocess_runs_never_share_a_key_folder(tmp_path, monkeypatch):
+    """Sweeps split over processes run side by side with one cache: each run's per-run
+    keys must live in a folder of their own (a fixed run id made them delete and overwrite
+    each other's keys: wrong-key and missing-key errors)."""
+    import azsl_flower.server_app as server_app
+    from simulations.simulate import run
+
+    made: list[int] = []
+    real = server_app.provision_simulation_keys
+
+    def spy(cache_dir, run_id, num_owners):  # noqa: ANN001, ANN202
+        made.append(run_id)
+        return real(cache_dir, run_id, num_owners)
+
+    monkeypatch.setattr(server_app, "provision_simulation_keys", spy)
+    monkeypatch.setenv("AZSL_RUNNER", "inprocess")
+    settings = compose_settings("smoke", [*TINY, "rounds=1", f"cache-dir={tmp_path / 'c'}"])
+    for name in ("a", "b"):
+        cfg, owners = run_config_from(settings, job_dir=str(tmp_path / name))
+        assert run(cfg, owners)["student"]["h"] >= 0.0
+    assert len(made) == 2 and made[0] != made[1]
+    assert LoopbackGrid(client_app, 1).run_id != LoopbackGrid(client_app, 1).run_id

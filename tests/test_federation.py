@@ -33,7 +33,7 @@ def _run(tmp_path: Path, owners: int = 1, **overrides: object):
     cfg = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
     cfg.update({k.replace("_", "-"): v for k, v in overrides.items()})
     grid = LoopbackGrid(client_app, owners, cfg)
-    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=1)
+    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=grid.run_id)
     return results, Path(folder), grid
 
 
@@ -145,7 +145,7 @@ def test_owner_failure_is_reported_with_its_reason(tmp_path):
     grid = LoopbackGrid(client_app, 1, raw)
     grid.contexts[1000].node_config["data-dir"] = str(tmp_path / "missing-owner-data")
     with pytest.raises(OwnerError, match="missing-owner-data"):
-        run_azsl(grid, parse_run_config(raw), run_id=1)
+        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -176,7 +176,7 @@ def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17)
     grid.contexts[1000].node_config["data-dir"] = str(a)
     grid.contexts[1001].node_config["data-dir"] = str(b)
     with pytest.raises(ValueError, match="different feature dimensions"):
-        run_azsl(grid, parse_run_config(raw), run_id=1)
+        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

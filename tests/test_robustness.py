@@ -39,7 +39,7 @@ def test_a_restarting_owner_is_waited_for_not_dropped(tmp_path):
     waits for the node to be listed again instead of burning its retries in a second."""
     raw = _raw(tmp_path, timeout=10, max_retries=1)
     grid = FlakyGrid(client_app, 2, raw, failing={1001: (2, "offline")})
-    results, _ = run_azsl(grid, parse_run_config(raw), run_id=1)
+    results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     fed = results["federation"]
     assert fed["dropped_node_ids"] == [] and results["num_owners"] == 2
     assert [(f["node"], f["phase"]) for f in fed["failures"]] == [(1001, "generator-2")]
@@ -52,7 +52,7 @@ def test_run_survives_an_owner_that_dies_mid_run(tmp_path, mode, partition):
     raw = _raw(tmp_path, partition=partition, timeout=0.5, max_retries=1)
     # node 1002 answers set-up and two generator rounds, then crashes or goes silent
     grid = FlakyGrid(client_app, 3, raw, failing={1002: (3, mode)})
-    results, folder = run_azsl(grid, parse_run_config(raw), run_id=1)
+    results, folder = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     assert json.loads((Path(folder) / "results.json").read_text())["federation"] == json.loads(
         json.dumps(results["federation"])
     )
@@ -90,7 +90,7 @@ def test_losing_quorum_fails_naming_owners_and_reasons(tmp_path):
     raw = _raw(tmp_path, quorum=1.0, max_retries=0)
     grid = FlakyGrid(client_app, 3, raw, failing={1001: (2, "error")})
     with pytest.raises(OwnerError) as info:
-        run_azsl(grid, parse_run_config(raw), run_id=1)
+        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     text = str(info.value)
     assert "only 2 of the 3 owners" in text and "quorum=1.0 needs 3" in text
     assert "node 1001 dropped in generator-2" in text and "disk full" in text
@@ -102,7 +102,7 @@ def test_default_quorum_needs_half_the_owners(tmp_path):
     raw = _raw(tmp_path, max_retries=0)
     grid = FlakyGrid(client_app, 3, raw, failing={1001: (2, "error"), 1002: (2, "error")})
     with pytest.raises(OwnerError, match=r"only 1 of the 3 owners.*quorum=0.5 needs 2"):
-        run_azsl(grid, parse_run_config(raw), run_id=1)
+        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
 
 
 class _BudgetCutGrid(LoopbackGrid):
@@ -120,7 +120,7 @@ def test_query_budgets_are_planned_for_and_a_refusal_only_skips(tmp_path):
     verify = FAST["samples-per-class"] * 10  # digits, transductive: every owner knows 10 classes
     grid = _BudgetCutGrid(client_app, 3, raw)
     grid.contexts[1001].node_config["query-budget"] = 2 * POOL + verify
-    results, _ = run_azsl(grid, parse_run_config(raw), run_id=1)
+    results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     fed = results["federation"]
     assert results["verification"]["generated"] == verify
     assert results["num_owners"] == 3 and fed["dropped_node_ids"] == []
@@ -156,7 +156,7 @@ def test_budgets_too_small_for_verification_fail_before_any_query(tmp_path):
     for ctx in grid.contexts.values():
         ctx.node_config["query-budget"] = 100
     with pytest.raises(OwnerError, match=r"no owner's query-budget covers verification.*400"):
-        run_azsl(grid, parse_run_config(raw), run_id=1)
+        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     assert [m.metadata.message_type for m in grid.sent] == ["query.setup"] * 2
 
 
@@ -202,7 +202,7 @@ def _counts(payload: P.Payload) -> ClassCounts:
 def test_per_owner_teacher_is_each_owners_own_counts(tmp_path):
     raw = _raw(tmp_path, encryption="none", rounds=1)
     grid = LoopbackGrid(client_app, 2, raw)
-    results, _ = run_azsl(grid, parse_run_config(raw), run_id=1)
+    results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     own = {
         str(sent.metadata.dst_node_id): _counts(
             P.decode(P.EVALUATE, "reply", P.unbundle(reply.content)[0])

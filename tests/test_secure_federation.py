@@ -85,7 +85,7 @@ def _deployed_grid(tmp_path, allowed: list[str], owners: int = 2, **extra: objec
 
 def test_owner_with_an_unlisted_key_is_refused_and_dropped(tmp_path):
     grid, cfg = _deployed_grid(tmp_path, allowed=["owner-0"])
-    results, _ = run_azsl(grid, cfg, run_id=1)
+    results, _ = run_azsl(grid, cfg, run_id=grid.run_id)
     assert results["num_owners"] == 1
     assert results["federation"]["dropped_node_ids"] == [1001]
     # the unlisted owner found nothing sealed for its key; once the listed key was bound to
@@ -99,7 +99,7 @@ def test_no_listed_owner_fails_clearly(tmp_path):
     (tmp_path / "keys" / "allowed" / "stranger").mkdir()
     write_keypair(tmp_path / "keys" / "allowed", "stranger")
     with pytest.raises(OwnerError, match="no owner left"):
-        run_azsl(grid, cfg, run_id=1)
+        run_azsl(grid, cfg, run_id=grid.run_id)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -107,10 +107,10 @@ def test_fault_injection_is_refused_outside_simulation(tmp_path):
     grid, cfg = _deployed_grid(tmp_path, ["owner-0"], owners=1, **{"fault-tamper": 0.5})
     grid.contexts[1000].node_config.pop("partition-id")  # what a deployed SuperNode looks like
     with pytest.raises(ConfigError, match="simulations only"):
-        run_azsl(grid, cfg, run_id=1)
+        run_azsl(grid, cfg, run_id=grid.run_id)
     raw = {**cfg.as_dict(), "encryption": "none"}
     with pytest.raises(ConfigError, match="need encryption"):
-        run_azsl(grid, parse_run_config(raw), run_id=1)
+        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
 
 
 def test_sealed_payloads_are_not_readable_floats(tmp_path):

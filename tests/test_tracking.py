@@ -97,7 +97,7 @@ def test_a_real_run_puts_its_logs_in_the_run_folder(tmp_path):
         "output-dir": str(tmp_path / "out"),
         "cache-dir": str(tmp_path / "cache"),
     }
-    results, folder = run_azsl(LoopbackGrid(client_app, 2, raw), parse_run_config(raw), 1)
+    results, folder = run_azsl(LoopbackGrid(client_app, 2, raw, run_id=1), parse_run_config(raw), 1)
     events = _events(Path(folder) / "tb")
     tags = set(events.Tags()["scalars"])
     # the student's loss, once per epoch
