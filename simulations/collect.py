@@ -174,8 +174,15 @@ def summarise(
                 std = statistics.stdev(vals) if len(vals) > 1 else None
                 stats[name] = (statistics.fmean(vals), std, len(vals))
         rows.append(Row({k: members[0].settings.get(k) for k in keys}, seeds, stats))
-    rows.sort(key=lambda row: [str(v) for v in row.group.values()])
+    rows.sort(key=lambda row: [_order(v) for v in row.group.values()])
     return keys, rows
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Numbers in numeric order (20 before 100), then everything else by its text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
 
 
 def _fmt(stat: tuple[float, float | None, int] | None, digits: int) -> str:
@@ -227,14 +234,29 @@ def select(runs: Sequence[Run], rows: Sequence[Row], metric: str) -> tuple[Row, 
     scored = [row for row in rows if metric in row.stats]
     if not scored:
         raise CollectError(f"no run has a value for {metric}")
-    best = max(scored, key=lambda row: row.stats[metric][0])
-    setting = ", ".join(f"{k}={v}" for k, v in best.group.items()) or "(one group)"
-    m = METRICS[metric]
+    ranked = sorted(scored, key=lambda row: row.stats[metric][0], reverse=True)
+    best, m = ranked[0], METRICS[metric]
     line = (
-        f"Selected on validation classes by {m.header}: **{setting}** "
+        f"Selected on validation classes by {m.header}: **{_setting(best)}** "
         f"({_fmt(best.stats[metric], m.digits)} over {len(best.seeds)} seed(s))"
     )
+    if len(ranked) > 1:  # a pick is only as good as its margin over the runner-up
+        second = ranked[1]
+        margin = best.stats[metric][0] - second.stats[metric][0]
+        stds = [s for s in (best.stats[metric][1], second.stats[metric][1]) if s is not None]
+        line += (
+            f"; next {_setting(second)} ({_fmt(second.stats[metric], m.digits)}), "
+            f"{margin:.{m.digits}f} behind"
+        )
+        if stds:
+            within = margin <= max(stds)
+            line += ", within" if within else ", more than"
+            line += " the seed-to-seed std"
     return best, line
+
+
+def _setting(row: Row) -> str:
+    return ", ".join(f"{k}={v}" for k, v in row.group.items()) or "(one group)"
 
 
 def collect(

@@ -106,6 +106,12 @@ def test_select_names_the_best_setting_on_validation_runs_only(tmp_path):
             _write(root, f"a{alpha}-{seed}", seed, h, alpha=alpha, split="val")
     _, _, md = collect([str(root)], tmp_path / "sel", select_by="student.h")
     assert "Selected on validation classes by H: **alpha=1.0** (68.0 ± 2.8 over 2 seed(s))" in md
+    assert "; next alpha=0.1 (61.0 ± 1.4), 7.0 behind, more than the seed-to-seed std" in md
+    assert md.index("| 0.1 |") < md.index("| 1.0 |") < md.index("| 10.0 |")  # numeric order
+    _write(root, "a0.1-2", 2, 0.90, alpha=0.1, split="val")  # 0.1 now 70.7 ± 16.8
+    _, _, md = collect([str(root)], tmp_path / "sel1", select_by="student.h")
+    assert "**alpha=0.1** (70.7 ± 16.8 over 3 seed(s)); next alpha=1.0" in md
+    assert "2.7 behind, within the seed-to-seed std" in md
     _write(root, "test-run", 0, 0.99, alpha=0.5)  # split=test: scores on test classes
     with pytest.raises(CollectError, match="only takes runs on validation classes"):
         collect([str(root)], tmp_path / "sel2", select_by="student.h")
