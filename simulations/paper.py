@@ -353,15 +353,17 @@ def _selection(runs: Sequence[Run]) -> str:
         "Sweep a setting with `split=val` (seen = xlsa17's `train_loc` classes, unseen = its "
         "`val_loc` classes; no test class or test image is loaded), file the runs, and the "
         "best mean H is named here (`python -m simulations.collect <runs> --select student.h` "
-        "does the same for any folder). A choice made on one seed is only as good as its "
-        "margin: compare it with the seed-to-seed spread in the tables above before changing "
-        "a default."
+        "does the same for any folder), with the runner-up and whether the margin between "
+        "them exceeds the seed-to-seed std: a default is worth changing only when it does. "
+        "These runs are cheap enough for a GPU (below each table: the devices they ran on); "
+        "a device changes the numbers a little, so one sweep is best run on one device."
     )
     head = (
         "## Choosing settings on validation classes\n\n"
         + _prose(about)
-        + f"\n\n```bash\n{LAUNCH} experiment=fig3_alpha split=val seed=0 "
-        "alpha=0.1,1.0,10.0,50.0\n"
+        + f"\n\n```bash\n{LAUNCH} experiment=fig3_alpha split=val "
+        "alpha=0.01,0.1,0.5,1.0,10.0,50.0  # with the default's point\n"
+        f"{LAUNCH} experiment=fig3_noise_dim split=val\n"
         "python -m simulations.paper --archive outputs/multirun/<time>\n```\n"
     )
     val = [r for r in runs if r.settings.get("split") == "val"]
@@ -372,7 +374,7 @@ def _selection(runs: Sequence[Run]) -> str:
     for exp, members in sorted(by_exp.items()):
         keys, rows = summarise(members, None, TABLE_METRICS)
         table = to_markdown(keys, rows, TABLE_METRICS)
-        lines.append(f"\n`{exp}` on validation classes:\n\n{table}")
+        lines.append(f"\n`{exp}` on validation classes (ran on: {_machines(members)}):\n\n{table}")
         lines.append(select(members, rows, "student.h")[1] + "\n")
     return head + ("".join(lines) if lines else "\nNo validation sweep has been filed yet.\n")
 
