@@ -158,7 +158,9 @@ def _evaluate(payload: P.Payload, context: Context) -> Answer:
     device = resolve_device(str((payload.settings or {}).get("device", "auto")))
     model = model_from_weights(payload.weights or {}, device)
     unseen = payload.arrays["unseen"]
-    out = {f"model_{k}": v for k, v in evaluate_model(model, st.data, unseen, device).items()}
+    gammas = payload.arrays.get("calibration")
+    scored = evaluate_model(model, st.data, unseen, device, calibration=gammas)
+    out = {f"model_{k}": v for k, v in scored.items()}
     teacher = evaluate_model(None, st.data, unseen, device, oracle=st.oracle)
     out |= {f"teacher_{k}": v for k, v in teacher.items()}
     return {"arrays": {k: v.astype(np.int64) for k, v in out.items()}}

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULTS",
     "CHOICES",
     "RunConfig",
+    "parse_calibration_grid",
     "parse_owner_classes",
     "parse_run_config",
     "resolve_cache_dir",
@@ -51,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     "split": "test",
     # false: the student learns from every generated sample (Table 4 "without verification")
     "verification": True,
+    # calibrated stacking (Chao et al. 2016): subtracted from the seen classes' logits when
+    # a model predicts over all classes (GZSL); choose it on split=val
+    "calibration": 0.0,
+    # the calibration values a split=val run also scores (same evaluation round trip)
+    "calibration-grid": "0,1,2,3,4,5,6,8,10,12,15,20,25,30,40,50",
     "seed": 0,
     "device": "auto",
     "output-dir": "outputs",
@@ -160,6 +166,8 @@ class RunConfig:
     samples_per_class: int
     split: str
     verification: bool
+    calibration: float
+    calibration_grid: str
     seed: int
     device: str
     output_dir: str
@@ -195,6 +203,20 @@ class RunConfig:
         """What an owner needs to rebuild its state; sent with every request."""
         d = self.as_dict()
         return {k: d[k] for k in OWNER_KEYS}
+
+
+def parse_calibration_grid(text: str) -> list[float]:
+    """``calibration-grid``: comma-separated finite values >= 0, e.g. '0,1,2,5'."""
+    try:
+        grid = [float(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        grid = []
+    if not grid or not all(math.isfinite(g) and g >= 0 for g in grid):
+        raise ConfigError(
+            f"run-config calibration-grid={text!r}: comma-separated finite numbers >= 0, "
+            "e.g. '0,1,2,5,10'"
+        )
+    return grid
 
 
 def check_known_keys(raw: dict[str, Any]) -> None:
@@ -246,6 +268,12 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
             "use kl or none"
         )
+    if not (math.isfinite(merged["calibration"]) and merged["calibration"] >= 0):
+        raise ConfigError(
+            f"run-config calibration={merged['calibration']!r}: a finite number >= 0, "
+            "subtracted from the seen classes' logits (0: plain argmax)"
+        )
+    parse_calibration_grid(merged["calibration-grid"])
     for key in ("fault-tamper", "fault-replay"):
         if not 0.0 <= merged[key] <= 1.0:
             raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")

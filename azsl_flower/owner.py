@@ -104,8 +104,21 @@ def evaluate_model(
     unseen: np.ndarray,
     device: torch.device,
     oracle: FeedbackOracle | None = None,
+    calibration: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-class counts of a global-label-space model (or of the teacher if model is None)."""
+    """Per-class counts of a global-label-space model (or of the teacher if model is None).
+
+    ``calibration`` (model only; calibrated stacking, Chao et al. 2016): the first value is
+    subtracted from the seen classes' logits (log-probabilities up to a per-sample
+    constant) before the GZSL argmax; with more values, ``{seen,unseen}_curve`` hold the
+    correct counts for each (one row each). Logits, not probabilities: a confident model
+    puts ~1.0 on a seen class, and no shift of at most 1 in probability can move it.
+    """
+    gammas = np.zeros(1)
+    if model is not None and calibration is not None and np.asarray(calibration).size:
+        gammas = np.asarray(calibration, dtype=np.float64)
+    seen_mask = np.ones(data.num_classes, dtype=bool)
+    seen_mask[unseen] = False
     out: dict[str, np.ndarray] = {}
     for split, x, y, is_unseen in (
         ("seen", data.test_seen_x, data.test_seen_y, False),
@@ -119,14 +132,22 @@ def evaluate_model(
             scores = oracle.probs(x) if x.shape[0] else np.zeros((0, data.num_classes))
             uncovered = np.setdiff1d(np.arange(data.num_classes), oracle.classes)
             scores[:, uncovered] = -np.inf
-        pred_all = scores.argmax(1) if x.shape[0] else np.zeros(0, dtype=np.int64)
         pred_zsl = None
         if is_unseen and unseen.size and x.shape[0]:
             pred_zsl = unseen[scores[:, unseen].argmax(1)]
-        correct, total, zsl = count_predictions(pred_all, pred_zsl, y, is_unseen, data.num_classes)
+        rows = []
+        for gamma in gammas:
+            shifted = scores - gamma * seen_mask if gamma else scores
+            pred_all = shifted.argmax(1) if x.shape[0] else np.zeros(0, dtype=np.int64)
+            counted = count_predictions(pred_all, pred_zsl, y, is_unseen, data.num_classes)
+            rows.append(counted[0])
+            if len(rows) == 1:
+                correct, total, zsl = counted
         out[f"{split}_correct"], out[f"{split}_total"] = correct, total
         if is_unseen:
             out["zsl_correct"] = zsl
+        if gammas.size > 1:
+            out[f"{split}_curve"] = np.stack(rows)
     return out
 
 

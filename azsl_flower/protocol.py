@@ -124,8 +124,19 @@ VERIFY = Kind(
 )
 EVALUATE = Kind(
     "evaluate",
-    request=Spec(arrays={"unseen": (I64, 1)}, weights="required", settings=True),
-    reply=Spec(arrays={f"{who}_{c}": (I64, 1) for who in ("model", "teacher") for c in _COUNTS}),
+    request=Spec(
+        arrays={"unseen": (I64, 1)},
+        # calibrated stacking: the first value scores the model; with more than one, the
+        # reply also counts GZSL hits per value (a split=val run's calibration curve)
+        optional_arrays={"calibration": (F32, 1)},
+        weights="required",
+        settings=True,
+    ),
+    reply=Spec(
+        arrays={f"{who}_{c}": (I64, 1) for who in ("model", "teacher") for c in _COUNTS},
+        # one row per calibration value: correct per class over all classes
+        optional_arrays={"model_seen_curve": (I64, 2), "model_unseen_curve": (I64, 2)},
+    ),
 )
 KINDS = {k.message_type: k for k in (SETUP, FEEDBACK, VERIFY, EVALUATE)}
 

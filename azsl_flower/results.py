@@ -80,4 +80,12 @@ def format_table(results: dict[str, Any]) -> str:
         f"received={results['bytes_received'] / 1e6:.1f} MB "
         f"wall={results['wall_seconds']:.1f} s"
     )
+    cal = results.get("calibration") or {}
+    if cal.get("curve"):  # a split=val run: the value to use in the test run
+        best = max(cal["curve"], key=lambda p: p["h"])
+        footer += (
+            f"\ncalibration on validation classes: best {best['calibration']} "
+            f"(u {100 * best['u']:.1f}, s {100 * best['s']:.1f}, H {100 * best['h']:.1f}); "
+            f"use calibration={best['calibration']} for the test run"
+        )
     return console.export_text() + footer

@@ -85,6 +85,7 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
         "per_owner_teacher": out.per_owner_teacher,
         "student": out.student,
         "other_models": out.extra_models,
+        "calibration": out.calibration,
         "wall_seconds": time.monotonic() - t0,
         "phase_seconds": out.phases,
         "rounds": out.traffic.rounds,

@@ -27,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Run-config keys added after runs were filed, with the value those runs used.
+LATE_KEYS: dict[str, Any] = {"calibration": 0.0}
 # Keys that do not define a setting: what a run is repeated over (seed) or how it ran.
 NOT_SETTINGS = frozenset(
     {
         "seed",
+        "calibration-grid",  # only what a split=val run also reports (its curve)
         "output-dir",
         "cache-dir",
         "checkpoint-dir",
@@ -117,6 +120,8 @@ def load_run(path: Path) -> Run:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CollectError(f"{path}: not a results.json of this app ({exc!r})") from None
     settings = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
+    for key, default in LATE_KEYS.items():  # runs made before the key existed used its default
+        settings.setdefault(key, default)
     settings["owners"] = results.get("num_owners", 1)
     return Run(path, settings, config.get("seed", results.get("seed")), results)
 

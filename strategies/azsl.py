@@ -25,7 +25,12 @@ from flwr.serverapp import Grid
 
 from azsl_flower import protocol as P
 from azsl_flower.checkpoint import Checkpointer
-from azsl_flower.config import ConfigError, RunConfig, parse_owner_classes
+from azsl_flower.config import (
+    ConfigError,
+    RunConfig,
+    parse_calibration_grid,
+    parse_owner_classes,
+)
 from azsl_flower.crypto import RejectedError
 from azsl_flower.faults import FaultInjector
 from azsl_flower.feedback import FeedbackOracle, KLRegulariser, Regulariser
@@ -84,6 +89,8 @@ class RunResult:
     verification: dict[str, float] = field(default_factory=dict)
     federation: dict[str, object] = field(default_factory=dict)
     per_owner_teacher: dict[str, dict[str, float]] = field(default_factory=dict)
+    # calibrated stacking: the value applied; on split=val also the curve and its best value
+    calibration: dict[str, object] = field(default_factory=dict)
 
 
 class AZSLStrategy:
@@ -107,6 +114,7 @@ class AZSLStrategy:
         self.initial_classes = np.zeros(0, dtype=np.int64)  # classes some owner knew at set-up
         # who did what, for results.json
         self.failures: list[dict[str, object]] = []  # {node, phase, kind, reason}
+        self.evaluation_replies: dict[str, list[P.Payload]] = {}  # model -> owners' replies
         self.drops: list[dict[str, object]] = []  # {node, phase, reason}
         self.contributors: dict[str, list[int]] = {}  # phase -> nodes that answered
         self.generator_answers: dict[int, int] = {}  # node -> generator round trips answered
@@ -520,24 +528,50 @@ class AZSLStrategy:
         assert total is not None
         return total
 
+    def calibration_values(self) -> np.ndarray:
+        """What the owners score: the run's value first; on split=val also the grid.
+
+        A test run scores only its own value, so the curve that picks one can only come
+        from validation classes.
+        """
+        grid = parse_calibration_grid(self.cfg.calibration_grid) if self.cfg.split == "val" else []
+        return np.asarray([self.cfg.calibration, *grid], dtype=np.float32)
+
+    def calibration_curve(
+        self, replies: list[P.Payload], counts: ClassCounts, space: str
+    ) -> list[dict[str, float]]:
+        """ZSL/GZSL figures per calibration value of the grid, summed over the owners."""
+        gammas = self.calibration_values()[1:]
+        if not gammas.size:
+            return []
+        seen = sum(r.arrays["model_seen_curve"] for r in replies)
+        unseen = sum(r.arrays["model_unseen_curve"] for r in replies)
+        curve = []
+        for i, gamma in enumerate(gammas, start=1):  # row 0 is the run's own value
+            shifted = replace(counts, seen_correct=seen[i], unseen_correct=unseen[i])
+            curve.append({"calibration": round(float(gamma), 6), **zsl_gzsl(shifted, space)})
+        return curve
+
     def evaluate(
         self, grid: Grid, models: dict[str, torch.nn.Module], unseen: np.ndarray
     ) -> tuple[dict[str, ClassCounts], ClassCounts, dict[int, ClassCounts]]:
         """Send every model to every owner in one round trip; sum their per-class counts.
 
-        Also returns each answering owner's own teacher counts (its teacher on its split).
+        Also returns each answering owner's own teacher counts (its teacher on its split);
+        each model's replies are kept in ``self.evaluation_replies`` (calibration curves).
         """
-        payloads = [
-            {"arrays": {"unseen": unseen.astype(np.int64)}, "weights": state_to_numpy(m)}
-            for m in models.values()
-        ]
+        arrays = {"unseen": unseen.astype(np.int64), "calibration": self.calibration_values()}
+        payloads = [{"arrays": arrays, "weights": state_to_numpy(m)} for m in models.values()]
         replies = self._ask_all(grid, P.EVALUATE, payloads, phase="evaluation")
         if not replies:
             raise OwnerError("no owner answered the evaluation round trip; see the failures above")
         self.contributors["evaluation"] = list(replies)
+        self.evaluation_replies = {
+            name: [node[i] for node in replies.values()] for i, name in enumerate(models)
+        }
         per_model = {
-            name: self.aggregate_evaluate([node[i] for node in replies.values()], "model")
-            for i, name in enumerate(models)
+            name: self.aggregate_evaluate(answers, "model")
+            for name, answers in self.evaluation_replies.items()
         }
         per_owner = {n: self.aggregate_evaluate([r[0]], "teacher") for n, r in replies.items()}
         teacher = self.aggregate_evaluate([r[0] for r in replies.values()], "teacher")
@@ -688,6 +722,11 @@ class AZSLStrategy:
         space = "unseen" if cfg.teacher == "inductive" else "all"
         main_name = next(iter(models))
         extra = {n: zsl_gzsl(c, space) for n, c in counts.items() if n != main_name}
+        curve = self.calibration_curve(self.evaluation_replies[main_name], counts[main_name], space)
+        calibration: dict[str, object] = {"applied": cfg.calibration}
+        if curve:
+            calibration["curve"] = curve
+            calibration["selected"] = max(curve, key=lambda p: p["h"])["calibration"]
         orphaned = self.orphaned_classes()
         return RunResult(
             teacher=zsl_gzsl(teacher_counts, space),
@@ -700,6 +739,7 @@ class AZSLStrategy:
             history=history,
             verification=verification,
             per_owner_teacher={str(n): zsl_gzsl(c, space) for n, c in owner_counts.items()},
+            calibration=calibration,
             federation={
                 "node_ids": self.node_ids,
                 "owners_at_setup": len(self.node_ids) + len(self.dropped),

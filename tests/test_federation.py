@@ -231,3 +231,40 @@ def test_joint_with_one_owner_asks_for_no_lse_gradient(tmp_path):
                 assert part.config_records["scalars"]["lse_grad"] is False
     plain, _, _ = _run(tmp_path, encryption="none")  # one owner: joint is coverage exactly
     assert joint["student"] == plain["student"] and joint["history"] == plain["history"]
+
+
+def test_calibration_curve_on_validation_classes_only(tmp_path):
+    """split=val: one evaluation round trip scores the whole calibration grid; rerunning
+    with the best value gives exactly that point (same training, calibrated argmax)."""
+    grid_values = "0,1,5,20"
+    val, _, _ = _run(tmp_path, split="val", calibration_grid=grid_values)
+    cal = val["calibration"]
+    assert cal["applied"] == 0.0 and [p["calibration"] for p in cal["curve"]] == [0, 1, 5, 20]
+    assert cal["selected"] == max(cal["curve"], key=lambda p: p["h"])["calibration"]
+    assert val["rounds"] == FAST["rounds"] + 3  # the curve costs no extra round trip
+    plain = cal["curve"][0]
+    assert all(plain[k] == pytest.approx(val["student"][k]) for k in ("zsl", "u", "s", "h"))
+    assert len({(p["u"], p["s"]) for p in cal["curve"]}) > 1  # it moves GZSL predictions
+    assert all(p["zsl"] == p["u"] for p in cal["curve"])  # transductive T1: all classes
+    best = next(p for p in cal["curve"] if p["calibration"] == cal["selected"])
+    again, _, _ = _run(tmp_path, split="val", calibration=cal["selected"])
+    assert all(again["student"][k] == pytest.approx(best[k]) for k in ("zsl", "u", "s", "h"))
+    test, _, _ = _run(tmp_path, teacher="inductive", calibration=0.5)
+    assert test["calibration"] == {"applied": 0.5}  # a test run never scores a grid
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"calibration": -1.0}, "calibration=-1.0: a finite number >= 0"),
+        ({"calibration": "nan"}, "calibration=nan: a finite number >= 0"),
+        ({"calibration-grid": "0,x"}, "calibration-grid='0,x': comma-separated"),
+        ({"calibration-grid": "0,-2"}, "calibration-grid='0,-2'"),
+        ({"calibration-grid": ""}, "calibration-grid='': comma-separated"),
+    ],
+)
+def test_bad_calibration_is_refused(overrides, match):
+    from azsl_flower.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        parse_run_config(overrides)

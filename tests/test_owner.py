@@ -242,6 +242,23 @@ def test_evaluate_model_counts():
     np.testing.assert_array_equal(out["zsl_correct"], [0, 0, 1, 1])
 
 
+def test_calibrated_stacking_shifts_seen_probabilities():
+    """Logits (here x itself) minus gamma on seen classes 0, 1: every count by hand."""
+    d = _tiny_owner()
+    model = _identity([0, 1, 2, 3])
+    out = evaluate_model(model, d, d.unseen_classes, CPU, calibration=np.array([0, 0.5, 1.5]))
+    np.testing.assert_array_equal(out["seen_correct"], [1, 1, 0, 0])  # first value: 0
+    np.testing.assert_array_equal(out["unseen_correct"], [0, 0, 1, 0])
+    # 0.5 turns [0.9, 0, 0.1, 0.5] to class 3 (0.4 < 0.5) but not [0.9, 0, 0.5, 0.1] to
+    # class 3 (class 2 wins); 1.5 also costs the seen rows [1, 0, 0, 0] and [0, 1, 0, 0]
+    np.testing.assert_array_equal(out["seen_curve"], [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(out["unseen_curve"], [[0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(out["zsl_correct"], [0, 0, 1, 1])  # unseen-only: unchanged
+    one = evaluate_model(model, d, d.unseen_classes, CPU, calibration=np.array([0.5]))
+    np.testing.assert_array_equal(one["unseen_correct"], [0, 0, 1, 1])
+    assert "unseen_curve" not in one
+
+
 def test_evaluate_teacher_never_predicts_uncovered_classes():
     d = _tiny_owner()
     covered = np.array([0, 1, 3])  # class 2 unknown to this teacher
