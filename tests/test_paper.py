@@ -132,3 +132,33 @@ def test_committed_page_is_what_the_filed_runs_give(tmp_path):
     assert text == (repo / "docs" / "results.md").read_text(), (
         "docs/results.md is out of date: run `python -m simulations.paper` and commit it"
     )
+
+
+def test_calibrated_rows_and_the_validation_curve(tmp_path):
+    """Inductive runs with calibration > 0 get their own Table 3 row; split=val runs'
+    calibration curves are averaged over seeds and the best value is named."""
+    out = tmp_path / "out"
+    ind = {"experiment": "table3_whitebox_inductive", "teacher": "inductive"}
+    for seed in range(3):
+        _run(out, f"plain-{seed}", seed, 0.05, **ind)
+        _run(out, f"cal-{seed}", seed, 0.20, calibration=8.0, **ind)
+        val = _run(out, f"val-{seed}", seed, 0.1, split="val", **ind)
+        results = json.loads((val / "results.json").read_text())
+        curve = [(0.0, 0.1), (4.0, 0.25 + 0.01 * seed), (8.0, 0.3 - 0.02 * seed)]
+        results["calibration"] = {
+            "applied": 0.0,
+            "curve": [{"calibration": g, "zsl": h, "u": h, "s": 0.8, "h": h} for g, h in curve],
+        }
+        (val / "results.json").write_text(json.dumps(results))
+    runs = tmp_path / "runs"
+    archive([str(out)], runs)
+    text = build(runs, tmp_path / "results.md")
+    assert "| 3 | 5.0 ±" in _row(text, "whitebox, inductive")
+    assert "| 3 | 20.0 ±" in _row(text, "whitebox, inductive, calibrated")
+    assert "blackbox, inductive, calibrated: `" in text and "calibration=<selected" in text
+    val_part = text.split("## Choosing")[1]
+    assert "| 8.0 | 3 | 28.0 ± 2.0 | 80.0 ± 0.0 | 28.0 ± 2.0 |" in val_part
+    # 8.0 (28.0 ± 2.0) beats 4.0 (26.0 ± 1.0) by 2.0: not more than the larger std
+    assert "**calibration=8.0** (28.0 ± 2.0 over 3 seed(s)); next calibration=4.0" in val_part
+    assert "2.0 behind, within the seed-to-seed std" in val_part
+    assert "Selected on validation classes by H: **dataset" not in val_part  # one setting
