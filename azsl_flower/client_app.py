@@ -26,6 +26,7 @@ app = ClientApp()
 
 Answer = dict[str, object]  # keyword arguments of protocol.encode for one reply
 _BUDGET_KEY = "azsl.budget"  # node Context state: generated samples answered in this run
+MAX_CALIBRATION_VALUES = 256  # values one evaluation may score (each is an argmax per sample)
 
 
 def _serve(
@@ -159,6 +160,13 @@ def _evaluate(payload: P.Payload, context: Context) -> Answer:
     model = model_from_weights(payload.weights or {}, device)
     unseen = payload.arrays["unseen"]
     gammas = payload.arrays.get("calibration")
+    if gammas is not None and (
+        gammas.size > MAX_CALIBRATION_VALUES or not np.all(np.isfinite(gammas) & (gammas >= 0))
+    ):
+        raise ValueError(
+            f"calibration: up to {MAX_CALIBRATION_VALUES} finite values >= 0 to score, got "
+            f"{gammas.size} (min {np.min(gammas) if gammas.size else None})"
+        )
     scored = evaluate_model(model, st.data, unseen, device, calibration=gammas)
     out = {f"model_{k}": v for k, v in scored.items()}
     teacher = evaluate_model(None, st.data, unseen, device, oracle=st.oracle)

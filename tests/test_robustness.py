@@ -215,3 +215,29 @@ def test_per_owner_teacher_is_each_owners_own_counts(tmp_path):
         assert results["per_owner_teacher"][node] == zsl_gzsl(counts, "all")
         assert results["per_owner_teacher"][node]["h"] > 0.5  # digits teachers are strong
     assert results["teacher"] == zsl_gzsl(own["1000"] + own["1001"], "all")
+
+
+def test_owner_refuses_bad_calibration_values(tmp_path):
+    """An evaluation asking for negative or too many calibration values gets an error
+    reply that says what is allowed, not a score."""
+    from azsl_flower.client_app import MAX_CALIBRATION_VALUES
+    from azsl_flower.models import classifier, state_to_numpy
+
+    raw = _raw(tmp_path, encryption="none")
+    settings = parse_run_config(raw).owner_settings()
+    grid = LoopbackGrid(client_app, 1, raw)
+    weights = state_to_numpy(classifier(64, 10))
+
+    def evaluate(values: np.ndarray) -> Message:
+        arrays = {"unseen": np.array([7, 8, 9]), "calibration": values.astype(np.float32)}
+        part = P.encode(P.EVALUATE, "request", arrays=arrays, weights=weights, settings=settings)
+        msg = Message(content=P.bundle([part]), dst_node_id=1000, message_type="evaluate")
+        [reply] = grid.pull_messages(grid.push_messages([msg]))
+        return reply
+
+    ok = P.decode(P.EVALUATE, "reply", P.unbundle(evaluate(np.array([0.0, 2.0])).content)[0])
+    assert ok.arrays["model_seen_curve"].shape == (2, 10)
+    # (NaN never gets this far: the wire format refuses non-finite arrays on both sides)
+    for bad in (np.array([-1.0]), np.zeros(MAX_CALIBRATION_VALUES + 1)):
+        reply = evaluate(bad)
+        assert reply.has_error() and "finite values >= 0" in reply.error.reason
