@@ -270,6 +270,19 @@ def plot_fig3(panels: dict[str, list[Row]], out: Path) -> Path:
     return out
 
 
+def _calibrations(members: Sequence[Run], table: Table) -> str:
+    """Which calibration value each calibrated row's runs used."""
+    used: dict[str, set[float]] = {}
+    for run in members:
+        value = float(run.settings.get("calibration", 0.0))
+        if value:
+            used.setdefault(str(run.settings[table.column]), set()).add(value)
+    if not used:
+        return ""
+    said = "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted(vs))}" for k, vs in used.items())
+    return f"\nCalibration values used: {said}.\n"
+
+
 def _seeds_note(rows: Sequence[Row], column: str) -> str:
     few = [f"{r.group[column]} ({len(r.seeds)})" for r in rows if len(r.seeds) < 3]
     return f"\nFewer than three seeds so far: {', '.join(few)}.\n" if few else ""
@@ -326,7 +339,7 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
             keys, rows = _table(members, table.column, list(table.rows))
             md = to_markdown(keys, rows, TABLE_METRICS)
             write_csv(out_dir / f"{table.name}.csv", keys, rows, TABLE_METRICS)
-            parts.append(md + _seeds_note(rows, table.column))
+            parts.append(md + _seeds_note(rows, table.column) + _calibrations(members, table))
             present = {str(r.group[table.column]) for r in rows}
         else:
             present = set()

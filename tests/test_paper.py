@@ -155,6 +155,7 @@ def test_calibrated_rows_and_the_validation_curve(tmp_path):
     text = build(runs, tmp_path / "results.md")
     assert "| 3 | 5.0 ±" in _row(text, "whitebox, inductive")
     assert "| 3 | 20.0 ±" in _row(text, "whitebox, inductive, calibrated")
+    assert "Calibration values used: whitebox, inductive, calibrated: 8." in text
     assert "blackbox, inductive, calibrated: `" in text and "calibration=<selected" in text
     val_part = text.split("## Choosing")[1]
     assert "| 8.0 | 3 | 28.0 ± 2.0 | 80.0 ± 0.0 | 28.0 ± 2.0 |" in val_part
