@@ -135,19 +135,17 @@ def evaluate_model(
         pred_zsl = None
         if is_unseen and unseen.size and x.shape[0]:
             pred_zsl = unseen[scores[:, unseen].argmax(1)]
-        rows = []
+        counted = []  # (correct, total, zsl) per calibration value
         for gamma in gammas:
             shifted = scores - gamma * seen_mask if gamma else scores
             pred_all = shifted.argmax(1) if x.shape[0] else np.zeros(0, dtype=np.int64)
-            counted = count_predictions(pred_all, pred_zsl, y, is_unseen, data.num_classes)
-            rows.append(counted[0])
-            if len(rows) == 1:
-                correct, total, zsl = counted
+            counted.append(count_predictions(pred_all, pred_zsl, y, is_unseen, data.num_classes))
+        correct, total, zsl = counted[0]
         out[f"{split}_correct"], out[f"{split}_total"] = correct, total
         if is_unseen:
             out["zsl_correct"] = zsl
         if gammas.size > 1:
-            out[f"{split}_curve"] = np.stack(rows)
+            out[f"{split}_curve"] = np.stack([c[0] for c in counted])
     return out
 
 

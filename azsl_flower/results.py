@@ -82,7 +82,7 @@ def format_table(results: dict[str, Any]) -> str:
     )
     cal = results.get("calibration") or {}
     if cal.get("curve"):  # a split=val run: the value to use in the test run
-        best = max(cal["curve"], key=lambda p: p["h"])
+        best = next(p for p in cal["curve"] if p["calibration"] == cal["selected"])
         footer += (
             f"\ncalibration on validation classes: best {best['calibration']} "
             f"(u {100 * best['u']:.1f}, s {100 * best['s']:.1f}, H {100 * best['h']:.1f}); "

@@ -114,7 +114,6 @@ class AZSLStrategy:
         self.initial_classes = np.zeros(0, dtype=np.int64)  # classes some owner knew at set-up
         # who did what, for results.json
         self.failures: list[dict[str, object]] = []  # {node, phase, kind, reason}
-        self.evaluation_replies: dict[str, list[P.Payload]] = {}  # model -> owners' replies
         self.drops: list[dict[str, object]] = []  # {node, phase, reason}
         self.contributors: dict[str, list[int]] = {}  # phase -> nodes that answered
         self.generator_answers: dict[int, int] = {}  # node -> generator round trips answered
@@ -528,6 +527,11 @@ class AZSLStrategy:
         assert total is not None
         return total
 
+    @property
+    def zsl_space(self) -> str:
+        """ZSL T1's label space: unseen classes for an inductive teacher, else all classes."""
+        return "unseen" if self.cfg.teacher == "inductive" else "all"
+
     def calibration_values(self) -> np.ndarray:
         """What the owners score: the run's value first; on split=val also the grid.
 
@@ -537,9 +541,7 @@ class AZSLStrategy:
         grid = parse_calibration_grid(self.cfg.calibration_grid) if self.cfg.split == "val" else []
         return np.asarray([self.cfg.calibration, *grid], dtype=np.float32)
 
-    def calibration_curve(
-        self, replies: list[P.Payload], counts: ClassCounts, space: str
-    ) -> list[dict[str, float]]:
+    def calibration_curve(self, replies: list[P.Payload], counts: ClassCounts, space: str) -> list:
         """ZSL/GZSL figures per calibration value of the grid, summed over the owners."""
         gammas = self.calibration_values()[1:]
         if not gammas.size:
@@ -554,11 +556,11 @@ class AZSLStrategy:
 
     def evaluate(
         self, grid: Grid, models: dict[str, torch.nn.Module], unseen: np.ndarray
-    ) -> tuple[dict[str, ClassCounts], ClassCounts, dict[int, ClassCounts]]:
+    ) -> tuple[dict[str, ClassCounts], ClassCounts, dict[int, ClassCounts], dict[str, list]]:
         """Send every model to every owner in one round trip; sum their per-class counts.
 
-        Also returns each answering owner's own teacher counts (its teacher on its split);
-        each model's replies are kept in ``self.evaluation_replies`` (calibration curves).
+        Also returns each answering owner's own teacher counts (its teacher on its split)
+        and each model's calibration curve (split=val; empty otherwise).
         """
         arrays = {"unseen": unseen.astype(np.int64), "calibration": self.calibration_values()}
         payloads = [{"arrays": arrays, "weights": state_to_numpy(m)} for m in models.values()]
@@ -566,16 +568,15 @@ class AZSLStrategy:
         if not replies:
             raise OwnerError("no owner answered the evaluation round trip; see the failures above")
         self.contributors["evaluation"] = list(replies)
-        self.evaluation_replies = {
-            name: [node[i] for node in replies.values()] for i, name in enumerate(models)
-        }
-        per_model = {
-            name: self.aggregate_evaluate(answers, "model")
-            for name, answers in self.evaluation_replies.items()
+        by_model = {name: [node[i] for node in replies.values()] for i, name in enumerate(models)}
+        per_model = {name: self.aggregate_evaluate(a, "model") for name, a in by_model.items()}
+        curves = {
+            name: self.calibration_curve(a, per_model[name], self.zsl_space)
+            for name, a in by_model.items()
         }
         per_owner = {n: self.aggregate_evaluate([r[0]], "teacher") for n, r in replies.items()}
         teacher = self.aggregate_evaluate([r[0] for r in replies.values()], "teacher")
-        return per_model, teacher, per_owner
+        return per_model, teacher, per_owner, curves
 
     def _view(self, fed: Federation, nodes: list[int]) -> Federation:
         """The federation as seen by the owners that answered one round trip (combine weights)."""
@@ -717,12 +718,12 @@ class AZSLStrategy:
         phases["student"] = time.monotonic() - t
 
         t = time.monotonic()
-        counts, teacher_counts, owner_counts = self.evaluate(grid, models, fed.unseen)
+        counts, teacher_counts, owner_counts, curves = self.evaluate(grid, models, fed.unseen)
         phases["evaluation"] = time.monotonic() - t
-        space = "unseen" if cfg.teacher == "inductive" else "all"
+        space = self.zsl_space
         main_name = next(iter(models))
         extra = {n: zsl_gzsl(c, space) for n, c in counts.items() if n != main_name}
-        curve = self.calibration_curve(self.evaluation_replies[main_name], counts[main_name], space)
+        curve = curves[main_name]
         calibration: dict[str, object] = {"applied": cfg.calibration}
         if curve:
             calibration["curve"] = curve

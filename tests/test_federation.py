@@ -241,6 +241,9 @@ def test_calibration_curve_on_validation_classes_only(tmp_path):
     cal = val["calibration"]
     assert cal["applied"] == 0.0 and [p["calibration"] for p in cal["curve"]] == [0, 1, 5, 20]
     assert cal["selected"] == max(cal["curve"], key=lambda p: p["h"])["calibration"]
+    from azsl_flower.results import format_table
+
+    assert f"use calibration={cal['selected']} for the test run" in format_table(val)
     assert val["rounds"] == FAST["rounds"] + 3  # the curve costs no extra round trip
     plain = cal["curve"][0]
     assert all(plain[k] == pytest.approx(val["student"][k]) for k in ("zsl", "u", "s", "h"))
