@@ -1,209 +1,37 @@
-"""Data owner = Flower ClientApp: answers queries about generated features only."""
+"""Data owner = Flower ClientApp: answers queries about generated features only.
+
+Thin on purpose: each message kind goes to its handler in :mod:`azsl_flower.owner.handlers`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from logging import WARNING
-
-import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from flwr.common.logger import log
 
-from azsl_flower import protocol as P
-from azsl_flower.crypto import RejectedError
-from azsl_flower.models import resolve_device
-from azsl_flower.owner import (
-    OwnerState,
-    evaluate_model,
-    model_from_weights,
-    owner_state,
-    teacher_weights,
-)
-from azsl_flower.secure import OwnerSecurity
+from azsl_flower.owner import handlers
 
 app = ClientApp()
-
-Answer = dict[str, object]  # keyword arguments of protocol.encode for one reply
-_BUDGET_KEY = "azsl.budget"  # node Context state: generated samples answered in this run
-MAX_CALIBRATION_VALUES = 256  # values one evaluation may score (each is an argmax per sample)
-
-
-def _serve(
-    msg: Message, context: Context, kind: P.Kind, handle: Callable[[P.Payload, Context], Answer]
-) -> Message:
-    """Open the sealed request, answer each payload in it, seal the answers together."""
-    try:
-        security = OwnerSecurity(context)
-        request, parts = security.open(msg, kind.message_type)
-    except RejectedError as exc:
-        # Refused before any use; the reply says why but carries nothing else.
-        log(WARNING, "owner %s rejected a %s message: %s", context.node_id, kind.message_type, exc)
-        return Message(
-            Error(code=P.REJECTED_CODE, reason=P.rejection(exc.reason, exc.detail)), reply_to=msg
-        )
-    payloads = [P.decode(kind, "request", rd) for rd in parts]
-    metered = kind is P.FEEDBACK or kind is P.VERIFY  # queries about generated samples
-    asked = sum(int(p.arrays["y"].size) for p in payloads) if metered else 0
-    budget, used = query_budget(context), queries_used(context)
-    if asked and budget and used + asked > budget:
-        # Refused before any work; a distinct error the service treats as "skip me this time".
-        log(
-            WARNING,
-            "owner %s refused a %s request of %d samples: query-budget %d, %d used",
-            context.node_id,
-            kind.message_type,
-            asked,
-            budget,
-            used,
-        )
-        reason = P.budget_refusal(budget, used, asked)
-        return Message(Error(code=P.BUDGET_CODE, reason=reason), reply_to=msg)
-    answers = [P.encode(kind, "reply", **handle(p, context)) for p in payloads]  # type: ignore[arg-type]
-    if asked:
-        context.state[_BUDGET_KEY] = ConfigRecord({"used": used + asked})
-    return Message(security.seal(kind.message_type, request, answers), reply_to=msg)
-
-
-def query_budget(context: Context) -> int:
-    """This owner's node-config ``query-budget``: generated samples per run, 0 = unlimited."""
-    raw = context.node_config.get("query-budget", 0)
-    try:
-        budget = int(str(raw).strip())  # refuses 1.5, "ten" and True alike
-    except ValueError:
-        budget = -1
-    if budget < 0:
-        raise ValueError(
-            f"node-config query-budget={raw!r}: give a whole number of generated samples "
-            "per run, >= 0 (0 = unlimited)"
-        )
-    return budget
-
-
-def queries_used(context: Context) -> int:
-    """Generated samples this owner answered so far in this run (kept in its node Context)."""
-    record = context.state.config_records.get(_BUDGET_KEY)
-    return int(record["used"]) if record is not None else 0  # type: ignore[arg-type]
-
-
-def _state(payload: P.Payload, context: Context) -> OwnerState:
-    settings = dict(payload.settings or {})
-    node = context.node_config
-    # A deployed owner names its own data and cache in its node config; they win.
-    for key in ("data-dir", "feature-file", "cache-dir", "device"):
-        if key in node:
-            settings[key] = node[key]
-    if "data-dir" in node and settings.get("dataset") == "digits":
-        settings["dataset"] = "xlsa17"
-    if "partition-id" not in node:
-        # Partitions simulate owners out of one dataset; a deployed owner holds its own data.
-        settings["partition"], settings["owner-classes"] = "iid", ""
-    pid, nparts = int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
-    return owner_state(settings, pid, nparts)
-
-
-def _setup(payload: P.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    arrays = {
-        "covered": st.data.covered_classes.astype(np.int64),
-        "seen": st.data.seen_classes.astype(np.int64),
-        "unseen": st.data.unseen_classes.astype(np.int64),
-    }
-    weights = None
-    if payload.settings and payload.settings.get("scenario") == "weights":
-        weights = teacher_weights(st)
-        reg = st.oracle.regulariser
-        if hasattr(reg, "stats"):
-            s = reg.stats()
-            arrays |= {"reg_mean": s["mean"], "reg_var": s["var"], "reg_classes": s["classes"]}
-    scalars = {
-        "dim": st.data.dim,
-        "num_classes": st.data.num_classes,
-        "train_size": int(st.data.train_y.size),
-        "teacher_train_acc": st.teacher_train_accuracy,
-        # fault injection is for simulations; a deployed owner has no partition-id
-        "simulated": "partition-id" in context.node_config,
-        "query_budget": query_budget(context),
-    }
-    return {"arrays": arrays, "scalars": scalars, "weights": weights}
-
-
-def _feedback(payload: P.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    x, y = payload.arrays["x"], payload.arrays["y"]
-    _check_query(x, y, st)
-    s = payload.settings or {}
-    whitebox = s.get("scenario") in ("whitebox", "weights")
-    out = st.oracle.feedback(
-        x,
-        y,
-        int(payload.scalars["batch_size"]),
-        whitebox,
-        float(s["alpha"]),
-        lse_grad=bool(payload.scalars["lse_grad"]),
-    )
-    return {"arrays": out}
-
-
-def _verify(payload: P.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    x, y = payload.arrays["x"], payload.arrays["y"]
-    _check_query(x, y, st)
-    probs, lse = st.oracle.probs_lse(x)
-    probs = probs.astype(np.float32)
-    return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs, "lse": lse}}
-
-
-def _evaluate(payload: P.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    device = resolve_device(str((payload.settings or {}).get("device", "auto")))
-    model = model_from_weights(payload.weights or {}, device)
-    unseen = payload.arrays["unseen"]
-    gammas = payload.arrays.get("calibration")
-    if gammas is not None and (
-        gammas.size > MAX_CALIBRATION_VALUES or not np.all(np.isfinite(gammas) & (gammas >= 0))
-    ):
-        raise ValueError(
-            f"calibration: up to {MAX_CALIBRATION_VALUES} finite values >= 0 to score, got "
-            f"{gammas.size} (min {np.min(gammas) if gammas.size else None})"
-        )
-    scored = evaluate_model(model, st.data, unseen, device, calibration=gammas)
-    out = {f"model_{k}": v for k, v in scored.items()}
-    teacher = evaluate_model(None, st.data, unseen, device, oracle=st.oracle)
-    out |= {f"teacher_{k}": v for k, v in teacher.items()}
-    return {"arrays": {k: v.astype(np.int64) for k, v in out.items()}}
 
 
 @app.query("setup")
 def setup(msg: Message, context: Context) -> Message:
     """Declare feature size and class coverage (weights scenario: also the teacher)."""
-    return _serve(msg, context, P.SETUP, _setup)
+    return handlers.setup(msg, context)
 
 
 @app.query("feedback")
 def feedback(msg: Message, context: Context) -> Message:
     """Teacher softmax, losses and the input gradient (black-box: regulariser's only)."""
-    return _serve(msg, context, P.FEEDBACK, _feedback)
+    return handlers.feedback(msg, context)
 
 
 @app.query("verify")
 def verify(msg: Message, context: Context) -> Message:
     """Label verification (Eq. 3): teacher argmax and softmax for generated features."""
-    return _serve(msg, context, P.VERIFY, _verify)
+    return handlers.verify(msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the service's model and the owner's own teacher on the local test split."""
-    return _serve(msg, context, P.EVALUATE, _evaluate)
-
-
-def _check_query(x: np.ndarray, y: np.ndarray, st: OwnerState) -> None:
-    data = st.data
-    if x.shape[1] != data.dim or x.shape[0] != y.size:
-        raise ValueError(
-            f"query features are {x.shape} for {y.size} labels; this owner's features are "
-            f"{data.dim}-d: the generator's output size must match the owners' features"
-        )
-    if y.size and (y.min() < 0 or y.max() >= data.num_classes):
-        raise ValueError(f"query labels outside 0..{data.num_classes - 1}")
+    return handlers.evaluate(msg, context)

@@ -1,4 +1,8 @@
-"""AI service = Flower ServerApp: composes the run and hands it to AZSLStrategy."""
+"""AI service = Flower ServerApp: composes the run, hands it to AZSLStrategy, writes results.
+
+Thin on purpose: configuration in :mod:`azsl_flower.common`, the protocol in
+:mod:`strategies`, learning in :mod:`azsl_flower.service`.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +16,16 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from azsl_flower.config import RunConfig
-from azsl_flower.experiments import resolve_run_config
-from azsl_flower.models import resolve_device, seed_everything
-from azsl_flower.results import format_table, write_run
-from azsl_flower.secure import ServiceSecurity, provision_simulation_keys
-from azsl_flower.semantics import load_class_side
-from azsl_flower.tracking import open_observer
-from strategies.azsl import AZSLStrategy
+from azsl_flower.common.config import RunConfig
+from azsl_flower.common.models import resolve_device, seed_everything
+from azsl_flower.common.presets import resolve_run_config
+from azsl_flower.common.semantics import load_class_side
+from azsl_flower.service.results import format_table, write_run
+from azsl_flower.service.tracking import LogEvents, open_observer
+from azsl_flower.wire.channels import ServiceSecurity, provision_simulation_keys
+from strategies import AZSLStrategy
 
 app = ServerApp()
-
-
-def _progress(phase: str, step: int, total: int, stats: dict[str, float]) -> None:
-    if phase != "generator" and step % 10 and step != total:  # student epochs: every 10th
-        return
-    shown = " ".join(
-        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in stats.items()
-        if k != "round"
-    )
-    log(INFO, "[%s %d/%d] %s", phase, step, total, shown)
 
 
 def _security(grid: Grid, cfg: RunConfig, run_id: int) -> tuple[ServiceSecurity, Path | None]:
@@ -57,13 +50,10 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
     device = resolve_device(cfg.device)
     classes = load_class_side(cfg.dataset, cfg.data_dir, cfg.semantics)
     security, key_folder = _security(grid, cfg, run_id)
-    observer = None
+    observer = open_observer(cfg, forward=LogEvents())
     try:
         strategy = AZSLStrategy(cfg, classes, device, security)
-        observer = open_observer(cfg, strategy, forward=_progress)
-        out = strategy.start(grid, progress=observer or _progress)
-        if observer is not None:
-            observer.finish(out)
+        result = strategy.start(grid, events=observer or LogEvents())
     except BaseException:
         if observer is not None:
             observer.discard()
@@ -71,54 +61,10 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
     finally:
         if key_folder is not None:
             shutil.rmtree(key_folder, ignore_errors=True)
-    crypto = security.stats
-    results: dict[str, Any] = {
-        "dataset": cfg.dataset if cfg.dataset == "digits" else cfg.data_dir,
-        "scenario": cfg.scenario,
-        "teacher_setting": cfg.teacher,
-        "regulariser": cfg.regulariser,
-        "semantics": cfg.semantics,
-        "num_owners": len(strategy.node_ids),
-        "seed": cfg.seed,
-        "device": str(device),
-        "teacher": out.teacher,
-        "per_owner_teacher": out.per_owner_teacher,
-        "student": out.student,
-        "other_models": out.extra_models,
-        "calibration": out.calibration,
-        "wall_seconds": time.monotonic() - t0,
-        "phase_seconds": out.phases,
-        "rounds": out.traffic.rounds,
-        "messages": out.traffic.messages,
-        "bytes_sent": out.traffic.bytes_sent,
-        "bytes_received": out.traffic.bytes_received,
-        "bytes_per_owner": {
-            str(n): {"sent": b, "received": out.traffic.received_by_node.get(n, 0)}
-            for n, b in out.traffic.sent_by_node.items()
-        },
-        "encryption": {
-            "suite": security.suite,
-            "plaintext_bytes": crypto.plaintext_bytes,
-            "ciphertext_bytes": crypto.ciphertext_bytes,
-            "seconds": crypto.seconds,
-        },
-        "rejected_messages": out.traffic.rejected,
-        "rejections": out.traffic.rejections,
-        "retries": out.traffic.retries,
-        "faults_injected": strategy.faults.injected if strategy.faults else {},
-        "verification": out.verification,
-        "federation": out.federation,
-        "history": out.history,
-        "resumed_from_round": strategy.resumed_from,
-        "config": cfg.as_dict(),
-    }
+    result.wall_seconds = time.monotonic() - t0
+    results = result.to_json()
     staged = {"tb": observer.dir} if observer is not None and observer.staged else None
-    folder = write_run(
-        cfg.output_dir,
-        results,
-        {"generator": out.generator, "student": out.student_model},
-        move_in=staged,
-    )
+    folder = write_run(cfg.output_dir, results, result.models, move_in=staged)
     if observer is not None:
         tb = folder / "tb" if observer.staged else observer.dir
         log(INFO, "TensorBoard logs in %s: tensorboard --logdir %s", tb, tb)
@@ -142,6 +88,5 @@ def main(grid: Grid, context: Context) -> None:
             owners,
         )
     results, folder = run_azsl(grid, cfg, context.run_id)
-    table = format_table(results)
-    print(table, flush=True)
+    print(format_table(results), flush=True)
     log(INFO, "results written to %s/results.json", folder)

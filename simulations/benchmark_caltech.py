@@ -71,7 +71,7 @@ def row(name: str, r: dict) -> dict:
         "student": s,
         "h_ratio": s["h"] / t["h"] if t["h"] > 0 else None,
         "target_ratio": TARGETS.get(name),
-        "rounds": r["rounds"],
+        "round_trips": r["round_trips"],
         "wall_seconds": r["wall_seconds"],
         "phase_seconds": r["phase_seconds"],
         "bytes_sent": r["bytes_sent"],
@@ -88,7 +88,8 @@ def _four(m: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| case | rounds | teacher T1 / u / s / H | student T1 / u / s / H | H ratio | wall s |",
+        "| case | round trips | teacher T1 / u / s / H | student T1 / u / s / H | H ratio "
+        "| wall s |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -96,7 +97,7 @@ def markdown(rows: list[dict]) -> str:
         if r["target_ratio"]:
             ratio += f" (target ≥ {r['target_ratio']:.2f})"
         lines.append(
-            f"| {r['case']} | {r['rounds']} | {_four(r['teacher'])} | {_four(r['student'])} "
+            f"| {r['case']} | {r['round_trips']} | {_four(r['teacher'])} | {_four(r['student'])} "
             f"| {ratio} | {r['wall_seconds']:.0f} |"
         )
     return "\n".join(lines)

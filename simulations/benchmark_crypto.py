@@ -22,8 +22,8 @@ import time
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
-from azsl_flower import protocol as P
-from azsl_flower.crypto import Channel, generate_keypair
+from azsl_flower.wire import codec
+from azsl_flower.wire.crypto import Channel, generate_keypair
 from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
 from simulations.benchmark_gpu import run_job
 from simulations.simulate import RUNNERS, parse_overrides
@@ -39,12 +39,12 @@ def throughput(suite: str, megabytes: int, repeats: int = 3) -> dict[str, float]
     best_aead, best_total = float("inf"), float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        plain = P.to_bytes(P.bundle([rd]))
+        plain = codec.to_bytes(codec.bundle([rd]))
         t1 = time.perf_counter()
         sealed = tx.seal("query.feedback", "bench", "service", "1", plain)
         rx.open(*sealed, "query.feedback", "service", "1")
         t2 = time.perf_counter()
-        P.unbundle(P.from_bytes(plain))
+        codec.unbundle(codec.from_bytes(plain))
         t3 = time.perf_counter()
         best_aead = min(best_aead, t2 - t1)
         best_total = min(best_total, t3 - t0)
@@ -97,7 +97,7 @@ def main() -> None:
                         "setup_seconds": r["phase_seconds"]["setup"],
                         "phase_seconds": r["phase_seconds"],
                         "student_h": r["student"]["h"],
-                        "rounds": r["rounds"],
+                        "round_trips": r["round_trips"],
                         "encryption": r["encryption"],
                         "device": r["device"],
                         "output_dir": r["output_dir"],

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from azsl_flower.models import cuda_problem
+from azsl_flower.common.models import cuda_problem
 from simulations.benchmark_caltech import save_figures
 from simulations.simulate import parse_overrides
 
@@ -79,9 +79,9 @@ def _timestamp_flower_log(t0: float) -> None:
 
 def _forget_owner_state() -> None:
     """Empty the owners' per-process caches (teacher and feature table) between runs."""
-    from azsl_flower import data, owner
+    from azsl_flower.owner import data, state
 
-    owner._STATE.clear()
+    state._STATE.clear()
     data._TABLE_CACHE.clear()
 
 
@@ -91,7 +91,7 @@ def run_job(
     """One whole job, service and owners on ``device``, through the in-process grid, with a
     fresh teacher cache: (results.json's content, process seconds, CUDA start-up seconds)."""
     from azsl_flower.client_app import app as client_app
-    from azsl_flower.config import parse_run_config
+    from azsl_flower.common.config import parse_run_config
     from azsl_flower.server_app import run_azsl
     from simulations.inprocess import InProcessGrid
 
@@ -120,7 +120,7 @@ def run_job(
 
 def run_on(device: str, overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:
     """One whole job with service and owners on ``device``; returns its figures."""
-    from azsl_flower.config import parse_run_config
+    from azsl_flower.common.config import parse_run_config
 
     gpu = device.startswith("cuda")
     results, process_seconds, init_seconds = run_job(device, overrides, owners)
@@ -147,7 +147,7 @@ def run_on(device: str, overrides: dict[str, Any], owners: int = 1) -> dict[str,
         "student_seconds_per_1k_sample_epochs": (
             1000 * phases["student"] / sample_epochs if sample_epochs else None
         ),
-        "round_trips": results["rounds"],
+        "round_trips": results["round_trips"],
         "messages": results["messages"],
         "config": {k: v for k, v in cfg.as_dict().items() if k in (*SCALABLE, *overrides)},
         "output_dir": folder,
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in (args.feature_file, "att_splits.mat"):
             if not (data_dir / name).is_file():
                 raise SystemExit(f"--data-dir {data_dir} has no {name}")
-    from azsl_flower.config import ConfigError, parse_run_config
+    from azsl_flower.common.config import ConfigError, parse_run_config
 
     try:  # a bad key or value fails before any device is touched
         parse_run_config(job)

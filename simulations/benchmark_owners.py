@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from azsl_flower.config import DEFAULTS, TEACHER_KEYS
+from azsl_flower.common.config import DEFAULTS, TEACHER_KEYS
 from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
 from simulations.benchmark_gpu import run_job
 from simulations.simulate import RUNNERS, parse_overrides
@@ -84,7 +84,7 @@ def main() -> None:
                 "student": r["student"],
                 "ensemble_teacher": r["teacher"],
                 "per_owner_teacher": r["per_owner_teacher"],
-                "rounds": r["rounds"],
+                "round_trips": r["round_trips"],
                 "messages": r["messages"],
                 "wall_seconds": r["wall_seconds"],
                 "process_seconds": time.monotonic() - t0,

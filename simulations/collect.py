@@ -70,7 +70,7 @@ METRICS: dict[str, Metric] = {
     "teacher.s": Metric(("teacher", "s"), "teacher s", 100),
     "teacher.h": Metric(("teacher", "h"), "teacher H", 100),
     "verification.pass_rate": Metric(("verification", "pass_rate"), "verified %", 100),
-    "rounds": Metric(("rounds",), "round trips", 1, 0),
+    "round_trips": Metric(("round_trips",), "round trips", 1, 0),
     "bytes_sent": Metric(("bytes_sent",), "sent MB", 1e-6),
     "wall_seconds": Metric(("wall_seconds",), "wall s", 1, 0),
 }
@@ -123,6 +123,8 @@ def load_run(path: Path) -> Run:
     for key, default in LATE_KEYS.items():  # runs made before the key existed used its default
         settings.setdefault(key, default)
     settings["owners"] = results.get("num_owners", 1)
+    if "rounds" in results and "round_trips" not in results:  # filed before the rename
+        results["round_trips"] = results.pop("rounds")
     return Run(path, settings, config.get("seed", results.get("seed")), results)
 
 

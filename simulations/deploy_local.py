@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from azsl_flower.crypto import write_keypair
-from azsl_flower.deploy import generate_node_auth, generate_tls, write_connection
+from azsl_flower.tools.deploy import generate_node_auth, generate_tls, write_connection
+from azsl_flower.wire.crypto import write_keypair
 from simulations.local_superlink import free_port
 from simulations.local_superlink import stop as stop_by_flwr_home
 
@@ -65,7 +65,7 @@ def write_owner_data(out_dir: str | Path, owners: int) -> list[Path]:
     """
     import scipy.io
 
-    from azsl_flower.data import SPLIT_KEYS, digits_table
+    from azsl_flower.owner.data import SPLIT_KEYS, digits_table
 
     if owners < 1:
         raise ValueError(f"owners={owners}: give at least one owner")

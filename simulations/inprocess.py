@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["InProcessGrid", "LoopbackGrid"]
+__all__ = ["InProcessGrid"]
 
 
 class InProcessGrid(Grid):
@@ -111,6 +111,3 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
         return self.pull_messages(self.push_messages(messages))
-
-
-LoopbackGrid = InProcessGrid  # the name the tests grew up with

@@ -27,13 +27,20 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from azsl_flower.config import DEFAULTS, RunConfig, parse_run_config
-from azsl_flower.experiments import config_dir, settings_from_cfg, split_owners
+from azsl_flower.common.config import DEFAULTS, RunConfig, parse_run_config
+from azsl_flower.common.presets import (
+    config_dir,
+    pop_owners,
+    register_defaults,
+    settings_from_cfg,
+)
+
+register_defaults()  # configs/config.yaml starts from DEFAULTS in Hydra's config store
 
 
 def run_config_from(settings: dict[str, Any], job_dir: str | None = None) -> tuple[RunConfig, int]:
     """(RunConfig, owners) from composed settings; runs land in ``job_dir`` by default."""
-    run, owners = split_owners(settings)
+    run, owners = pop_owners(settings)
     if job_dir is not None and run["output-dir"] == DEFAULTS["output-dir"]:
         run["output-dir"] = job_dir
     return parse_run_config(run), owners

@@ -7,7 +7,7 @@
 Curves and scores come from results.json alone. The t-SNE and ``--stats`` (how far
 generated unseen-class features are from real ones, in numbers) need real features, which only
 an owner holds: this command plays that owner, as the simulation launcher does. It loads
-the owner's partition with the owners' loader (``azsl_flower.data``) and the run's
+the owner's partition with the owners' loader (``azsl_flower.owner.data``) and the run's
 ``generator.pt``, and plots both here; nothing is sent anywhere. Use it in simulation
 only, on data you hold.
 """
@@ -124,10 +124,10 @@ def owner_and_generated(
     for the unseen classes, at most ``per_class`` real samples per class."""
     import torch
 
-    from azsl_flower.config import DEFAULTS, parse_run_config
-    from azsl_flower.data import load_owner_data
-    from azsl_flower.models import Generator
-    from azsl_flower.semantics import load_class_side
+    from azsl_flower.common.config import DEFAULTS, parse_run_config
+    from azsl_flower.common.models import Generator
+    from azsl_flower.common.semantics import load_class_side
+    from azsl_flower.owner.data import load_owner_data
 
     results = load_results(run_dir)
     weights = Path(run_dir) / "generator.pt"

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from azsl_flower.config import RunConfig
+from azsl_flower.common.config import RunConfig
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
@@ -36,9 +36,9 @@ def run(
     from flwr.simulation import run_simulation
 
     from azsl_flower.client_app import app as client_app
-    from azsl_flower.experiments import resolve_run_config
-    from azsl_flower.results import format_table
+    from azsl_flower.common.presets import resolve_run_config
     from azsl_flower.server_app import run_azsl
+    from azsl_flower.service.results import format_table
 
     if isinstance(overrides, RunConfig):
         cfg = overrides

@@ -38,7 +38,7 @@ def xlsa17_root() -> Path:
 @pytest.fixture
 def fresh_table_cache(monkeypatch):
     """Isolate tests from data._TABLE_CACHE (the loader keeps one table in memory)."""
-    from azsl_flower import data
+    from azsl_flower.owner import data
 
     monkeypatch.setattr(data, "_TABLE_CACHE", {})
 

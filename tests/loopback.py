@@ -12,12 +12,12 @@ from flwr.app import Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from simulations.inprocess import InProcessGrid, LoopbackGrid
+from simulations.inprocess import InProcessGrid
 
-__all__ = ["FlakyGrid", "InProcessGrid", "LoopbackGrid"]
+__all__ = ["FlakyGrid", "InProcessGrid", "InProcessGrid"]
 
 
-class FlakyGrid(LoopbackGrid):
+class FlakyGrid(InProcessGrid):
     """Owners that stop working mid-run: ``failing[node] = (after, mode)`` lets the node
     answer its first ``after`` messages, then answer with an error ('error', as a SuperNode
     whose ClientApp raised), never again ('silent', as a SuperNode that went away), or be

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from azsl_flower.client_app import app as client_app
-from azsl_flower.config import ConfigError, parse_run_config
+from azsl_flower.common.config import ConfigError, parse_run_config
 from azsl_flower.server_app import run_azsl
-from tests.loopback import LoopbackGrid
+from simulations.inprocess import InProcessGrid
 from tests.test_federation import FAST
 
 ROUNDS = 6
 
 
-class DyingGrid(LoopbackGrid):
+class DyingGrid(InProcessGrid):
     """The service process 'dies' when it sends the generator round ``die_at``."""
 
     def __init__(self, owners: int, cfg: dict, die_at: int) -> None:
@@ -42,8 +42,8 @@ def _cfg(tmp_path: Path, **extra: object) -> dict:
     }
 
 
-def _run(cfg: dict, grid: LoopbackGrid | None = None) -> tuple[dict, Path]:
-    grid = grid or LoopbackGrid(client_app, 2, cfg)
+def _run(cfg: dict, grid: InProcessGrid | None = None) -> tuple[dict, Path]:
+    grid = grid or InProcessGrid(client_app, 2, cfg)
     results, folder = run_azsl(grid, parse_run_config(cfg), run_id=grid.run_id)
     return results, Path(folder)
 
@@ -62,7 +62,7 @@ def test_a_stopped_service_resumes_where_it_stopped(tmp_path, scenario):
     resumed, folder = _run(cfg)
     assert resumed["resumed_from_round"] == 4
     assert [h["round"] for h in resumed["history"]] == list(range(1, ROUNDS + 1))
-    assert resumed["rounds"] == ref["rounds"] - 3  # rounds 1-3 were not asked again
+    assert resumed["round_trips"] == ref["round_trips"] - 3  # rounds 1-3 were not asked again
     # the same generator, bit for bit, as the run that was never stopped
     ref_g = torch.load(ref_dir / "generator.pt", weights_only=True)
     new_g = torch.load(folder / "generator.pt", weights_only=True)
@@ -85,4 +85,4 @@ def test_only_the_same_settings_resume(tmp_path):
     assert checkpoint.read_bytes() == b"not a checkpoint"  # nothing is lost
     checkpoint.write_bytes(good)
     fresh, _ = _run({**cfg, "resume": "never"})  # asked to start over: it does
-    assert fresh["resumed_from_round"] is None and fresh["rounds"] == other["rounds"]
+    assert fresh["resumed_from_round"] is None and fresh["round_trips"] == other["round_trips"]

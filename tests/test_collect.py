@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from azsl_flower.config import DEFAULTS
+from azsl_flower.common.config import DEFAULTS
 from simulations.collect import CollectError, collect, find_results, main
 
 
@@ -93,7 +93,7 @@ def test_glob_patterns_and_bad_input(sweep, tmp_path, capsys):
 
 
 def test_command_line(sweep, tmp_path, capsys):
-    main([str(sweep), "--out", str(tmp_path / "cli.md"), "--metrics", "student.h,rounds"])
+    main([str(sweep), "--out", str(tmp_path / "cli.md"), "--metrics", "student.h,round_trips"])
     out = capsys.readouterr().out
     assert "| scenario | seeds | H | round trips |" in out and "wrote" in out
     assert (tmp_path / "cli.csv").is_file()

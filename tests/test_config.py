@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from azsl_flower.config import (
+from azsl_flower.common.config import (
     CHOICES,
     DEFAULTS,
     POSITIVE,
@@ -29,7 +29,7 @@ def test_defaults_parse():
     cfg = parse_run_config(None)
     assert cfg.as_dict() == DEFAULTS
     assert parse_run_config({}) == cfg
-    assert cfg.whitebox  # default scenario is whitebox
+    assert cfg.scenario.whitebox  # default scenario is whitebox
 
 
 def test_pyproject_has_every_default_key(flwr_config):
@@ -110,8 +110,8 @@ def test_xlsa17_needs_data_dir():
 def test_weights_scenario_rejects_mmd():
     with pytest.raises(ConfigError, match=r"scenario=weights.*regulariser=mmd"):
         parse_run_config({"scenario": "weights", "regulariser": "mmd"})
-    assert parse_run_config({"scenario": "weights", "regulariser": "kl"}).whitebox
-    assert not parse_run_config({"scenario": "blackbox", "regulariser": "mmd"}).whitebox
+    assert parse_run_config({"scenario": "weights", "regulariser": "kl"}).scenario.whitebox
+    assert not parse_run_config({"scenario": "blackbox", "regulariser": "mmd"}).scenario.whitebox
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda0", ""])

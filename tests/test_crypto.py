@@ -10,9 +10,10 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from azsl_flower import protocol as P
-from azsl_flower.cli import main as cli
-from azsl_flower.crypto import (
+from azsl_flower.tools.cli import main as cli
+from azsl_flower.wire import codec, schema
+from azsl_flower.wire.channels import SERVICE, OwnerSecurity, ServiceSecurity
+from azsl_flower.wire.crypto import (
     REASONS,
     Channel,
     Header,
@@ -24,7 +25,6 @@ from azsl_flower.crypto import (
     load_public_keys,
     write_keypair,
 )
-from azsl_flower.secure import SERVICE, OwnerSecurity, ServiceSecurity
 from tests.test_protocol import CASES, _payload
 
 SUITES = ["aes-256-gcm", "chacha20-poly1305"]
@@ -44,17 +44,17 @@ def _pair(suite: str = "aes-256-gcm", run: int = 7) -> tuple[Channel, Channel]:
 @pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize(("name", "direction"), CASES)
 def test_every_message_kind_round_trips_sealed(suite, name, direction):
-    kind = P.KINDS[name]
-    rd = P.encode(kind, direction, **_payload(kind, direction))
-    plain = P.to_bytes(P.bundle([rd, rd]))
+    kind = schema.KINDS[name]
+    rd = schema.encode(kind, direction, **_payload(kind, direction))
+    plain = codec.to_bytes(codec.bundle([rd, rd]))
     svc, own = _pair(suite)
     header, body = svc.seal(name, "phase-1", SERVICE, "5", plain)
     assert plain not in body and len(body) == len(plain) + 16  # the AEAD tag
     h, out = own.open(header, body, name, SERVICE, "5")
     assert out == plain and h.seq == 1
-    parts = P.unbundle(P.from_bytes(out))
-    again = [P.decode(kind, direction, p) for p in parts]
-    want = P.decode(kind, direction, rd)
+    parts = codec.unbundle(codec.from_bytes(out))
+    again = [schema.decode(kind, direction, p) for p in parts]
+    want = schema.decode(kind, direction, rd)
     for got in again:
         assert got.scalars == want.scalars
         for k, v in want.arrays.items():
@@ -193,11 +193,11 @@ def test_service_and_owner_endpoints_bind_keys_and_keep_state(tmp_path, task_ide
         "aes-256-gcm", 3, str(tmp_path / "service.key"), str(tmp_path / "owners")
     )
     ctx = _owner_context(tmp_path, 11, tmp_path / "owners/owner-b.key", tmp_path / "service.pub")
-    rd = P.encode(P.SETUP, "request", settings={"k": 1})
+    rd = schema.encode(schema.SETUP, "request", settings={"k": 1})
     for rnd in range(3):
         sealed = svc.seal(11, "query.setup", f"r{rnd}", [rd])
         # before the node answered once, the request is sealed for every unbound key
-        assert len(P.open_envelope(sealed)) == (2 if rnd == 0 else 1)
+        assert len(codec.open_envelope(sealed)) == (2 if rnd == 0 else 1)
         msg = Message(content=sealed, dst_node_id=11, message_type="query.setup")
         owner = OwnerSecurity(ctx)  # a fresh ClientApp per message: state lives in the Context
         request, parts = owner.open(msg, "query.setup")
@@ -222,7 +222,7 @@ def test_a_restarted_supernode_goes_on_with_its_session(tmp_path, task_identity)
     svc = ServiceSecurity.from_files(
         "aes-256-gcm", 3, str(tmp_path / "service.key"), str(tmp_path / "owner.pub")
     )
-    rd = P.encode(P.SETUP, "request", settings={})
+    rd = schema.encode(schema.SETUP, "request", settings={})
 
     def ask(ctx: Context, phase: str) -> RecordDict:
         sealed = svc.seal(11, "query.setup", phase, [rd])
@@ -255,7 +255,7 @@ def test_owner_refuses_a_cleartext_message_when_encryption_is_on(tmp_path, task_
     write_keypair(tmp_path, "owner")
     ctx = _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
     plain = ServiceSecurity("none", 3).seal(
-        11, "query.setup", "s", [P.encode(P.SETUP, "request", settings={})]
+        11, "query.setup", "s", [schema.encode(schema.SETUP, "request", settings={})]
     )
     with pytest.raises(RejectedError) as exc:
         OwnerSecurity(ctx).open(
@@ -294,9 +294,9 @@ def test_bad_key_files_fail_clearly(tmp_path):
 
 
 def test_serialised_payloads_refuse_truncation_and_trailing_bytes():
-    rd = P.encode(P.FEEDBACK, "request", **_payload(P.FEEDBACK, "request"))
-    raw = P.to_bytes(P.bundle([rd]))
-    assert P.to_bytes(P.from_bytes(raw)) == raw
+    rd = schema.encode(schema.FEEDBACK, "request", **_payload(schema.FEEDBACK, "request"))
+    raw = codec.to_bytes(codec.bundle([rd]))
+    assert codec.to_bytes(codec.from_bytes(raw)) == raw
     for bad in (raw[:-1], raw + b"\0", raw[:5], b"", b"\0" * 8 + b"{"):
-        with pytest.raises(P.ProtocolError, match="not a serialised RecordDict"):
-            P.from_bytes(bad)
+        with pytest.raises(schema.ProtocolError, match="not a serialised RecordDict"):
+            codec.from_bytes(bad)

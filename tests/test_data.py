@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import scipy.io
 
-from azsl_flower import data
-from azsl_flower.data import (
-    DIGITS_UNSEEN,
-    DIGITS_VAL,
+from azsl_flower.common.semantics import (
     SEVEN_SEGMENT,
     DataError,
     clean_class_name,
     load_class_side,
+)
+from azsl_flower.owner import data
+from azsl_flower.owner.data import (
+    DIGITS_UNSEEN,
+    DIGITS_VAL,
     load_owner_data,
     read_xlsa17,
 )

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from azsl_flower.cli import main as cli
-from azsl_flower.deploy import (
+from azsl_flower.tools.cli import main as cli
+from azsl_flower.tools.deploy import (
     DeployError,
     generate_node_auth,
     generate_tls,
@@ -184,7 +184,7 @@ def test_node_auth_never_overwrites_and_checks_names(tmp_path):
 
 def test_node_auth_keys_are_not_encryption_keys(tmp_path):
     """The X25519 allow-list loader refuses an auth key by name, not with a crash."""
-    from azsl_flower.crypto import KeyFileError, load_public_key
+    from azsl_flower.wire.crypto import KeyFileError, load_public_key
 
     _, pub = generate_node_auth(tmp_path, "owner-1")
     with pytest.raises(KeyFileError, match="not a PEM public key"):

@@ -83,7 +83,7 @@ def test_loopback_deployment_tls_node_auth_two_owners(deployment):
     for model in ("teacher", "student"):
         assert {"zsl", "u", "s", "h"} <= set(res[model]), res[model]
     assert res["teacher"]["h"] > 0.5  # each owner's own data trains a real teacher
-    assert res["rounds"] == 2 + 3  # set-up, 2 generator round trips, verification, evaluation
+    assert res["round_trips"] == 2 + 3  # set-up, 2 generator round trips, verification, evaluation
     assert "teacher (upper bound)" in log and "student" in log
     print(f"loopback run: {time.monotonic() - t0:.0f}s")
 
@@ -144,7 +144,7 @@ def test_loopback_supernode_restart_mid_run(deployment, sig):
 def test_owner_data_partitions_the_digits_without_sharing(tmp_path, fresh_table_cache):
     import scipy.io
 
-    from azsl_flower.data import digits_table, load_owner_data
+    from azsl_flower.owner.data import digits_table, load_owner_data
 
     folders = write_owner_data(tmp_path, 2)
     whole = load_owner_data("digits")

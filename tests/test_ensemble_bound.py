@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from azsl_flower.config import parse_run_config
-from azsl_flower.metrics import ClassCounts, zsl_gzsl
-from azsl_flower.owner import evaluate_model, owner_state
+from azsl_flower.common.config import parse_run_config
+from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
+from azsl_flower.owner.evaluation import evaluate_model
+from azsl_flower.owner.state import owner_state
 from simulations.ensemble_bound import ensemble_figures
 
 

@@ -15,8 +15,8 @@ import yaml
 from flwr.app import Context, RecordDict
 
 from azsl_flower.client_app import app as client_app
-from azsl_flower.config import CHOICES, DEFAULTS, ConfigError, parse_run_config
-from azsl_flower.experiments import (
+from azsl_flower.common.config import CHOICES, DEFAULTS, ConfigError, parse_run_config
+from azsl_flower.common.presets import (
     CONFIG_DIR_ENV,
     GROUP_KEYS,
     GROUPS,
@@ -27,8 +27,8 @@ from azsl_flower.experiments import (
 )
 from azsl_flower.server_app import main as server_main
 from azsl_flower.server_app import run_azsl
+from simulations.inprocess import InProcessGrid
 from simulations.launch import run_config_from
-from tests.loopback import LoopbackGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = presets()
@@ -173,7 +173,7 @@ def test_config_dir_env_and_missing(tmp_path, monkeypatch):
     monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "mine"))
     assert config_dir() == (tmp_path / "mine").resolve()
     monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "none"))
-    monkeypatch.setattr("azsl_flower.experiments.__file__", str(tmp_path / "pkg" / "x.py"))
+    monkeypatch.setattr("azsl_flower.common.presets.__file__", str(tmp_path / "pkg" / "x.py"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=f"no Hydra configs found.*{CONFIG_DIR_ENV}"):
         config_dir()
@@ -193,7 +193,7 @@ def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
     cache = str(tmp_path / "cache")
     settings = compose_settings("smoke", [*TINY, "seed=3", f"cache-dir={cache}"])
     cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "launcher"))
-    grid = LoopbackGrid(client_app, owners, cfg.as_dict())  # owners find the run keys
+    grid = InProcessGrid(client_app, owners, cfg.as_dict())  # owners find the run keys
     launched, folder = run_azsl(grid, cfg, run_id=grid.run_id)
 
     raw = {
@@ -204,11 +204,11 @@ def test_launcher_and_server_app_give_the_same_run(tmp_path, flwr_defaults):
         "output-dir": str(tmp_path / "app"),
     }
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=raw)
-    server_main(LoopbackGrid(client_app, owners, raw, run_id=context.run_id), context)
+    server_main(InProcessGrid(client_app, owners, raw, run_id=context.run_id), context)
     (app_json,) = (tmp_path / "app").glob("*/results.json")
     served = json.loads(app_json.read_text())
 
-    for key in ("teacher", "student", "verification", "history", "rounds", "num_owners"):
+    for key in ("teacher", "student", "verification", "history", "round_trips", "num_owners"):
         assert served[key] == launched[key], key
     assert {k: v for k, v in served["config"].items() if k != "output-dir"} == {
         k: v for k, v in launched["config"].items() if k != "output-dir"
@@ -243,12 +243,12 @@ def test_inprocess_runner_gives_the_launchers_run(tmp_path, monkeypatch):
     cache = str(tmp_path / "cache")
     settings = compose_settings("smoke", [*TINY, "seed=5", f"cache-dir={cache}"])
     cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "loop"))
-    looped, _ = run_azsl(LoopbackGrid(client_app, owners, cfg.as_dict(), run_id=1), cfg, run_id=1)
+    looped, _ = run_azsl(InProcessGrid(client_app, owners, cfg.as_dict(), run_id=1), cfg, run_id=1)
     cfg, owners = run_config_from(settings, job_dir=str(tmp_path / "inproc"))
     monkeypatch.setenv("AZSL_RUNNER", "inprocess")
     served = run(cfg, owners)
     assert Path(served["output_dir"]).parent == tmp_path / "inproc"
-    for key in ("teacher", "student", "verification", "history", "rounds"):
+    for key in ("teacher", "student", "verification", "history", "round_trips"):
         assert served[key] == looped[key], key
     monkeypatch.setenv("AZSL_RUNNER", "threads")
     with pytest.raises(ValueError, match="unknown runner 'threads'"):
@@ -276,4 +276,4 @@ def test_inprocess_runs_never_share_a_key_folder(tmp_path, monkeypatch):
         cfg, owners = run_config_from(settings, job_dir=str(tmp_path / name))
         assert run(cfg, owners)["student"]["h"] >= 0.0
     assert len(made) == 2 and made[0] != made[1]
-    assert LoopbackGrid(client_app, 1).run_id != LoopbackGrid(client_app, 1).run_id
+    assert InProcessGrid(client_app, 1).run_id != InProcessGrid(client_app, 1).run_id

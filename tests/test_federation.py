@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from azsl_flower import protocol as P
 from azsl_flower.client_app import app as client_app
-from azsl_flower.config import parse_run_config
-from azsl_flower.data import load_owner_data
-from azsl_flower.semantics import DataError
+from azsl_flower.common.config import parse_run_config
+from azsl_flower.common.semantics import DataError
+from azsl_flower.owner.data import load_owner_data
 from azsl_flower.server_app import run_azsl
+from azsl_flower.wire import codec
+from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
-from tests.loopback import LoopbackGrid
 
 FAST = {
     "rounds": 4,
@@ -32,7 +32,7 @@ FAST = {
 def _run(tmp_path: Path, owners: int = 1, **overrides: object):
     cfg = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
     cfg.update({k.replace("_", "-"): v for k, v in overrides.items()})
-    grid = LoopbackGrid(client_app, owners, cfg)
+    grid = InProcessGrid(client_app, owners, cfg)
     results, folder = run_azsl(grid, parse_run_config(cfg), run_id=grid.run_id)
     return results, Path(folder), grid
 
@@ -47,8 +47,8 @@ def test_whitebox_run_writes_results_and_counts_round_trips(tmp_path):
         assert set(on_disk[who]) >= {"zsl", "u", "s", "h"}
         assert all(0.0 <= on_disk[who][k] <= 1.0 for k in ("zsl", "u", "s", "h"))
     # setup + one per generator round + verification + evaluation, each to both owners
-    assert on_disk["rounds"] == FAST["rounds"] + 3
-    assert on_disk["messages"] == len(grid.sent) == 2 * on_disk["rounds"]
+    assert on_disk["round_trips"] == FAST["rounds"] + 3
+    assert on_disk["messages"] == len(grid.sent) == 2 * on_disk["round_trips"]
     assert on_disk["bytes_sent"] > 0 and on_disk["bytes_received"] > 0
     assert (folder / "generator.pt").is_file() and (folder / "student.pt").is_file()
     # the digits teachers are strong: the upper bound must show it
@@ -81,7 +81,7 @@ def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
     _, _, grid = _run(tmp_path, owners=2, scenario=scenario, encryption="none")
     real = _real_rows(2)
     assert grid.replies
-    parts = [part for r in grid.replies for part in P.unbundle(r.content)]
+    parts = [part for r in grid.replies for part in codec.unbundle(r.content)]
     assert len(parts) >= len(grid.replies)
     for part in parts:
         assert "weights" not in part
@@ -102,10 +102,10 @@ def test_weights_scenario_sends_teachers_once(tmp_path):
     with_weights = [
         r.metadata.message_type
         for r in grid.replies
-        if any("weights" in part for part in P.unbundle(r.content))
+        if any("weights" in part for part in codec.unbundle(r.content))
     ]
     assert with_weights == ["query.setup"]
-    assert results["rounds"] == 2  # setup + evaluation
+    assert results["round_trips"] == 2  # setup + evaluation
     assert results["student"]["h"] > 0.3
 
 
@@ -142,7 +142,7 @@ def test_missing_data_fails_clearly_and_leaves_no_run(tmp_path):
 
 def test_owner_failure_is_reported_with_its_reason(tmp_path):
     raw = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
-    grid = LoopbackGrid(client_app, 1, raw)
+    grid = InProcessGrid(client_app, 1, raw)
     grid.contexts[1000].node_config["data-dir"] = str(tmp_path / "missing-owner-data")
     with pytest.raises(OwnerError, match="missing-owner-data"):
         run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
@@ -150,10 +150,23 @@ def test_owner_failure_is_reported_with_its_reason(tmp_path):
 
 
 def test_service_imports_no_feature_loader():
-    """Structural privacy: the service side cannot even import the owners' data loader."""
+    """Structural privacy: the service side cannot even import the owners' data loader.
+
+    Scenario ``weights`` rebuilds owners' oracles from what they sent, so the service may
+    import ``azsl_flower.owner.oracle`` (feedback math, no data access), nothing else of
+    the owner side."""
+    owner_side = [
+        "azsl_flower.owner.data",
+        "azsl_flower.owner.state",
+        "azsl_flower.owner.handlers",
+        "azsl_flower.owner.evaluation",
+        "azsl_flower.owner.partition",
+        "azsl_flower.owner.budget",
+        "azsl_flower.client_app",
+    ]
     code = (
-        "import sys, azsl_flower.server_app, strategies.azsl, azsl_flower.service;"
-        "bad = [m for m in ('azsl_flower.data', 'azsl_flower.owner') if m in sys.modules];"
+        "import sys, azsl_flower.server_app, strategies, azsl_flower.service.generator;"
+        f"bad = [m for m in {owner_side!r} if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     root = Path(__file__).resolve().parents[1]
@@ -172,7 +185,7 @@ def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17)
         "output-dir": str(tmp_path / "out"),
         "cache-dir": str(tmp_path / "cache"),
     }
-    grid = LoopbackGrid(client_app, 2, raw)
+    grid = InProcessGrid(client_app, 2, raw)
     grid.contexts[1000].node_config["data-dir"] = str(a)
     grid.contexts[1001].node_config["data-dir"] = str(b)
     with pytest.raises(ValueError, match="different feature dimensions"):
@@ -205,7 +218,7 @@ def test_joint_ensemble_asks_for_lse_gradients_only_in_whitebox(tmp_path, scenar
         part
         for r in grid.replies
         if r.metadata.message_type == "query.feedback"
-        for part in P.unbundle(r.content)
+        for part in codec.unbundle(r.content)
     ]
     assert feedback
     for part in feedback:
@@ -217,7 +230,7 @@ def test_joint_ensemble_asks_for_lse_gradients_only_in_whitebox(tmp_path, scenar
 
 def test_inprocess_grid_times_each_owner_per_round_trip(tmp_path):
     results, _, grid = _run(tmp_path, owners=2)
-    assert len(grid.owner_seconds) == results["rounds"]  # one entry per round trip
+    assert len(grid.owner_seconds) == results["round_trips"]  # one entry per round trip
     assert all(set(spent) == {1000, 1001} for spent in grid.owner_seconds)
     t = grid.owner_time()
     assert 0 < t["critical"] < t["total"]  # two owners: the slower one is not both
@@ -227,7 +240,7 @@ def test_joint_with_one_owner_asks_for_no_lse_gradient(tmp_path):
     joint, _, grid = _run(tmp_path, ensemble_weighting="joint", encryption="none")
     for m in grid.sent:
         if m.metadata.message_type == "query.feedback":
-            for part in P.unbundle(m.content):
+            for part in codec.unbundle(m.content):
                 assert part.config_records["scalars"]["lse_grad"] is False
     plain, _, _ = _run(tmp_path, encryption="none")  # one owner: joint is coverage exactly
     assert joint["student"] == plain["student"] and joint["history"] == plain["history"]
@@ -241,10 +254,10 @@ def test_calibration_curve_on_validation_classes_only(tmp_path):
     cal = val["calibration"]
     assert cal["applied"] == 0.0 and [p["calibration"] for p in cal["curve"]] == [0, 1, 5, 20]
     assert cal["selected"] == max(cal["curve"], key=lambda p: p["h"])["calibration"]
-    from azsl_flower.results import format_table
+    from azsl_flower.service.results import format_table
 
     assert f"use calibration={cal['selected']} for the test run" in format_table(val)
-    assert val["rounds"] == FAST["rounds"] + 3  # the curve costs no extra round trip
+    assert val["round_trips"] == FAST["rounds"] + 3  # the curve costs no extra round trip
     plain = cal["curve"][0]
     assert all(plain[k] == pytest.approx(val["student"][k]) for k in ("zsl", "u", "s", "h"))
     assert len({(p["u"], p["s"]) for p in cal["curve"]}) > 1  # it moves GZSL predictions
@@ -267,7 +280,7 @@ def test_calibration_curve_on_validation_classes_only(tmp_path):
     ],
 )
 def test_bad_calibration_is_refused(overrides, match):
-    from azsl_flower.config import ConfigError
+    from azsl_flower.common.config import ConfigError
 
     with pytest.raises(ConfigError, match=match):
         parse_run_config(overrides)

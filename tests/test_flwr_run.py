@@ -47,5 +47,5 @@ def test_flwr_run_simulation_two_owners(tmp_path):
     assert len(runs) == 1, log[-4000:]
     results = json.loads(runs[0].read_text())
     assert results["num_owners"] == 2
-    assert results["rounds"] == 2 + 3
+    assert results["round_trips"] == 2 + 3
     assert "teacher (upper bound)" in log and "student" in log

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from azsl_flower.metrics import (
+from azsl_flower.common.metrics import (
     ClassCounts,
     count_predictions,
     harmonic,

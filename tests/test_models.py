@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from azsl_flower.models import cuda_problem, resolve_device
+from azsl_flower.common.models import cuda_problem, resolve_device
 
 
 def test_without_a_gpu_everything_runs_on_the_cpu(monkeypatch):

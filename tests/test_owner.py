@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from azsl_flower import owner
-from azsl_flower.data import OwnerData
-from azsl_flower.feedback import (
+from azsl_flower.common.models import classifier
+from azsl_flower.owner import state as owner
+from azsl_flower.owner.data import OwnerData
+from azsl_flower.owner.evaluation import evaluate_model
+from azsl_flower.owner.oracle import (
     FeedbackOracle,
     KLRegulariser,
     MMDRegulariser,
     Regulariser,
     make_regulariser,
 )
-from azsl_flower.models import classifier
-from azsl_flower.owner import evaluate_model, owner_state
+from azsl_flower.owner.state import owner_state
 
 CPU = torch.device("cpu")
 NUM_CLASSES = 5
@@ -307,7 +308,6 @@ def test_owner_state_trains_once_and_caches(tmp_path, monkeypatch):
     assert len(files) == 1
     np.testing.assert_array_equal(st.oracle.classes, st.data.seen_classes)  # inductive
     assert st.oracle.num_classes == 10
-    assert 0.0 <= st.teacher_train_accuracy <= 1.0
     assert isinstance(st.oracle.regulariser, KLRegulariser)
     assert owner_state(_settings(), 0, 1) is st  # in-memory reuse
 
@@ -326,7 +326,6 @@ def test_owner_state_trains_once_and_caches(tmp_path, monkeypatch):
         strict=True,
     ):
         assert torch.equal(a, b), k
-    assert again.teacher_train_accuracy == st.teacher_train_accuracy
 
 
 def test_owner_state_transductive_covers_unseen(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from azsl_flower.config import DEFAULTS
+from azsl_flower.common.config import DEFAULTS
 from simulations.collect import CollectError
 from simulations.paper import archive, build, main
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from azsl_flower import client_app, data, owner
-from azsl_flower.config import ConfigError
-from azsl_flower.data import (
+from azsl_flower.common import config
+from azsl_flower.common.config import ConfigError
+from azsl_flower.owner import data, handlers, partition, state
+from azsl_flower.owner.data import (
     DIGITS_UNSEEN,
     PARTITIONS,
     DataError,
     class_holders,
     dirichlet_proportions,
     load_owner_data,
-    split_owners,
 )
 
 SPLITS = ("train", "test_seen", "test_unseen")
@@ -275,17 +275,17 @@ def test_dirichlet_beta_must_be_positive(beta):
 # ---------------------------------------------------------------------------------------
 
 
-def test_split_owners_on_hand_made_labels():
+def test_deal_samples_on_hand_made_labels():
     labels = np.repeat(np.arange(4), 5)  # 4 classes x 5 samples
     idx = np.arange(labels.size)
     held = class_holders("class-disjoint", 2, np.array([0, 1, 2]), np.array([3]), 4, seed=0)
     assert (held.sum(0) == 1).all() and held.sum(1).tolist() == [2, 2]
-    own = split_owners(idx, labels, "class-disjoint", held, seed=0)
+    own = partition.deal_samples(idx, labels, "class-disjoint", held, seed=0)
     for c in range(4):
         assert np.unique(own[labels == c]).size == 1  # a class never straddles owners
         assert held[own[labels == c][0], c]
     p = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]])
-    own = split_owners(idx, labels, "dirichlet", np.ones((2, 4), bool), p, seed=0)
+    own = partition.deal_samples(idx, labels, "dirichlet", np.ones((2, 4), bool), p, seed=0)
     counts = [[int((own[labels == c] == o).sum()) for o in range(2)] for c in range(4)]
     assert counts == [[5, 0], [0, 5], [2, 3], [1, 4]]  # round(cumsum * 5): 2.5 -> 2 (even)
 
@@ -296,12 +296,12 @@ def test_split_owners_on_hand_made_labels():
 
 
 def test_partition_keys_are_part_of_the_teacher_cache_key():
-    assert {"partition", "dirichlet-beta", "owner-classes", "seed"} <= set(owner.TEACHER_KEYS)
+    assert {"partition", "dirichlet-beta", "owner-classes", "seed"} <= set(config.TEACHER_KEYS)
 
 
 def test_owner_state_reads_the_partition_settings(tmp_path, monkeypatch, fresh_table_cache):
     monkeypatch.setenv("AZSL_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(owner, "_STATE", {})
+    monkeypatch.setattr(state, "_STATE", {})
     settings = {
         "dataset": "digits",
         "teacher": "inductive",
@@ -312,9 +312,9 @@ def test_owner_state_reads_the_partition_settings(tmp_path, monkeypatch, fresh_t
         "partition": "explicit",
         "owner-classes": "0,1;2-9",
     }
-    a = owner.owner_state(settings, 0, 2)
+    a = state.owner_state(settings, 0, 2)
     assert a.oracle.classes.tolist() == [0, 1]
-    b = owner.owner_state({**settings, "owner-classes": "0,1,3;2,4-9"}, 0, 2)
+    b = state.owner_state({**settings, "owner-classes": "0,1,3;2,4-9"}, 0, 2)
     assert b.oracle.classes.tolist() == [0, 1, 3]
     assert len(list(tmp_path.glob("teacher-*.pt"))) == 2  # never one teacher for both
 
@@ -325,12 +325,12 @@ def _ctx(node_config: dict) -> Context:
 
 def test_simulated_owner_gets_its_partition_and_deployed_owner_its_whole_data(monkeypatch):
     calls = []
-    monkeypatch.setattr(client_app, "owner_state", lambda s, p, n: calls.append((s, p, n)))
+    monkeypatch.setattr(handlers, "owner_state", lambda s, p, n: calls.append((s, p, n)))
     payload = SimpleNamespace(
         settings={"dataset": "digits", "partition": "explicit", "owner-classes": "0-4;5-9"}
     )
-    client_app._state(payload, _ctx({"partition-id": 1, "num-partitions": 2}))
-    client_app._state(payload, _ctx({}))
+    handlers._state(payload, _ctx({"partition-id": 1, "num-partitions": 2}))
+    handlers._state(payload, _ctx({}))
     (sim, *where_sim), (dep, *where_dep) = calls
     assert where_sim == [1, 2] and where_dep == [0, 1]
     assert sim["partition"] == "explicit" and sim["owner-classes"] == "0-4;5-9"

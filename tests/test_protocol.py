@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from azsl_flower.protocol import (
+from azsl_flower.wire.codec import payload_nbytes
+from azsl_flower.wire.schema import (
     EVALUATE,
     FEEDBACK,
     KINDS,
     SETUP,
     VERIFY,
+    Kind,
     ProtocolError,
+    Spec,
     decode,
     encode,
-    payload_nbytes,
 )
 
 SETTINGS = {"dataset": "digits", "alpha": 1.0, "teacher-epochs": 3}
@@ -80,11 +82,12 @@ def test_round_trip(name, direction, optional):
 
 def test_scalars_coerced_to_declared_type():
     p = _payload(SETUP, "reply")
-    p["scalars"]["teacher_train_acc"] = 1  # an int where a float is declared
     p["scalars"]["dim"] = np.int64(64)
     out = decode(SETUP, "reply", encode(SETUP, "reply", **p))
-    assert type(out.scalars["teacher_train_acc"]) is float
     assert out.scalars["dim"] == 64 and type(out.scalars["dim"]) is int
+    ratio = Kind("query.ratio", request=Spec(arrays={}, scalars={"r": float}), reply=Spec({}))
+    out = decode(ratio, "request", encode(ratio, "request", scalars={"r": 1}))
+    assert type(out.scalars["r"]) is float  # an int where a float is declared
 
 
 @pytest.mark.parametrize(("name", "direction"), CASES)

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from flwr.app import Message
 
-from azsl_flower import protocol as P
 from azsl_flower.client_app import app as client_app
-from azsl_flower.client_app import queries_used
-from azsl_flower.config import parse_run_config
-from azsl_flower.metrics import ClassCounts, zsl_gzsl
+from azsl_flower.common.config import parse_run_config
+from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
+from azsl_flower.owner.budget import queries_used
 from azsl_flower.server_app import run_azsl
+from azsl_flower.wire import codec, errors, schema
+from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
-from tests.loopback import FlakyGrid, LoopbackGrid
+from tests.loopback import FlakyGrid
 from tests.test_federation import FAST
 
 POOL = FAST["steps-per-round"] * 256  # generated samples per generator round trip (batch 256)
@@ -67,7 +68,7 @@ def test_run_survives_an_owner_that_dies_mid_run(tmp_path, mode, partition):
     # the first try and one retry failed; nobody else failed
     assert [(f["node"], f["phase"]) for f in fed["failures"]] == [(1002, "generator-3")] * 2
     assert {f["kind"] for f in fed["failures"]} == {"error" if mode == "error" else "timeout"}
-    assert results["retries"] == 1 and results["rounds"] == FAST["rounds"] + 3 + 1
+    assert results["retries"] == 1 and results["round_trips"] == FAST["rounds"] + 3 + 1
     assert fed["contributors"] == {
         "setup": [1000, 1001, 1002],
         "generator": [1000, 1001, 1002],
@@ -105,7 +106,7 @@ def test_default_quorum_needs_half_the_owners(tmp_path):
         run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
 
 
-class _BudgetCutGrid(LoopbackGrid):
+class _BudgetCutGrid(InProcessGrid):
     """Node 1002's operator lowers its query budget once the run is under way: the service
     planned with the budget declared at set-up, so the owner has to refuse."""
 
@@ -152,7 +153,7 @@ def test_query_budgets_are_planned_for_and_a_refusal_only_skips(tmp_path):
 
 def test_budgets_too_small_for_verification_fail_before_any_query(tmp_path):
     raw = _raw(tmp_path)
-    grid = LoopbackGrid(client_app, 2, raw)
+    grid = InProcessGrid(client_app, 2, raw)
     for ctx in grid.contexts.values():
         ctx.node_config["query-budget"] = 100
     with pytest.raises(OwnerError, match=r"no owner's query-budget covers verification.*400"):
@@ -163,49 +164,53 @@ def test_budgets_too_small_for_verification_fail_before_any_query(tmp_path):
 def test_owner_refuses_queries_over_its_budget(tmp_path):
     raw = _raw(tmp_path, encryption="none")
     settings = parse_run_config(raw).owner_settings()
-    grid = LoopbackGrid(client_app, 1, raw)
+    grid = InProcessGrid(client_app, 1, raw)
     ctx = grid.contexts[1000]
     ctx.node_config["query-budget"] = 100
     rng = np.random.default_rng(0)
 
-    def ask(kind: P.Kind, n: int | None = None) -> Message:
+    def ask(kind: schema.Kind, n: int | None = None) -> Message:
         if n is None:
-            part = P.encode(kind, "request", settings=settings)
+            part = schema.encode(kind, "request", settings=settings)
         else:
             arrays = {"x": rng.random((n, 64), dtype=np.float32), "y": np.arange(n) % 10}
-            scalars = {"batch_size": n, "lse_grad": False} if kind is P.FEEDBACK else {}
-            part = P.encode(kind, "request", arrays=arrays, scalars=scalars, settings=settings)
-        msg = Message(content=P.bundle([part]), dst_node_id=1000, message_type=kind.message_type)
+            scalars = {"batch_size": n, "lse_grad": False} if kind is schema.FEEDBACK else {}
+            part = schema.encode(kind, "request", arrays=arrays, scalars=scalars, settings=settings)
+        msg = Message(
+            content=codec.bundle([part]), dst_node_id=1000, message_type=kind.message_type
+        )
         [reply] = grid.pull_messages(grid.push_messages([msg]))
         return reply
 
-    setup = P.decode(P.SETUP, "reply", P.unbundle(ask(P.SETUP).content)[0])
+    setup = schema.decode(schema.SETUP, "reply", codec.unbundle(ask(schema.SETUP).content)[0])
     assert setup.scalars["query_budget"] == 100
-    assert not ask(P.FEEDBACK, 60).has_error() and queries_used(ctx) == 60
-    refused = ask(P.VERIFY, 50)
-    assert refused.has_error() and refused.error.code == P.BUDGET_CODE
-    assert P.parse_budget_refusal(refused.error.code, refused.error.reason) == (100, 60, 50)
+    assert not ask(schema.FEEDBACK, 60).has_error() and queries_used(ctx) == 60
+    refused = ask(schema.VERIFY, 50)
+    assert refused.has_error() and refused.error.code == errors.BUDGET_CODE
+    assert errors.parse_budget_refusal(refused.error.code, refused.error.reason) == (100, 60, 50)
     assert "query-budget" in refused.error.reason
-    assert P.parse_rejection(refused.error.code, refused.error.reason) is None  # not a rejection
+    assert (
+        errors.parse_rejection(refused.error.code, refused.error.reason) is None
+    )  # not a rejection
     assert queries_used(ctx) == 60  # a refused request costs nothing
-    assert not ask(P.VERIFY, 40).has_error() and queries_used(ctx) == 100
-    assert ask(P.FEEDBACK, 1).error.code == P.BUDGET_CODE
+    assert not ask(schema.VERIFY, 40).has_error() and queries_used(ctx) == 100
+    assert ask(schema.FEEDBACK, 1).error.code == errors.BUDGET_CODE
     ctx.node_config["query-budget"] = "lots"
-    bad = ask(P.SETUP)
+    bad = ask(schema.SETUP)
     assert bad.has_error() and "query-budget='lots'" in bad.error.reason
 
 
-def _counts(payload: P.Payload) -> ClassCounts:
+def _counts(payload: schema.Payload) -> ClassCounts:
     return ClassCounts(*(payload.arrays[f"teacher_{f}"] for f in ClassCounts.__dataclass_fields__))
 
 
 def test_per_owner_teacher_is_each_owners_own_counts(tmp_path):
     raw = _raw(tmp_path, encryption="none", rounds=1)
-    grid = LoopbackGrid(client_app, 2, raw)
+    grid = InProcessGrid(client_app, 2, raw)
     results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
     own = {
         str(sent.metadata.dst_node_id): _counts(
-            P.decode(P.EVALUATE, "reply", P.unbundle(reply.content)[0])
+            schema.decode(schema.EVALUATE, "reply", codec.unbundle(reply.content)[0])
         )
         for sent, reply in zip(grid.sent, grid.replies, strict=True)
         if sent.metadata.message_type == "evaluate"
@@ -220,22 +225,26 @@ def test_per_owner_teacher_is_each_owners_own_counts(tmp_path):
 def test_owner_refuses_bad_calibration_values(tmp_path):
     """An evaluation asking for negative or too many calibration values gets an error
     reply that says what is allowed, not a score."""
-    from azsl_flower.client_app import MAX_CALIBRATION_VALUES
-    from azsl_flower.models import classifier, state_to_numpy
+    from azsl_flower.owner.handlers import MAX_CALIBRATION_VALUES
+    from azsl_flower.common.models import classifier, state_to_numpy
 
     raw = _raw(tmp_path, encryption="none")
     settings = parse_run_config(raw).owner_settings()
-    grid = LoopbackGrid(client_app, 1, raw)
+    grid = InProcessGrid(client_app, 1, raw)
     weights = state_to_numpy(classifier(64, 10))
 
     def evaluate(values: np.ndarray) -> Message:
         arrays = {"unseen": np.array([7, 8, 9]), "calibration": values.astype(np.float32)}
-        part = P.encode(P.EVALUATE, "request", arrays=arrays, weights=weights, settings=settings)
-        msg = Message(content=P.bundle([part]), dst_node_id=1000, message_type="evaluate")
+        part = schema.encode(
+            schema.EVALUATE, "request", arrays=arrays, weights=weights, settings=settings
+        )
+        msg = Message(content=codec.bundle([part]), dst_node_id=1000, message_type="evaluate")
         [reply] = grid.pull_messages(grid.push_messages([msg]))
         return reply
 
-    ok = P.decode(P.EVALUATE, "reply", P.unbundle(evaluate(np.array([0.0, 2.0])).content)[0])
+    ok = schema.decode(
+        schema.EVALUATE, "reply", codec.unbundle(evaluate(np.array([0.0, 2.0])).content)[0]
+    )
     assert ok.arrays["model_seen_curve"].shape == (2, 10)
     # (NaN never gets this far: the wire format refuses non-finite arrays on both sides)
     for bad in (np.array([-1.0]), np.zeros(MAX_CALIBRATION_VALUES + 1)):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from azsl_flower import protocol as P
 from azsl_flower.client_app import app as client_app
-from azsl_flower.config import ConfigError, parse_run_config
-from azsl_flower.crypto import write_keypair
+from azsl_flower.common.config import ConfigError, parse_run_config
 from azsl_flower.server_app import run_azsl
+from azsl_flower.wire import codec
+from azsl_flower.wire.crypto import write_keypair
+from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
-from tests.loopback import LoopbackGrid
 from tests.test_federation import FAST, _run
 
 LEARNS = {"rounds": 20, "steps_per_round": 10, "samples_per_class": 100, "student_epochs": 10}
@@ -19,10 +19,10 @@ LEARNS = {"rounds": 20, "steps_per_round": 10, "samples_per_class": 100, "studen
 
 def _only_ciphertext(msg) -> None:  # noqa: ANN001
     rd = msg.content
-    assert list(rd.keys()) == [P.ENVELOPE]
+    assert list(rd.keys()) == [codec.ENVELOPE]
     assert not rd.config_records and not rd.metric_records
-    for name, arr in rd.array_records[P.ENVELOPE].items():
-        assert arr.dtype == "uint8" and arr.stype == P.RAW_BYTES, name
+    for name, arr in rd.array_records[codec.ENVELOPE].items():
+        assert arr.dtype == "uint8" and arr.stype == codec.RAW_BYTES, name
         assert name.split(".")[0] in ("header", "body")
 
 
@@ -50,7 +50,7 @@ def test_hostile_relay_is_caught_and_the_run_still_learns(tmp_path):
     assert hostile["faults_injected"]["tamper"] > 0 and hostile["faults_injected"]["replay"] > 0
     assert rejected == injected  # every fault caught, nothing else refused
     assert {"replay", "authentication-failed"} <= set(hostile["rejected_messages"])
-    assert hostile["retries"] >= 1 and hostile["rounds"] > clean["rounds"]
+    assert hostile["retries"] >= 1 and hostile["round_trips"] > clean["round_trips"]
     assert len(hostile["rejections"]) == rejected
     # the same accuracy band as without a hostile relay
     assert clean["student"]["h"] > 0.5
@@ -76,7 +76,7 @@ def _deployed_grid(tmp_path, allowed: list[str], owners: int = 2, **extra: objec
         "owner-keys": str(keys / "allowed"),
         **extra,
     }
-    grid = LoopbackGrid(client_app, owners, raw)
+    grid = InProcessGrid(client_app, owners, raw)
     for i, ctx in enumerate(grid.contexts.values()):
         ctx.node_config["owner-key"] = str(keys / "owners" / f"owner-{i}.key")
         ctx.node_config["service-pub"] = str(keys / "service.pub")
@@ -118,7 +118,7 @@ def test_sealed_payloads_are_not_readable_floats(tmp_path):
     _, _, grid = _run(tmp_path, owners=1, rounds=1)
     feedback = [m for m in grid.sent if m.metadata.message_type == "query.feedback"]
     assert feedback
-    body = feedback[0].content.array_records[P.ENVELOPE]["body.0"].data
+    body = feedback[0].content.array_records[codec.ENVELOPE]["body.0"].data
     floats = np.frombuffer(body[: len(body) // 4 * 4], dtype=np.float32)
     # ciphertext looks like noise: no run of sane, non-negative ReLU features
     sane = np.isfinite(floats) & (np.abs(floats) < 100) & (floats >= 0)

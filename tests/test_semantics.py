@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from azsl_flower.semantics import clean_class_name, load_class_side
+from azsl_flower.common.semantics import clean_class_name, load_class_side
 
 pytest.importorskip("sentence_transformers", reason="install the text extra: .[text]")
 

@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from azsl_flower.config import ConfigError, parse_run_config
-from azsl_flower.feedback import FeedbackOracle, KLRegulariser, Regulariser
-from azsl_flower.secure import ServiceSecurity
-from azsl_flower.semantics import load_class_side
-from azsl_flower.service import (
-    Federation,
-    combine_over_owners,
+from azsl_flower.common.config import ConfigError, parse_run_config
+from azsl_flower.common.semantics import load_class_side
+from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser
+from azsl_flower.service.ensemble import (
+    combine,
     joint_gates,
     joint_gradient,
     owner_weights,
 )
+from azsl_flower.wire.channels import ServiceSecurity
 from strategies.azsl import AZSLStrategy
 
 
@@ -29,7 +28,7 @@ def test_combine_over_owners():
     y = np.array([0, 1, 2, 3, 1])
     rng = np.random.default_rng(0)
     per_owner = [rng.standard_normal((y.size, 3)).astype(np.float32) for _ in range(3)]
-    out = combine_over_owners(per_owner, coverage, y)
+    out = combine(per_owner, coverage, y)
     assert out.shape == (y.size, 3) and out.dtype == np.float32
     np.testing.assert_array_equal(out[0], per_owner[0][0])  # one owner: its answer exactly
     for i in (1, 4):  # two owners: their mean, the uncovering owner 0 does not dilute it
@@ -42,7 +41,7 @@ def test_combine_over_owners_single_owner_is_identity_on_covered():
     coverage = np.array([[1, 1, 0]], dtype=bool)
     y = np.array([1, 0, 2, 1])
     ans = np.arange(8, dtype=np.float32).reshape(4, 2) + 1
-    out = combine_over_owners([ans], coverage, y)
+    out = combine([ans], coverage, y)
     np.testing.assert_array_equal(out[[0, 1, 3]], ans[[0, 1, 3]])
     np.testing.assert_array_equal(out[2], [0, 0])
 
@@ -50,7 +49,7 @@ def test_combine_over_owners_single_owner_is_identity_on_covered():
 def test_combine_over_owners_one_dimensional_answers():
     coverage = np.array([[1, 0], [1, 1]], dtype=bool)
     y = np.array([0, 1])
-    out = combine_over_owners([np.array([2.0, 5.0]), np.array([4.0, 7.0])], coverage, y)
+    out = combine([np.array([2.0, 5.0]), np.array([4.0, 7.0])], coverage, y)
     np.testing.assert_allclose(out, [3.0, 7.0])
 
 
@@ -82,7 +81,7 @@ def test_uniform_averages_every_owner_covering_or_not():
     probs = _probs()
     w = owner_weights(COVERAGE, Y, "uniform")
     np.testing.assert_allclose(w, np.full((3, 5), 1 / 3))
-    out = combine_over_owners(probs, COVERAGE, Y, probs, "uniform")
+    out = combine(probs, COVERAGE, Y, probs, "uniform")
     np.testing.assert_allclose(out, sum(probs) / 3, rtol=1e-6)
     # the naive baseline's weakness: owner 0 alone knows class 0, yet its answer is diluted
     # by two owners that put 0 on class 0
@@ -92,8 +91,8 @@ def test_uniform_averages_every_owner_covering_or_not():
 def test_coverage_is_the_default_and_ignores_owners_outside_the_class():
     probs = _probs()
     assert np.array_equal(
-        combine_over_owners(probs, COVERAGE, Y),
-        combine_over_owners(probs, COVERAGE, Y, probs, "coverage"),
+        combine(probs, COVERAGE, Y),
+        combine(probs, COVERAGE, Y, probs, "coverage"),
     )
     w = owner_weights(COVERAGE, Y, "coverage")
     expected = np.array(
@@ -112,13 +111,13 @@ def test_confidence_weights_covering_owners_by_their_probability_of_the_intended
     # sample 4 (class 1): both covering owners give class 1 zero -> coverage weights
     np.testing.assert_allclose(w[:, 4], [0, 0.5, 0.5])
     np.testing.assert_array_equal(w[:, 3], [0, 0, 0])  # nobody covers class 3
-    out = combine_over_owners(probs, COVERAGE, Y, probs, "confidence")
+    out = combine(probs, COVERAGE, Y, probs, "confidence")
     np.testing.assert_allclose(
         out[2], (6 * probs[0][2] + 2 * probs[1][2] + probs[2][2]) / 9, rtol=1e-6
     )
     # gradients (any shape) are combined with the same weights
     grads = [np.full((5, 2, 3), k + 1.0, dtype=np.float32) for k in range(3)]
-    g = combine_over_owners(grads, COVERAGE, Y, probs, "confidence")
+    g = combine(grads, COVERAGE, Y, probs, "confidence")
     np.testing.assert_allclose(g[1], np.full((2, 3), 0.75 * 2 + 0.25 * 3), rtol=1e-6)
     np.testing.assert_allclose(g[2], np.full((2, 3), (6 * 1 + 2 * 2 + 1 * 3) / 9), rtol=1e-6)
 
@@ -129,7 +128,7 @@ def test_a_class_covered_by_one_owner_gets_its_answer_exactly(mode):
     rng = np.random.default_rng(1)
     grads = [rng.standard_normal((5, 7)).astype(np.float32) for _ in range(3)]
     for answers in (probs, grads):
-        out = combine_over_owners(answers, COVERAGE, Y, probs, mode)
+        out = combine(answers, COVERAGE, Y, probs, mode)
         np.testing.assert_array_equal(out[0], answers[0][0])
         np.testing.assert_array_equal(out[3], 0)  # nobody covers class 3
 
@@ -162,14 +161,21 @@ def _strategy(**raw) -> AZSLStrategy:
     )
 
 
-def _fed() -> Federation:
-    return Federation(
-        dim=2,
-        num_classes=4,
-        covered=[np.array([0, 2]), np.array([1, 2]), np.array([1, 2])],
-        seen=np.array([0, 1, 2]),
-        unseen=np.array([3]),
+def _admitted(
+    strategy: AZSLStrategy, covered: list[list[int]], dim: int, num_classes: int
+) -> AZSLStrategy:
+    """The strategy after set-up with owners 0..n-1 covering ``covered``."""
+    nodes = list(range(len(covered)))
+    strategy.roster.start(nodes)
+    strategy.roster.admit(
+        {n: np.array(c) for n, c in zip(nodes, covered, strict=True)},
+        dict.fromkeys(nodes, 0),
+        np.arange(num_classes),
+        np.array([], int),
+        dim,
+        num_classes,
     )
+    return strategy
 
 
 @pytest.mark.parametrize("mode", ["uniform", "coverage", "confidence"])
@@ -186,10 +192,11 @@ def test_aggregate_feedback_follows_ensemble_weighting(mode):
         }
         for k, (p, g) in enumerate(zip(probs, grads, strict=True))
     ]
-    fb = _strategy(**{"ensemble-weighting": mode}).aggregate_feedback(answers, _fed(), Y)
+    s = _admitted(_strategy(**{"ensemble-weighting": mode}), [[0, 2], [1, 2], [1, 2]], 2, 4)
+    fb = s.aggregate_feedback(dict(enumerate(answers)), Y)
     w = owner_weights(COVERAGE, Y, mode, probs)
-    np.testing.assert_allclose(fb["probs"], np.einsum("on,onc->nc", w, np.stack(probs)), rtol=1e-6)
-    np.testing.assert_allclose(fb["grad"], np.einsum("on,onc->nc", w, np.stack(grads)), rtol=1e-6)
+    np.testing.assert_allclose(fb.probs, np.einsum("on,onc->nc", w, np.stack(probs)), rtol=1e-6)
+    np.testing.assert_allclose(fb.grad, np.einsum("on,onc->nc", w, np.stack(grads)), rtol=1e-6)
 
 
 class _Grid:
@@ -202,7 +209,7 @@ class _Grid:
 
 def test_explicit_owner_classes_are_checked_before_any_message():
     s = _strategy(partition="explicit", **{"owner-classes": "0-4;5-9"})
-    assert s.configure_setup(_Grid(2)) == [1000, 1001]
+    assert s.configure_setup(_Grid(2)).nodes == [1000, 1001]
     with pytest.raises(ConfigError, match=r"2 group\(s\) but 3 owners are connected"):
         s.configure_setup(_Grid(3))
     s = _strategy(partition="explicit", **{"owner-classes": "0-4;5-12"})
@@ -266,14 +273,14 @@ def test_joint_gradient_and_probs_match_autograd(covered):
     y = np.array([0, 1, 2, 3, 4, 0, 2, 4])
     owners = _joint_owners(covered)
     answers = [o.feedback(x, y, x.shape[0], True, 0.0, lse_grad=True) for o in owners]
-    fed = Federation(6, 5, [np.array(c) for c in covered], np.arange(5), np.array([], int))
-    fb = _strategy(**{"ensemble-weighting": "joint"}).aggregate_feedback(answers, fed, y)
+    joint_strategy = _admitted(_strategy(**{"ensemble-weighting": "joint"}), covered, 6, 5)
+    fb = joint_strategy.aggregate_feedback(dict(enumerate(answers)), y)
     grad, joint = _joint_reference(owners, x, y, 0.0, covered)
-    np.testing.assert_allclose(fb["probs"], joint, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(fb["grad"], grad, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fb.probs, joint, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fb.grad, grad, rtol=1e-4, atol=1e-6)
     # and it is not what coverage weighting gives: other owners' claims now count
-    cov = _strategy().aggregate_feedback(answers, fed, y)
-    assert np.abs(cov["grad"] - fb["grad"]).max() > 1e-3
+    cov = _admitted(_strategy(), covered, 6, 5).aggregate_feedback(dict(enumerate(answers)), y)
+    assert np.abs(cov.grad - fb.grad).max() > 1e-3
 
 
 def test_joint_gradient_keeps_the_covering_owners_regulariser():

@@ -8,11 +8,15 @@ from types import SimpleNamespace
 import pytest
 
 from azsl_flower.client_app import app as client_app
-from azsl_flower.config import parse_run_config
+from azsl_flower.common.config import parse_run_config
 from azsl_flower.server_app import run_azsl
-from azsl_flower.tracking import TensorBoardObserver, open_observer
-from strategies.azsl import Traffic
-from tests.loopback import LoopbackGrid
+from azsl_flower.service.tracking import (
+    OwnerTotals,
+    RunEvents,
+    TensorBoardObserver,
+    open_observer,
+)
+from simulations.inprocess import InProcessGrid
 
 pytest.importorskip("tensorboard")
 
@@ -38,22 +42,31 @@ def _fake_run() -> SimpleNamespace:
         verification={"pass_rate": 0.7, "kept": 7, "generated": 10},
         teacher=metrics,
         student=metrics,
-        extra_models={"classifier": metrics},
+        other_models={"classifier": metrics},
     )
+
+
+class _Recorder(RunEvents):
+    def __init__(self) -> None:
+        self.rounds: list[tuple[int, int]] = []
+
+    def round_done(self, r, total, stats, owners) -> None:  # noqa: ANN001
+        self.rounds.append((r, total))
 
 
 def test_observer_writes_expected_tags_and_forwards(tmp_path):
     cfg = parse_run_config({"output-dir": str(tmp_path / "out")})
-    traffic = Traffic(rounds=3, bytes_sent=30, bytes_received=12)
-    traffic.sent_by_node, traffic.received_by_node = {7: 30}, {7: 12}
-    source = SimpleNamespace(used={7: 512}, traffic=traffic)
-    seen = []
-    obs = TensorBoardObserver(cfg, source, forward=lambda *a: seen.append(a))
+    owners = OwnerTotals(
+        queries={7: 512}, bytes_sent={7: 30}, bytes_received={7: 12}, round_trips=3,
+        total_sent=30, total_received=12,
+    )  # fmt: skip
+    seen = _Recorder()
+    obs = TensorBoardObserver(cfg, forward=seen)
     assert obs.staged and obs.dir.parent == tmp_path / "out"
     for r in (1, 2):
-        obs("generator", r, 2, {"teacher_ce": 2.0 / r, "regulariser": 1.0, "round": r})
-    obs.finish(_fake_run())
-    assert [s[:3] for s in seen] == [("generator", 1, 2), ("generator", 2, 2)]
+        obs.round_done(r, 2, {"teacher_ce": 2.0 / r, "regulariser": 1.0, "round": r}, owners)
+    obs.finished(_fake_run())
+    assert seen.rounds == [(1, 2), (2, 2)]
     tags = _tags(obs.dir)
     assert {
         "generator/teacher_ce",
@@ -76,7 +89,7 @@ def test_failed_run_discards_staged_logs_but_keeps_an_explicit_dir(tmp_path):
     assert not staged.dir.exists()
     chosen = parse_run_config({"tensorboard-dir": str(tmp_path / "tb"), "experiment": "x"})
     kept = TensorBoardObserver(chosen)
-    kept("generator", 1, 1, {"teacher_ce": 1.0})
+    kept.round_done(1, 1, {"teacher_ce": 1.0}, OwnerTotals())
     kept.discard()
     assert kept.dir.parent == tmp_path / "tb" and "-x-whitebox-transductive-seed0" in kept.dir.name
     assert "generator/teacher_ce" in _tags(kept.dir)
@@ -97,7 +110,9 @@ def test_a_real_run_puts_its_logs_in_the_run_folder(tmp_path):
         "output-dir": str(tmp_path / "out"),
         "cache-dir": str(tmp_path / "cache"),
     }
-    results, folder = run_azsl(LoopbackGrid(client_app, 2, raw, run_id=1), parse_run_config(raw), 1)
+    results, folder = run_azsl(
+        InProcessGrid(client_app, 2, raw, run_id=1), parse_run_config(raw), 1
+    )
     events = _events(Path(folder) / "tb")
     tags = set(events.Tags()["scalars"])
     # the student's loss, once per epoch

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from flwr.common.logger import log
 
-from azsl_flower.config import ConfigError, RunConfig
+from azsl_flower.common.config import ConfigError, RunConfig
 
 VERSION = 1
 
@@ -89,7 +89,6 @@ class Checkpointer:
         self.cfg = cfg
         folder = cfg.checkpoint_dir or str(Path(cfg.output_dir) / "checkpoints")
         self.path = Path(folder).expanduser() / f"azsl-{fingerprint(cfg)}.pt"
-        self.saved_round = 0
 
     def due(self, round_: int) -> bool:
         every = self.cfg.checkpoint_every
@@ -109,7 +108,6 @@ class Checkpointer:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         torch.save(blob, tmp)
         os.replace(tmp, self.path)
-        self.saved_round = round_
 
     def load(self) -> dict[str, Any] | None:
         """The saved state (RNGs restored), or None when there is nothing to resume."""
@@ -134,7 +132,6 @@ class Checkpointer:
             log(WARNING, "checkpoint %s already holds all %d rounds", self.path, blob["round"])
         _restore_rng(blob["rng"])
         log(INFO, "resuming from %s: generator rounds 1-%d are done", self.path, blob["round"])
-        self.saved_round = int(blob["round"])
         return blob
 
     def finish(self) -> None:

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from azsl_flower.crypto import write_new_file
+from azsl_flower.wire.crypto import write_new_file
 
 __all__ = [
     "DeployError",

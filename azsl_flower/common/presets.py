@@ -7,7 +7,7 @@ Both entry points compose the same way, so a preset means the same run everywher
 * the ServerApp (``flwr run . --run-config "experiment='NAME ...'"``) calls
   :func:`resolve_run_config`, which composes the same tree with Hydra's compose API.
 
-Every leaf of the composed config is a run-config key of :mod:`azsl_flower.config`, plus
+Every leaf of the composed config is a run-config key of :mod:`azsl_flower.common.config`, plus
 ``owners`` (how many SuperNodes a simulation starts), so :func:`parse_run_config` still
 checks every value.
 """
@@ -21,7 +21,7 @@ from logging import INFO
 from pathlib import Path
 from typing import Any
 
-from azsl_flower.config import (
+from azsl_flower.common.config import (
     DEFAULTS,
     ConfigError,
     RunConfig,
@@ -37,7 +37,7 @@ __all__ = [
     "presets",
     "resolve_run_config",
     "settings_from_cfg",
-    "split_owners",
+    "pop_owners",
 ]
 
 CONFIG_DIR_ENV = "AZSL_CONFIG_DIR"
@@ -46,6 +46,16 @@ CONFIG_DIR_ENV = "AZSL_CONFIG_DIR"
 GROUPS = ("dataset", "scenario", "teacher", "regulariser", "federation", "model")
 GROUP_KEYS = ("dataset", "scenario", "teacher", "regulariser")
 EXTRA_KEYS = ("owners",)  # composed leaves that are not run-config keys
+
+
+DEFAULTS_NODE = "run_defaults"  # the config-store entry configs/config.yaml starts from
+
+
+def register_defaults() -> None:
+    """Put DEFAULTS in Hydra's config store, so configs/ never repeats a default value."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=DEFAULTS_NODE, node=dict(DEFAULTS))
 
 
 def config_dir() -> Path:
@@ -58,7 +68,7 @@ def config_dir() -> Path:
     env = os.environ.get(CONFIG_DIR_ENV)
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve().parent
-    candidates += [here.parent / "configs", here / "configs", Path.cwd() / "configs"]
+    candidates += [here.parents[1] / "configs", Path.cwd() / "configs"]
     for cand in candidates:
         if (cand / "config.yaml").is_file():
             return cand.resolve()
@@ -130,6 +140,7 @@ def compose_settings(experiment: str = "", overrides: Sequence[str] = ()) -> dic
         overrides = [f"experiment={experiment}", *overrides]
     if any(o.split("=", 1)[0].lstrip("+~") == "experiment" for o in overrides[1:]):
         raise ConfigError("give the experiment preset once (experiment=NAME)")
+    register_defaults()
     gh = GlobalHydra.instance()
     saved = gh.hydra if gh.is_initialized() else None
     gh.clear()
@@ -147,7 +158,7 @@ def compose_settings(experiment: str = "", overrides: Sequence[str] = ()) -> dic
     return settings_from_cfg(cfg, chosen)
 
 
-def split_owners(settings: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+def pop_owners(settings: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     """(run-config dict, owners) from composed settings."""
     run = {k: v for k, v in settings.items() if k not in EXTRA_KEYS}
     owners = settings.get("owners", 1)
@@ -186,7 +197,7 @@ def resolve_run_config(raw: Mapping[str, Any] | None) -> tuple[RunConfig, int | 
             "set encryption as a run-config key, not in a preset or in experiment: the owners "
             "read it from the run config"
         )
-    run, owners = split_owners(settings)
+    run, owners = pop_owners(settings)
     from flwr.common.logger import log
 
     log(INFO, "experiment %r composed from %s", spec, config_dir())

@@ -1,11 +1,9 @@
-"""Datasets: the xlsa17 layout, the embedded digits default, and owner partitions.
+"""An owner's private features: the xlsa17 layout, the embedded digits default, splits.
 
-Two entry points on purpose, one per role:
-
-* :func:`load_class_side` returns what the AI service may know (class names and semantic
-  vectors). It never opens a features file.
-* :func:`load_owner_data` returns a data owner's private features, split for its teacher.
-  Only the owner side (``azsl_flower.owner``) imports it.
+:func:`load_owner_data` returns a data owner's private features, split for its teacher
+setting and (in simulation) its partition. Only the owner side imports this module; what
+the service may read (class names and semantic vectors) is
+:func:`azsl_flower.common.semantics.load_class_side`, which never opens a features file.
 """
 
 from __future__ import annotations
@@ -16,47 +14,40 @@ from pathlib import Path
 
 import numpy as np
 
-from azsl_flower.config import CHOICES, parse_owner_classes
-from azsl_flower.semantics import (
+from azsl_flower.common.config import CHOICES
+from azsl_flower.common.semantics import (
     DIGITS_NAMES,
     REQUIRED_SPLIT_KEYS,
     SEVEN_SEGMENT,
-    ClassSide,
     DataError,
     _check_finite,
     _loadmat,
     _read_class_side,
     _require,
-    clean_class_name,
-    load_class_side,
+)
+from azsl_flower.owner.partition import (
+    PARTITIONS,
+    class_holders,
+    deal_samples,
+    describe_partition,
+    dirichlet_proportions,
+    owner_slice,
 )
 
 __all__ = [
-    "DataError",
-    "ClassSide",
-    "OwnerData",
-    "PARTITIONS",
-    "SEVEN_SEGMENT",
-    "class_holders",
-    "dirichlet_proportions",
-    "split_owners",
     "DIGITS_UNSEEN",
-    "load_class_side",
+    "OwnerData",
+    "SPLITS",
+    "digits_table",
     "load_owner_data",
     "read_xlsa17",
-    "SPLITS",
     "validation_splits",
-    "clean_class_name",
 ]
 
-# Seven-segment display code of each digit, segments a..g (top, upper-right, lower-right,
-# bottom, lower-left, upper-left, middle). The digits' class semantics.
 DIGITS_UNSEEN = (2, 5, 9)
 DIGITS_VAL = (3, 7)  # seen classes held out as validation-unseen (val_loc)
 SPLIT_SEED = 0  # the dataset split is part of the dataset, not of a run's seed
-PARTITIONS = CHOICES["partition"]  # how simulated owners share one dataset
 SPLITS = CHOICES["split"]  # the benchmark's classes, or its validation ones
-PARTITION_STREAM = 0x0A2B  # keeps partition draws apart from other uses of the run seed
 
 SPLIT_KEYS = (
     "trainval_loc",
@@ -210,134 +201,6 @@ def _table(dataset: str, data_dir: str, feature_file: str) -> Table:
     return _TABLE_CACHE[key]
 
 
-def _owner_slice(idx: np.ndarray, partition_id: int, num_partitions: int) -> np.ndarray:
-    """IID share of a split for one owner: a fixed shuffle dealt round-robin."""
-    if num_partitions == 1:
-        return idx
-    perm = np.random.default_rng(SPLIT_SEED + 1).permutation(idx)
-    return np.sort(perm[partition_id::num_partitions])
-
-
-def _partition_rng(seed: int, stream: int) -> np.random.Generator:
-    """Independent, reproducible draws per purpose, all from the run seed."""
-    return np.random.default_rng([int(seed), PARTITION_STREAM, stream])
-
-
-def class_holders(
-    partition: str,
-    num_partitions: int,
-    seen: np.ndarray,
-    unseen: np.ndarray,
-    num_classes: int,
-    seed: int = 0,
-    owner_classes: str = "",
-) -> np.ndarray:
-    """Owners x classes: which owners may hold samples of a class.
-
-    iid and dirichlet: every owner (the sample split decides). class-disjoint: seen and unseen
-    classes are each shuffled with the run seed and dealt round-robin, the unseen deal going
-    on where the seen one stopped so owners end up with about as many classes each.
-    explicit: the owner-classes groups, checked against the federation and the class list.
-    """
-    held = np.zeros((num_partitions, num_classes), dtype=bool)
-    if partition in ("iid", "dirichlet"):
-        held[:] = True
-    elif partition == "class-disjoint":
-        rng = _partition_rng(seed, 0)
-        order = np.concatenate([rng.permutation(seen), rng.permutation(unseen)]).astype(np.int64)
-        held[np.arange(order.size) % num_partitions, order] = True
-    elif partition == "explicit":
-        groups = parse_owner_classes(owner_classes)
-        if len(groups) != num_partitions:
-            raise DataError(
-                f"owner-classes={owner_classes!r} has {len(groups)} group(s) but there are "
-                f"{num_partitions} owners (num-partitions); give exactly one ';'-separated "
-                "group per owner"
-            )
-        outside = sorted({c for g in groups for c in g if c >= num_classes})
-        if outside:
-            raise DataError(
-                f"owner-classes names class(es) {outside} but the dataset has {num_classes} "
-                f"classes (0-based: 0..{num_classes - 1})"
-            )
-        for o, g in enumerate(groups):
-            held[o, g] = True
-        nobody = np.flatnonzero(~held.any(0)).tolist()
-        if nobody:
-            raise DataError(
-                f"class(es) {nobody} belong to no owner in owner-classes={owner_classes!r}; "
-                f"list every class 0..{num_classes - 1} (seen and unseen) in at least one group, "
-                "or their test images would never be evaluated"
-            )
-    else:
-        raise DataError(f"unknown partition {partition!r}; choose one of {list(PARTITIONS)}.")
-    return held
-
-
-def dirichlet_proportions(
-    num_partitions: int, num_classes: int, beta: float, seed: int = 0
-) -> np.ndarray:
-    """Classes x owners: each class's share per owner, ~ Dirichlet(beta) (small beta: skewed)."""
-    if not (np.isfinite(beta) and beta > 0):
-        raise DataError(f"dirichlet-beta={beta!r} must be a finite number > 0")
-    p = _partition_rng(seed, 1).dirichlet(np.full(num_partitions, float(beta)), size=num_classes)
-    p = np.nan_to_num(p)
-    total = p.sum(1, keepdims=True)
-    return np.divide(p, total, out=np.full_like(p, 1.0 / num_partitions), where=total > 0)
-
-
-def split_owners(
-    idx: np.ndarray,
-    labels: np.ndarray,
-    partition: str,
-    held: np.ndarray,
-    proportions: np.ndarray | None = None,
-    seed: int = 0,
-    stream: int = 0,
-) -> np.ndarray:
-    """The owner of every sample of one split (aligned with ``idx``; -1: nobody).
-
-    iid: the historical fixed shuffle dealt round-robin over all samples (seed-independent, so
-    the default reproduces earlier runs). dirichlet: per class, a seeded shuffle cut at the
-    class's cumulative proportions. class-disjoint/explicit: per class, a seeded shuffle dealt
-    round-robin over the owners holding it (one holder: it gets them all).
-    """
-    num_partitions = held.shape[0]
-    owner = np.full(idx.size, -1, dtype=np.int64)
-    if partition == "iid":
-        for o in range(num_partitions):
-            owner[np.isin(idx, _owner_slice(idx, o, num_partitions))] = o
-        return owner
-    if partition == "dirichlet" and proportions is None:
-        raise ValueError("partition=dirichlet needs the classes x owners proportions")
-    rng = _partition_rng(seed, 2 + stream)
-    y = labels[idx]
-    for c in np.unique(y):
-        pos = rng.permutation(np.flatnonzero(y == c))
-        if partition == "dirichlet":
-            cuts = np.round(np.cumsum(proportions[c])[:-1] * pos.size).astype(np.int64)
-            owner[pos] = np.repeat(np.arange(num_partitions), np.diff([0, *cuts, pos.size]))
-        else:
-            who = np.flatnonzero(held[:, c])
-            if who.size:
-                owner[pos] = who[(np.arange(pos.size) + int(c)) % who.size]
-    return owner
-
-
-def _describe_partition(
-    partition: str, seed: int, dirichlet_beta: float, owner_classes: str
-) -> str:
-    """What determines the split, for the data fingerprint (and so the teacher cache)."""
-    if partition == "iid":
-        return "iid"  # seed-independent
-    if partition == "dirichlet":
-        return f"dirichlet(beta={float(dirichlet_beta)!r},seed={int(seed)})"
-    if partition == "explicit":
-        groups = parse_owner_classes(owner_classes)
-        return f"explicit({';'.join(','.join(map(str, g)) for g in groups)},seed={int(seed)})"
-    return f"{partition}(seed={int(seed)})"
-
-
 def validation_splits(splits: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
     """xlsa17's validation protocol as a split: ``train_loc`` classes are seen, ``val_loc``
     classes play the unseen ones, and test classes are never touched.
@@ -421,10 +284,10 @@ def load_owner_data(
     )
     splits = (train, test_seen, test_unseen)
     if partition == "iid":  # exactly the historical slices (sorted), so old runs reproduce
-        parts = [_owner_slice(idx, partition_id, num_partitions) for idx in splits]
+        parts = [owner_slice(idx, partition_id, num_partitions) for idx in splits]
     else:
         parts = [
-            idx[split_owners(idx, t.labels, partition, held, props, seed, k) == partition_id]
+            idx[deal_samples(idx, t.labels, partition, held, props, seed, k) == partition_id]
             for k, idx in enumerate(splits)
         ]
     train, test_seen, test_unseen = parts
@@ -438,7 +301,7 @@ def load_owner_data(
             f"owner {partition_id} of {num_partitions} gets no training sample under "
             f"partition={partition} with teacher={teacher}; {fix}"
         )
-    described = _describe_partition(partition, seed, dirichlet_beta, owner_classes)
+    described = describe_partition(partition, seed, dirichlet_beta, owner_classes)
     ident = f"{t.source}|{teacher}|{partition_id}/{num_partitions}|{described}|{t.features.shape}"
     if split != "test":  # the historical key for split=test, so cached teachers stay valid
         ident += f"|split={split}"

@@ -1,6 +1,6 @@
 """Sealing and opening AZSL messages at each end point (service and owner).
 
-:mod:`azsl_flower.crypto` has the primitives and one :class:`~azsl_flower.crypto.Channel`
+:mod:`azsl_flower.wire.crypto` has the primitives and one :class:`~azsl_flower.crypto.Channel`
 per pair of keys; this module decides which key a message is for, keeps the owners'
 channel state in Flower's node ``Context``, and provisions per-run keys in simulation.
 
@@ -32,9 +32,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from azsl_flower import protocol as P
-from azsl_flower.config import DEFAULTS, resolve_cache_dir
-from azsl_flower.crypto import (
+from azsl_flower.common.config import DEFAULTS, resolve_cache_dir
+from azsl_flower.wire import codec, schema
+from azsl_flower.wire.crypto import (
     Channel,
     Header,
     KeyFileError,
@@ -113,11 +113,11 @@ class ServiceSecurity:
         return cls(suite, run_id, load_private_key(service_key), load_public_keys(owner_keys))
 
     def seal(self, node: int, kind: str, phase: str, parts: list[RecordDict]) -> RecordDict:
-        content = P.bundle(parts)
+        content = codec.bundle(parts)
         if self.suite == "none":
             return content
         t = time.perf_counter()
-        plaintext = P.to_bytes(content)
+        plaintext = codec.to_bytes(content)
         keys = [self.bound[node]] if node in self.bound else self._unbound()
         if not keys:
             raise KeyFileError(f"every allow-listed owner key is bound; node {node} has none left")
@@ -130,7 +130,7 @@ class ServiceSecurity:
         self.stats.plaintext_bytes += len(plaintext)
         self.stats.ciphertext_bytes += sum(len(h) + len(b) for h, b in sealed)
         self.stats.seconds += time.perf_counter() - t
-        return P.envelope(sealed)
+        return codec.envelope(sealed)
 
     def addressable(self, node: int) -> bool:
         """False once every allow-listed key belongs to another node: it cannot be an owner."""
@@ -169,7 +169,7 @@ class ServiceSecurity:
         self._expected.pop(node, None)
         self.stats.plaintext_bytes += len(plaintext)
         self.stats.ciphertext_bytes += len(header) + len(body)
-        out = _unbundle(P.from_bytes(plaintext))
+        out = _unbundle(codec.from_bytes(plaintext))
         self.stats.seconds += time.perf_counter() - t
         return out
 
@@ -191,26 +191,7 @@ class OwnerSecurity:
         self.channel: Channel | None = None
         if self.suite == "none":
             return
-        if "owner-key" in node or "service-pub" in node:
-            if not ("owner-key" in node and "service-pub" in node):
-                raise KeyFileError(
-                    "set both owner-key and service-pub in this SuperNode's node config"
-                )
-            me, service = load_private_key(node["owner-key"]), load_public_key(node["service-pub"])
-        elif "partition-id" in node:
-            folder = simulation_key_dir(run.get("cache-dir", ""), context.run_id)
-            try:
-                me = load_private_key(folder / f"owner-{int(node['partition-id'])}.key")
-                service = load_public_key(folder / "service.pub")
-            except KeyFileError as exc:
-                raise KeyFileError(
-                    f"no per-run simulation key ({exc}); a deployed owner sets owner-key and "
-                    "service-pub in its node config"
-                ) from None
-        else:
-            raise KeyFileError(
-                "this owner has no key: set owner-key and service-pub in its node config"
-            )
+        me, service = _owner_keys(node, run, context.run_id)
         # Flower keeps node state in the SuperNode's memory; a copy on the owner's disk lets
         # a restarted SuperNode go on with the same session (same replay window, no re-key).
         self._file = (
@@ -241,18 +222,18 @@ class OwnerSecurity:
         header, body = mine[0]
         h, plaintext = self.channel.open(header, body, kind, SERVICE, self.name)
         self._save()
-        return h, _unbundle(P.from_bytes(plaintext))
+        return h, _unbundle(codec.from_bytes(plaintext))
 
     def seal(self, kind: str, request: Header | None, parts: list[RecordDict]) -> RecordDict:
         """Seal the answer to ``request`` (bound to its phase and seq)."""
-        content = P.bundle(parts)
+        content = codec.bundle(parts)
         if self.channel is None or request is None:
             return content
         header, body = self.channel.seal(
-            kind, request.phase, self.name, SERVICE, P.to_bytes(content), request.seq
+            kind, request.phase, self.name, SERVICE, codec.to_bytes(content), request.seq
         )
         self._save()
-        return P.envelope([(header, body)])
+        return codec.envelope([(header, body)])
 
     def _save(self) -> None:
         assert self.channel is not None
@@ -267,6 +248,52 @@ class OwnerSecurity:
         }
         self.context.state[_STATE_KEY] = ConfigRecord(record)  # type: ignore[arg-type]
         _write_state_file(self._file, record)
+
+
+_KEYS: dict[tuple[str, ...], tuple[X25519PrivateKey, X25519PublicKey]] = {}
+
+
+def _owner_keys(node: dict, run: dict, run_id: int) -> tuple[X25519PrivateKey, X25519PublicKey]:
+    """The owner's private key and the pinned service key, read from disk once per process
+    and run (a SuperNode serving many messages in one process does not re-read them)."""
+    if "owner-key" in node or "service-pub" in node:
+        if not ("owner-key" in node and "service-pub" in node):
+            raise KeyFileError("set both owner-key and service-pub in this SuperNode's node config")
+        paths = (str(node["owner-key"]), str(node["service-pub"]))
+    elif "partition-id" in node:
+        folder = simulation_key_dir(run.get("cache-dir", ""), run_id)
+        paths = (
+            str(folder / f"owner-{int(node['partition-id'])}.key"),
+            str(folder / "service.pub"),
+        )
+    else:
+        raise KeyFileError(
+            "this owner has no key: set owner-key and service-pub in its node config"
+        )
+    cache_key = (*paths, str(run_id), *(_stamp(p) for p in paths))
+    if cache_key not in _KEYS:
+        try:
+            keys = load_private_key(paths[0]), load_public_key(paths[1])
+        except KeyFileError as exc:
+            if "owner-key" in node:
+                raise
+            raise KeyFileError(
+                f"no per-run simulation key ({exc}); a deployed owner sets owner-key and "
+                "service-pub in its node config"
+            ) from None
+        while len(_KEYS) >= 16:  # a simulation process serves a few owners per run
+            _KEYS.pop(next(iter(_KEYS)))
+        _KEYS[cache_key] = keys
+    return _KEYS[cache_key]
+
+
+def _stamp(path: str) -> str:
+    """A file's identity and change time: a key file replaced in place is read again."""
+    try:
+        st = Path(path).expanduser().stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_ino}:{st.st_mtime_ns}"
 
 
 def _write_state_file(path: Path, record: dict[str, object]) -> None:
@@ -315,13 +342,13 @@ def _recipient_key(header: bytes) -> str | None:
 
 def _envelope_parts(content: RecordDict) -> list[tuple[bytes, bytes]]:
     try:
-        return P.open_envelope(content)
-    except P.ProtocolError as exc:
+        return codec.open_envelope(content)
+    except schema.ProtocolError as exc:
         raise RejectedError("malformed", str(exc)) from None
 
 
 def _unbundle(content: RecordDict) -> list[RecordDict]:
     try:
-        return P.unbundle(content)
-    except P.ProtocolError as exc:
+        return codec.unbundle(content)
+    except schema.ProtocolError as exc:
         raise RejectedError("malformed", str(exc)) from None

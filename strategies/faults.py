@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Message, RecordDict
 
-from azsl_flower import protocol as P
+from azsl_flower.wire import codec
 
 __all__ = ["FaultInjector"]
 
@@ -50,9 +50,9 @@ class FaultInjector:
     def _flip(self, content: RecordDict) -> RecordDict:
         """Flip one random byte in the header or the body of every sealed part."""
         out = []
-        for header, body in P.open_envelope(content):
+        for header, body in codec.open_envelope(content):
             pair = [bytearray(header), bytearray(body)]
             which = pair[0] if self.rng.random() < 0.3 else pair[1]
             which[int(self.rng.integers(len(which)))] ^= int(self.rng.integers(1, 256))
             out.append((bytes(pair[0]), bytes(pair[1])))
-        return P.envelope(out)
+        return codec.envelope(out)

@@ -49,10 +49,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda or cuda:N.")
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
+    """Seed torch's and NumPy's global generators (module-level draws, weight inits)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    return torch.Generator().manual_seed(seed)
 
 
 def classifier(in_dim: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:

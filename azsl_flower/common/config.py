@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, fields
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ __all__ = [
     "DEFAULTS",
     "CHOICES",
     "RunConfig",
+    "Scenario",
+    "TeacherSetting",
+    "Weighting",
     "parse_calibration_grid",
     "parse_owner_classes",
     "parse_run_config",
@@ -22,6 +26,40 @@ __all__ = [
 
 class ConfigError(ValueError):
     """An unknown option or a bad value; the message names the key and the choices."""
+
+
+class Scenario(StrEnum):
+    """What owners answer about generated features."""
+
+    WHITEBOX = "whitebox"  # softmax, losses and input gradients
+    BLACKBOX = "blackbox"  # softmax and the regulariser's value and gradient
+    WEIGHTS = "weights"  # the teacher once at set-up; the service computes feedback itself
+
+    @property
+    def whitebox(self) -> bool:
+        """The generator gets the teacher's input gradient (directly or from its copy)."""
+        return self in (Scenario.WHITEBOX, Scenario.WEIGHTS)
+
+
+class TeacherSetting(StrEnum):
+    """What an owner's teacher was trained on."""
+
+    TRANSDUCTIVE = "transductive"  # seen classes and some unseen-class images
+    INDUCTIVE = "inductive"  # seen classes only
+
+    @property
+    def zsl_space(self) -> str:
+        """ZSL T1's label space: unseen classes for an inductive teacher, else all classes."""
+        return "unseen" if self is TeacherSetting.INDUCTIVE else "all"
+
+
+class Weighting(StrEnum):
+    """How the owners' answers about one generated sample combine (``ensemble-weighting``)."""
+
+    COVERAGE = "coverage"
+    UNIFORM = "uniform"
+    CONFIDENCE = "confidence"
+    JOINT = "joint"
 
 
 # The single source of truth for run-config keys (pyproject's [tool.flwr.app.config]
@@ -86,12 +124,12 @@ DEFAULTS: dict[str, Any] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("digits", "xlsa17"),
     "semantics": ("att", "text", "onehot"),
-    "scenario": ("whitebox", "blackbox", "weights"),
-    "teacher": ("transductive", "inductive"),
+    "scenario": tuple(Scenario),
+    "teacher": tuple(TeacherSetting),
     "regulariser": ("none", "kl", "mmd"),
     "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
     "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
-    "ensemble-weighting": ("coverage", "uniform", "confidence", "joint"),
+    "ensemble-weighting": tuple(Weighting),
     "resume": ("auto", "never"),
     "split": ("test", "val"),
 }
@@ -147,8 +185,8 @@ class RunConfig:
     data_dir: str
     feature_file: str
     semantics: str
-    scenario: str
-    teacher: str
+    scenario: Scenario
+    teacher: TeacherSetting
     regulariser: str
     alpha: float
     noise_dim: int
@@ -183,7 +221,7 @@ class RunConfig:
     partition: str
     dirichlet_beta: float
     owner_classes: str
-    ensemble_weighting: str
+    ensemble_weighting: Weighting
     quorum: float
     checkpoint_dir: str
     checkpoint_every: int
@@ -192,12 +230,9 @@ class RunConfig:
     tensorboard: bool
     tensorboard_dir: str
 
-    @property
-    def whitebox(self) -> bool:
-        return self.scenario in ("whitebox", "weights")
-
     def as_dict(self) -> dict[str, Any]:
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        """The run config as plain values (enums as their strings), keyed as on the command line."""
+        return {f.name.replace("_", "-"): _plain(getattr(self, f.name)) for f in fields(self)}
 
     def owner_settings(self) -> dict[str, Any]:
         """What an owner needs to rebuild its state; sent with every request."""
@@ -253,7 +288,9 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
                 f"run-config {key}={value!r}: expected {type(default).__name__}"
             ) from None
         if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"run-config {key}={value!r}: choose one of {list(CHOICES[key])}")
+            raise ConfigError(
+                f"run-config {key}={value!r}: choose one of {[str(c) for c in CHOICES[key]]}"
+            )
         if key in POSITIVE and not value > 0:
             raise ConfigError(f"run-config {key}={value!r}: must be > 0")
         if key in NON_NEGATIVE and value < 0:
@@ -305,7 +342,20 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         )
     if not (merged["device"] in ("auto", "cpu", "cuda") or merged["device"].startswith("cuda:")):
         raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
+    for key, enum in ENUMS.items():
+        merged[key] = enum(merged[key])
     return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+ENUMS: dict[str, type[StrEnum]] = {
+    "scenario": Scenario,
+    "teacher": TeacherSetting,
+    "ensemble-weighting": Weighting,
+}
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
 
 
 MAX_CLASS_INDEX = 10**6  # far above any dataset's class count; bounds what a range expands to

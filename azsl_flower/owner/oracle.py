@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from azsl_flower.models import predict_logits
+from azsl_flower.common.models import predict_logits
 
 __all__ = [
     "REGULARISERS",

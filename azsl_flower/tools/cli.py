@@ -12,14 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from azsl_flower.crypto import (
-    KeyFileError,
-    fingerprint,
-    load_private_key,
-    load_public_key,
-    write_keypair,
-)
-from azsl_flower.deploy import (
+from azsl_flower.tools.deploy import (
     CA_DAYS,
     DEFAULT_HOSTS,
     SERVER_DAYS,
@@ -27,6 +20,13 @@ from azsl_flower.deploy import (
     generate_node_auth,
     generate_tls,
     write_connection,
+)
+from azsl_flower.wire.crypto import (
+    KeyFileError,
+    fingerprint,
+    load_private_key,
+    load_public_key,
+    write_keypair,
 )
 
 

@@ -1,6 +1,6 @@
 """What the AI service may read: class names and semantic vectors, never features.
 
-Kept apart from ``azsl_flower.data`` (the owners' feature loader) so that the service's
+Kept apart from ``azsl_flower.owner.data`` (the owners' feature loader) so that the service's
 import graph holds no way to read a features file.
 """
 

@@ -1,0 +1,1 @@
+"""What both roles share: run configuration, networks, metrics, the class side of a dataset."""

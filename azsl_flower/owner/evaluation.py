@@ -1,0 +1,76 @@
+"""Federated evaluation at the owner: per-class counts of a model on its local test split.
+
+The service sends a model; the owner scores it (and its own teacher) on its private test
+features and returns per-class correct/total counts only, never predictions per sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from azsl_flower.common.metrics import count_predictions
+from azsl_flower.common.models import classifier, load_numpy_state, predict_logits
+from azsl_flower.owner.data import OwnerData
+from azsl_flower.owner.oracle import FeedbackOracle
+
+__all__ = ["evaluate_model", "model_from_weights"]
+
+
+def evaluate_model(
+    model: nn.Module | None,
+    data: OwnerData,
+    unseen: np.ndarray,
+    device: torch.device,
+    oracle: FeedbackOracle | None = None,
+    calibration: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-class counts of a global-label-space model (or of the teacher if model is None).
+
+    ``calibration`` (model only; calibrated stacking, Chao et al. 2016): the first value is
+    subtracted from the seen classes' logits (log-probabilities up to a per-sample
+    constant) before the GZSL argmax; with more values, ``{seen,unseen}_curve`` hold the
+    correct counts for each (one row each). Logits, not probabilities: a confident model
+    puts ~1.0 on a seen class, and no shift of at most 1 in probability can move it.
+    """
+    gammas = np.zeros(1)
+    if model is not None and calibration is not None and np.asarray(calibration).size:
+        gammas = np.asarray(calibration, dtype=np.float64)
+    seen_mask = np.ones(data.num_classes, dtype=bool)
+    seen_mask[unseen] = False
+    out: dict[str, np.ndarray] = {}
+    for split, x, y, is_unseen in (
+        ("seen", data.test_seen_x, data.test_seen_y, False),
+        ("unseen", data.test_unseen_x, data.test_unseen_y, True),
+    ):
+        if model is not None:
+            with torch.no_grad():
+                scores = predict_logits(model, torch.from_numpy(x).to(device)).cpu().numpy()
+        else:
+            assert oracle is not None
+            scores = oracle.probs(x) if x.shape[0] else np.zeros((0, data.num_classes))
+            uncovered = np.setdiff1d(np.arange(data.num_classes), oracle.classes)
+            scores[:, uncovered] = -np.inf
+        pred_zsl = None
+        if is_unseen and unseen.size and x.shape[0]:
+            pred_zsl = unseen[scores[:, unseen].argmax(1)]
+        counted = []  # (correct, total, zsl) per calibration value
+        for gamma in gammas:
+            shifted = scores - gamma * seen_mask if gamma else scores
+            pred_all = shifted.argmax(1) if x.shape[0] else np.zeros(0, dtype=np.int64)
+            counted.append(count_predictions(pred_all, pred_zsl, y, is_unseen, data.num_classes))
+        correct, total, zsl = counted[0]
+        out[f"{split}_correct"], out[f"{split}_total"] = correct, total
+        if is_unseen:
+            out["zsl_correct"] = zsl
+        if gammas.size > 1:
+            out[f"{split}_curve"] = np.stack([c[0] for c in counted])
+    return out
+
+
+def model_from_weights(weights: dict[str, np.ndarray], device: torch.device) -> nn.Module:
+    """Rebuild a classifier MLP from its weights (shapes give the sizes)."""
+    in_dim = int(weights["0.weight"].shape[1])
+    out_dim = int(weights["6.weight"].shape[0])
+    return load_numpy_state(classifier(in_dim, out_dim), weights).to(device).eval()

@@ -1,0 +1,81 @@
+"""The student (Eq. 4) and, for an inductive teacher, classifier C (Eq. 7).
+
+Both are trained on verified generated features only; neither ever sees a real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from azsl_flower.common.config import RunConfig
+from azsl_flower.common.models import classifier, fit
+
+__all__ = ["EpochProgress", "StudentSettings", "train_classifier", "train_student"]
+
+EpochProgress = Callable[[int, float], None]  # (epoch from 0, mean loss of the epoch)
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    """The run-config keys student and classifier training read."""
+
+    epochs: int
+    lr: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> StudentSettings:
+        return cls(epochs=cfg.student_epochs, lr=cfg.lr_student, seed=cfg.seed)
+
+
+def train_student(
+    x: np.ndarray,
+    probs: np.ndarray,
+    settings: StudentSettings,
+    device: torch.device,
+    progress: EpochProgress | None = None,
+) -> nn.Module:
+    """Eq. 4: student S mimics the teachers' softmax (MSE) on verified generated features.
+
+    ``progress(epoch, mean loss)`` after each epoch (TensorBoard's student curve)."""
+    student = classifier(x.shape[1], probs.shape[1]).to(device)
+    fit(
+        student,
+        torch.from_numpy(x).to(device),
+        torch.from_numpy(probs).to(device),
+        lambda logits, p: F.mse_loss(logits.softmax(1), p, reduction="sum") / logits.shape[0],
+        epochs=settings.epochs,
+        lr=settings.lr,
+        seed=settings.seed,
+        progress=progress,
+    )
+    return student
+
+
+def train_classifier(
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    settings: StudentSettings,
+    device: torch.device,
+    progress: EpochProgress | None = None,
+) -> nn.Module:
+    """Eq. 7: classifier C over seen ∪ unseen, cross-entropy on generated features."""
+    clf = classifier(x.shape[1], num_classes).to(device)
+    fit(
+        clf,
+        torch.from_numpy(x).to(device),
+        torch.from_numpy(y).long().to(device),
+        F.cross_entropy,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        seed=settings.seed,
+        progress=progress,
+    )
+    return clf

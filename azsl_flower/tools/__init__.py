@@ -1,0 +1,1 @@
+"""Operator tools: the ``azsl-flower`` command (keys, TLS, SuperNode auth, connections)."""

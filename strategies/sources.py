@@ -1,0 +1,186 @@
+"""Where generator feedback and verification answers come from: the owners over Flower, or
+(scenario ``weights``) copies of their teachers that they sent at set-up.
+
+Both sources answer the same two questions for the strategy, so its generator and
+verification phases do not know which one they talk to:
+
+- :meth:`feedback_round`: the (pool, answers by owner) pairs of one generator round, or
+  None when no owner can answer any more;
+- :meth:`verify`: the generated samples to verify and each verifier's softmax and
+  log-sum-exp for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from logging import WARNING
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from azsl_flower.common.config import RunConfig
+from azsl_flower.common.models import classifier, load_numpy_state
+from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser
+from azsl_flower.service.generator import GeneratorTrainer, Pool
+from azsl_flower.wire import schema
+from strategies.roster import OwnerError
+
+if TYPE_CHECKING:
+    from strategies.azsl import AZSLStrategy
+
+__all__ = ["FeedbackSource", "LocalTeachers", "RemoteOwners", "VerifyAnswers"]
+
+Answers = dict[int, dict[str, np.ndarray]]  # node -> reply arrays
+MAX_MESSAGE_BYTES = 2**30  # generated features per verification round trip
+
+
+@dataclass
+class VerifyAnswers:
+    """Generated samples and, per verifier (in ``nodes`` order), its softmax and lse."""
+
+    nodes: list[int]
+    x: np.ndarray
+    y: np.ndarray
+    probs: list[np.ndarray]
+    lse: list[np.ndarray]
+
+
+class FeedbackSource(Protocol):
+    def feedback_round(
+        self, trainer: GeneratorTrainer, r: int
+    ) -> Iterable[tuple[Pool, Answers]] | None:
+        """The round's (pool, answers) pairs, consumed one at a time; None: nobody can answer."""
+
+    def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
+        """Generate ``samples-per-class`` of each class and collect the verifiers' answers."""
+
+
+class RemoteOwners:
+    """The owners over Flower: one round trip per pool of ``steps-per-round`` batches."""
+
+    def __init__(self, strategy: AZSLStrategy, grid: Grid, verify_size: int) -> None:
+        self.strategy, self.grid, self.verify_size = strategy, grid, verify_size
+
+    def feedback_round(
+        self, trainer: GeneratorTrainer, r: int
+    ) -> list[tuple[Pool, Answers]] | None:
+        s = self.strategy
+        cfg, roster = s.cfg, s.roster
+        pool_size = cfg.steps_per_round * cfg.batch_size
+        asked = roster.with_budget(pool_size, "generator", reserve=self.verify_size)
+        if not asked:
+            log(
+                WARNING,
+                "no owner has query budget left for a pool of %d samples: the generator "
+                "phase ends after %d of %d rounds",
+                pool_size,
+                r - 1,
+                cfg.rounds,
+            )
+            return None
+        classes = np.unique(np.concatenate([roster.covered[n] for n in asked]))
+        pool = trainer.make_pool(cfg.steps_per_round, classes)
+        replies = s.ask(self.grid, s.configure_feedback(pool, asked, f"generator-{r}"))
+        return [(pool, {n: a[0].arrays for n, a in replies.items()})]
+
+    def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
+        """Generate, then ask the owners with budget for all of it.
+
+        Only classes those owners know are generated (the others would fail verification
+        anyway). Chunks keep one message under protobuf's 2 GB limit; an owner must answer
+        every chunk to count.
+        """
+        s = self.strategy
+        roster, spc = s.roster, s.cfg.samples_per_class
+        asked = roster.with_budget(spc * int(classes.size), "verification")
+        if not asked:
+            raise OwnerError(
+                "no owner has query budget left for verification; lower rounds or "
+                "samples-per-class, or raise query-budget in the owners' node config"
+            )
+        classes = np.intersect1d(classes, np.concatenate([roster.covered[n] for n in asked]))
+        x, y = trainer.generate(classes, spc)
+        probs: dict[int, list[np.ndarray]] = {n: [] for n in asked}
+        lse: dict[int, list[np.ndarray]] = {n: [] for n in asked}
+        for chunk in np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES)):
+            replies = s.ask(self.grid, s.configure_verify(x[chunk], y[chunk], list(asked)))
+            for node in list(asked):
+                if node in replies:
+                    probs[node].append(replies[node][0].arrays["probs"])
+                    lse[node].append(replies[node][0].arrays["lse"])
+                else:  # failed, dropped or refused: its other chunks are of no use
+                    asked.remove(node)
+            if not asked:
+                why = [f for f in roster.failures if f["phase"] == "verification"]
+                raise OwnerError(
+                    f"no owner answered verification: {why}; see the owners' logs, or raise "
+                    "query-budget if they refused for budget"
+                )
+        return VerifyAnswers(
+            asked,
+            x,
+            y,
+            [np.concatenate(probs[n]) for n in asked],
+            [np.concatenate(lse[n]) for n in asked],
+        )
+
+
+class LocalTeachers:
+    """Scenario ``weights``: copies of the owners' teachers (and KL statistics) sent once at
+    set-up; every generator update gets fresh feedback computed here, no message at all."""
+
+    def __init__(self, oracles: dict[int, FeedbackOracle], cfg: RunConfig, lse_grad: bool) -> None:
+        self.oracles, self.cfg, self.lse_grad = oracles, cfg, lse_grad
+
+    @classmethod
+    def from_setup(
+        cls,
+        setup: dict[int, schema.Payload],
+        num_classes: int,
+        device: torch.device,
+        cfg: RunConfig,
+        lse_grad: bool,
+    ) -> LocalTeachers:
+        """Rebuild each owner's oracle from the weights and statistics it chose to send."""
+        oracles = {}
+        for node, r in setup.items():
+            if r.weights is None:
+                raise OwnerError("scenario=weights but an owner sent no teacher weights")
+            covered = r.arrays["covered"]
+            teacher = classifier(int(r.scalars["dim"]), covered.size)
+            load_numpy_state(teacher, r.weights)
+            reg: Regulariser = Regulariser()
+            if "reg_mean" in r.arrays:
+                reg = KLRegulariser(
+                    torch.from_numpy(r.arrays["reg_mean"]),
+                    torch.from_numpy(r.arrays["reg_var"]),
+                    torch.from_numpy(r.arrays["reg_classes"]),
+                ).to(device)
+            oracles[node] = FeedbackOracle(
+                teacher.to(device).eval(), covered, num_classes, reg, device
+            )
+        return cls(oracles, cfg, lse_grad)
+
+    def feedback_round(self, trainer: GeneratorTrainer, r: int) -> Iterator[tuple[Pool, Answers]]:
+        """``steps-per-round`` one-batch pools, each answered on the current generator."""
+        for _ in range(self.cfg.steps_per_round):
+            pool = trainer.make_pool(1)
+            yield (
+                pool,
+                {
+                    n: o.feedback(
+                        pool.x, pool.labels, pool.batch_size, True, self.cfg.alpha, self.lse_grad
+                    )
+                    for n, o in self.oracles.items()
+                },
+            )
+
+    def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
+        x, y = trainer.generate(classes, self.cfg.samples_per_class)
+        nodes = list(self.oracles)
+        answers = [self.oracles[n].probs_lse(x) for n in nodes]
+        return VerifyAnswers(nodes, x, y, [a[0] for a in answers], [a[1] for a in answers])
