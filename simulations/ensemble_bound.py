@@ -20,9 +20,9 @@ import numpy as np
 
 from azsl_flower.common.config import parse_run_config
 from azsl_flower.common.metrics import ClassCounts, count_predictions, zsl_gzsl
-from azsl_flower.owner.state import owner_state
 from azsl_flower.owner.data import load_owner_data
 from azsl_flower.owner.oracle import FeedbackOracle
+from azsl_flower.owner.state import owner_state
 from azsl_flower.service.ensemble import joint_gates
 from simulations.benchmark_caltech import save_figures
 from simulations.simulate import parse_overrides

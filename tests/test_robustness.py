@@ -225,8 +225,8 @@ def test_per_owner_teacher_is_each_owners_own_counts(tmp_path):
 def test_owner_refuses_bad_calibration_values(tmp_path):
     """An evaluation asking for negative or too many calibration values gets an error
     reply that says what is allowed, not a score."""
-    from azsl_flower.owner.handlers import MAX_CALIBRATION_VALUES
     from azsl_flower.common.models import classifier, state_to_numpy
+    from azsl_flower.owner.handlers import MAX_CALIBRATION_VALUES
 
     raw = _raw(tmp_path, encryption="none")
     settings = parse_run_config(raw).owner_settings()
