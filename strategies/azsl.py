@@ -3,8 +3,8 @@
 Shaped like Flower's Message-API strategies: each phase has a ``configure_*`` that builds
 the request (message kind, payloads, owners) and an ``aggregate_*`` that turns the owners'
 answers into what the learner uses; :meth:`AZSLStrategy.start` runs Algorithm 1 as a few
-short phases. Sending is the :class:`~strategies.transport.Transport`'s job, deciding who
-stays in the run the :class:`~strategies.roster.Roster`'s; generator feedback comes from a
+short phases. Sending is :class:`~strategies.delivery.Delivery`'s job (transport + roster: re-sends,
+skips, drops); generator feedback comes from a
 :mod:`feedback source <strategies.sources>` (remote owners, or the teachers of scenario
 ``weights``). Round trips are the expensive part (≈0.1 s simulated, ≈10 s deployed), so
 each carries a pool of ``steps-per-round`` generated batches.
@@ -13,7 +13,7 @@ each carries a pool of ``steps-per-round`` generated batches.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from logging import INFO, WARNING
 
 import numpy as np
@@ -25,9 +25,10 @@ from azsl_flower.common.config import (
     ConfigError,
     RunConfig,
     Scenario,
+    TeacherSetting,
     Weighting,
+    owner_groups,
     parse_calibration_grid,
-    parse_owner_classes,
 )
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.common.models import state_to_numpy
@@ -36,71 +37,18 @@ from azsl_flower.service import ensemble
 from azsl_flower.service.checkpoint import Checkpointer
 from azsl_flower.service.generator import GeneratorSettings, GeneratorTrainer, Pool
 from azsl_flower.service.results import RunResult
-from azsl_flower.service.student import StudentSettings, train_classifier, train_student
+from azsl_flower.service.student import StudentSettings, train_models
 from azsl_flower.service.tracking import OwnerTotals, RunEvents
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
+from strategies.delivery import Delivery
 from strategies.faults import FaultInjector
+from strategies.requests import Evaluation, Feedback, Request, Verified, sum_counts
 from strategies.roster import OwnerError, Roster
 from strategies.sources import FeedbackSource, LocalTeachers, RemoteOwners, VerifyAnswers
 from strategies.transport import Transport
 
-__all__ = ["AZSLStrategy", "Feedback", "OwnerError", "Request"]
-
-
-@dataclass
-class Request:
-    """One round trip: a message kind, its payloads (``schema.encode`` keywords), the owners."""
-
-    kind: schema.Kind
-    phase: str
-    payloads: list[dict[str, object]]
-    nodes: list[int]
-
-    @property
-    def samples(self) -> int:
-        """Generated samples it asks about: what an owner counts against its budget."""
-        if self.kind is not schema.FEEDBACK and self.kind is not schema.VERIFY:
-            return 0
-        return sum(int(np.asarray(p["arrays"]["y"]).size) for p in self.payloads)  # type: ignore[index]
-
-
-@dataclass
-class Feedback:
-    """One pool's answers combined over the owners: what the generator update uses."""
-
-    probs: np.ndarray
-    grad: np.ndarray
-    ce: np.ndarray
-    reg: np.ndarray
-
-    def stats(self, y: np.ndarray) -> dict[str, float]:
-        return {
-            "teacher_ce": float(np.mean(self.ce)),
-            "regulariser": float(np.mean(self.reg)),
-            "agreement": float(np.mean(self.probs.argmax(1) == y)),
-        }
-
-
-@dataclass
-class Verified:
-    """Verification (Eq. 3): generated samples, the teachers' combined softmax, which to keep."""
-
-    x: np.ndarray
-    y: np.ndarray
-    probs: np.ndarray
-    keep: np.ndarray
-    report: dict[str, object]
-
-
-@dataclass
-class Evaluation:
-    """Summed per-class counts: each model's, the teachers', each owner's own teacher's."""
-
-    models: dict[str, ClassCounts]
-    teacher: ClassCounts
-    per_owner: dict[int, ClassCounts]
-    curves: dict[str, list[dict[str, float]]]
+__all__ = ["AZSLStrategy", "OwnerError"]
 
 
 class AZSLStrategy:
@@ -118,83 +66,16 @@ class AZSLStrategy:
             faults = FaultInjector(cfg.fault_tamper, cfg.fault_replay, cfg.seed)
         self.transport = Transport(security, cfg.timeout, cfg.poll_interval, faults)
         self.roster = Roster(cfg.quorum)
+        self.delivery = Delivery(self.transport, self.roster, self.settings, cfg.max_retries)
         self.checkpoint = Checkpointer(cfg)
-
-    # -- sending ----------------------------------------------------------------------------
-
-    def ask(self, grid: Grid, request: Request) -> dict[int, list[schema.Payload]]:
-        """Every payload of ``request`` to each of its owners, sealed in one message per
-        owner; the answers by node, for the owners that answered.
-
-        A message refused by either end, answered with an error, or not answered within
-        ``timeout`` is re-sent, freshly sealed, up to ``max-retries`` times; an owner that
-        still fails is dropped (the roster fails the run below quorum). An owner that
-        refuses because of its query budget is only skipped this time: it has not failed.
-        """
-        kind, phase, roster = request.kind, request.phase, self.roster
-        parts = [
-            schema.encode(kind, "request", settings=self.settings, **p)  # type: ignore[arg-type]
-            for p in request.payloads
-        ]
-        answers: dict[int, list[schema.Payload]] = {}
-        why: dict[int, str] = {}  # node -> why its last attempt failed
-        todo, offline = list(request.nodes), []
-        for attempt in range(self.cfg.max_retries + 1):
-            if offline:  # a restarting SuperNode: re-send once it is back, not straight away
-                self.transport.await_nodes(grid, offline, phase)
-            unreachable = [n for n in todo if not self.transport.security.addressable(n)]
-            if unreachable:  # no allow-listed key left for it: not one of our owners
-                reason = "no allow-listed owner key is left for it (not one of our owners)"
-                roster.drop(unreachable, phase, dict.fromkeys(unreachable, reason))
-                todo = [n for n in todo if n not in unreachable]
-                if not todo:
-                    break
-            outcomes = self.transport.exchange(grid, kind, phase, parts, todo)
-            todo, offline = [], []
-            for node, out in outcomes.items():
-                if out.answered:
-                    roster.count_used(node, request.samples)
-                if out.answers is not None:
-                    answers[node] = out.answers
-                    continue
-                if out.refusal is not None:
-                    roster.budget_refused(node, phase, out.refusal)
-                    continue
-                why[node] = out.reason
-                if out.failure != "rejected":  # rejections are counted by the transport
-                    roster.fail(
-                        node, phase, "timeout" if out.failure == "timeout" else "error", out.reason
-                    )
-                if out.failure == "offline":
-                    offline.append(node)
-                todo.append(node)
-            if not todo:
-                break
-            if attempt < self.cfg.max_retries:
-                self.transport.traffic.retries += len(todo)
-        if todo:
-            roster.drop(todo, phase, why)
-        return {n: answers[n] for n in roster.live if n in answers}
 
     # -- set-up -----------------------------------------------------------------------------
 
     def configure_setup(self, grid: Grid) -> Request:
         """Ask every connected node to declare its feature size, coverage and budget."""
         nodes = sorted(grid.get_node_ids())
-        if self.cfg.partition == "explicit" and nodes:
-            groups = parse_owner_classes(self.cfg.owner_classes)
-            if len(groups) != len(nodes):
-                raise ConfigError(
-                    f"owner-classes={self.cfg.owner_classes!r} has {len(groups)} group(s) but "
-                    f"{len(nodes)} owners are connected; give exactly one ';'-separated group "
-                    "per owner"
-                )
-            outside = sorted({c for g in groups for c in g if c >= self.classes.num_classes})
-            if outside:
-                raise ConfigError(
-                    f"owner-classes names class(es) {outside} but the dataset has "
-                    f"{self.classes.num_classes} classes (0-based)"
-                )
+        if self.cfg.partition == "explicit" and nodes:  # before any message
+            owner_groups(self.cfg.owner_classes, len(nodes), self.classes.num_classes)
         self.roster.start(nodes)
         return Request(schema.SETUP, "setup", [{}], nodes)
 
@@ -324,12 +205,12 @@ class AZSLStrategy:
         if not replies:
             raise OwnerError("no owner answered the evaluation round trip; see the failures above")
         by_model = {name: [node[i] for node in replies.values()] for i, name in enumerate(names)}
-        counts = {name: _sum_counts(a, "model") for name, a in by_model.items()}
+        counts = {name: sum_counts(a, "model") for name, a in by_model.items()}
         curves = {name: self._curve(a, counts[name]) for name, a in by_model.items()}
         return Evaluation(
             models=counts,
-            teacher=_sum_counts([r[0] for r in replies.values()], "teacher"),
-            per_owner={n: _sum_counts([r[0]], "teacher") for n, r in replies.items()},
+            teacher=sum_counts([r[0] for r in replies.values()], "teacher"),
+            per_owner={n: sum_counts([r[0]], "teacher") for n, r in replies.items()},
             curves=curves,
         )
 
@@ -353,7 +234,7 @@ class AZSLStrategy:
         """Set-up, generator rounds, verification, student (and classifier C), evaluation."""
         events = events or RunEvents()
         t0, phases = time.monotonic(), {}
-        setup = {n: r[0] for n, r in self.ask(grid, self.configure_setup(grid)).items()}
+        setup = {n: r[0] for n, r in self.delivery.ask(grid, self.configure_setup(grid)).items()}
         declared = self.aggregate_setup(setup)
         self.roster.contributors["setup"] = list(setup)
         trainer = GeneratorTrainer(
@@ -385,7 +266,7 @@ class AZSLStrategy:
         phases["student"] = time.monotonic() - t
         t = time.monotonic()
         request = self.configure_evaluate(models, declared.unseen)
-        replies = self.ask(grid, request)
+        replies = self.delivery.ask(grid, request)
         evaluation = self.aggregate_evaluate(replies, list(models))
         self.roster.contributors["evaluation"] = list(replies)
         phases["evaluation"] = time.monotonic() - t
@@ -406,7 +287,7 @@ class AZSLStrategy:
             )
         verify_size = self.cfg.samples_per_class * int(declared.trainable.size)
         self.roster.check_budgets(verify_size, self.cfg.samples_per_class)
-        return RemoteOwners(self, grid, verify_size)
+        return RemoteOwners(self, self.delivery, grid, self.cfg, verify_size)
 
     def _train_generator(
         self, source: FeedbackSource, trainer: GeneratorTrainer, events: RunEvents
@@ -455,33 +336,23 @@ class AZSLStrategy:
         declared: ensemble.Declarations,
         events: RunEvents,
     ) -> dict[str, torch.nn.Module]:
-        """The student (Eq. 4); inductive: also classifier C (Eq. 7), the one evaluated first."""
+        """Student (Eq. 4); inductive: also classifier C (Eq. 7) on generated unseen samples."""
         keep = verified.keep
         if not keep.any():
             raise RuntimeError(
                 "no generated sample passed verification; train longer (rounds) or check alpha"
             )
-        settings = StudentSettings.from_config(self.cfg)
-        total = settings.epochs
-        student = train_student(
-            verified.x[keep],
-            verified.probs[keep],
-            settings,
-            self.device,
-            lambda e, loss: events.epoch_done("student", e + 1, total, loss),
-        )
-        if self.cfg.teacher != "inductive" or not declared.unseen.size:
-            return {"student": student}
-        xu, yu = trainer.generate(declared.unseen, self.cfg.samples_per_class)
-        clf = train_classifier(
-            np.concatenate([verified.x[keep], xu]),
-            np.concatenate([verified.y[keep], yu]),
+        unseen = None
+        if self.cfg.teacher is TeacherSetting.INDUCTIVE and declared.unseen.size:
+            unseen = trainer.generate(declared.unseen, self.cfg.samples_per_class)
+        return train_models(
+            (verified.x[keep], verified.y[keep], verified.probs[keep]),
+            unseen,
             declared.num_classes,
-            settings,
+            StudentSettings.from_config(self.cfg),
             self.device,
-            lambda e, loss: events.epoch_done("classifier", e + 1, total, loss),
+            events.epoch_done,
         )
-        return {"classifier": clf, "student": student}
 
     def _owner_totals(self) -> OwnerTotals:
         traffic = self.transport.traffic
@@ -531,14 +402,3 @@ class AZSLStrategy:
             resumed_from_round=None,
             models={"generator": trainer.generator, "student": models[main]},
         )
-
-
-def _sum_counts(replies: list[schema.Payload], who: str) -> ClassCounts:
-    """Per-class counts of ``who`` ('model' or 'teacher') summed over the replies."""
-    fields = ClassCounts.__dataclass_fields__
-    total = None
-    for r in replies:
-        c = ClassCounts(*(r.arrays[f"{who}_{f}"] for f in fields))
-        total = c if total is None else total + c
-    assert total is not None
-    return total

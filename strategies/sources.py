@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from logging import WARNING
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,10 +27,9 @@ from azsl_flower.common.models import classifier, load_numpy_state
 from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser
 from azsl_flower.service.generator import GeneratorTrainer, Pool
 from azsl_flower.wire import schema
+from strategies.delivery import Delivery
+from strategies.requests import Request
 from strategies.roster import OwnerError
-
-if TYPE_CHECKING:
-    from strategies.azsl import AZSLStrategy
 
 __all__ = ["FeedbackSource", "LocalTeachers", "RemoteOwners", "VerifyAnswers"]
 
@@ -59,17 +58,32 @@ class FeedbackSource(Protocol):
         """Generate ``samples-per-class`` of each class and collect the verifiers' answers."""
 
 
+class Requests(Protocol):
+    """The strategy's ``configure_*`` for the two requests a remote source sends."""
+
+    def configure_feedback(self, pool: Pool, nodes: list[int], phase: str) -> Request: ...
+
+    def configure_verify(self, x: np.ndarray, y: np.ndarray, nodes: list[int]) -> Request: ...
+
+
 class RemoteOwners:
     """The owners over Flower: one round trip per pool of ``steps-per-round`` batches."""
 
-    def __init__(self, strategy: AZSLStrategy, grid: Grid, verify_size: int) -> None:
-        self.strategy, self.grid, self.verify_size = strategy, grid, verify_size
+    def __init__(
+        self,
+        requests: Requests,
+        delivery: Delivery,
+        grid: Grid,
+        cfg: RunConfig,
+        verify_size: int,
+    ) -> None:
+        self.requests, self.delivery, self.grid = requests, delivery, grid
+        self.cfg, self.verify_size = cfg, verify_size
 
     def feedback_round(
         self, trainer: GeneratorTrainer, r: int
     ) -> list[tuple[Pool, Answers]] | None:
-        s = self.strategy
-        cfg, roster = s.cfg, s.roster
+        cfg, roster = self.cfg, self.delivery.roster
         pool_size = cfg.steps_per_round * cfg.batch_size
         asked = roster.with_budget(pool_size, "generator", reserve=self.verify_size)
         if not asked:
@@ -84,7 +98,8 @@ class RemoteOwners:
             return None
         classes = np.unique(np.concatenate([roster.covered[n] for n in asked]))
         pool = trainer.make_pool(cfg.steps_per_round, classes)
-        replies = s.ask(self.grid, s.configure_feedback(pool, asked, f"generator-{r}"))
+        request = self.requests.configure_feedback(pool, asked, f"generator-{r}")
+        replies = self.delivery.ask(self.grid, request)
         return [(pool, {n: a[0].arrays for n, a in replies.items()})]
 
     def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
@@ -94,8 +109,7 @@ class RemoteOwners:
         anyway). Chunks keep one message under protobuf's 2 GB limit; an owner must answer
         every chunk to count.
         """
-        s = self.strategy
-        roster, spc = s.roster, s.cfg.samples_per_class
+        roster, spc = self.delivery.roster, self.cfg.samples_per_class
         asked = roster.with_budget(spc * int(classes.size), "verification")
         if not asked:
             raise OwnerError(
@@ -107,7 +121,8 @@ class RemoteOwners:
         probs: dict[int, list[np.ndarray]] = {n: [] for n in asked}
         lse: dict[int, list[np.ndarray]] = {n: [] for n in asked}
         for chunk in np.array_split(np.arange(y.size), -(-x.nbytes // MAX_MESSAGE_BYTES)):
-            replies = s.ask(self.grid, s.configure_verify(x[chunk], y[chunk], list(asked)))
+            request = self.requests.configure_verify(x[chunk], y[chunk], list(asked))
+            replies = self.delivery.ask(self.grid, request)
             for node in list(asked):
                 if node in replies:
                     probs[node].append(replies[node][0].arrays["probs"])

@@ -202,7 +202,7 @@ def test_explicit_shared_class_is_split_between_its_owners(indexed_digits):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("0-4;5-9", r"2 group\(s\) but there are 3 owners"),
+        ("0-4;5-9", r"2 group\(s\) but 3 owners"),
         ("0-3;4-6;7-10", r"class\(es\) \[10\] but the dataset has 10 classes"),
         ("0-3;4-6;7,8", r"class\(es\) \[9\] belong to no owner"),
     ],

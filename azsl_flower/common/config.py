@@ -18,6 +18,7 @@ __all__ = [
     "TeacherSetting",
     "Weighting",
     "parse_calibration_grid",
+    "owner_groups",
     "parse_owner_classes",
     "parse_run_config",
     "resolve_cache_dir",
@@ -395,6 +396,29 @@ def parse_owner_classes(spec: str) -> list[list[int]]:
                 f"(one group per owner, separated by ';'); {example}"
             )
         groups.append(sorted(members))
+    return groups
+
+
+def owner_groups(
+    spec: str, owners: int, num_classes: int, error: type[ValueError] = ConfigError
+) -> list[list[int]]:
+    """``owner-classes`` checked against the federation: one group per owner, classes in range.
+
+    The service checks it before any message (``ConfigError``), each simulated owner when it
+    loads its data (``error``: the loader's ``DataError``).
+    """
+    groups = parse_owner_classes(spec)
+    if len(groups) != owners:
+        raise error(
+            f"owner-classes={spec!r} has {len(groups)} group(s) but {owners} owners are "
+            "connected; give exactly one ';'-separated group per owner"
+        )
+    outside = sorted({c for g in groups for c in g if c >= num_classes})
+    if outside:
+        raise error(
+            f"owner-classes names class(es) {outside} but the dataset has {num_classes} "
+            f"classes (0-based: 0..{num_classes - 1})"
+        )
     return groups
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from azsl_flower.common.config import CHOICES, parse_owner_classes
+from azsl_flower.common.config import CHOICES, owner_groups, parse_owner_classes
 from azsl_flower.common.semantics import DataError
 
 __all__ = [
@@ -63,19 +63,7 @@ def class_holders(
         order = np.concatenate([rng.permutation(seen), rng.permutation(unseen)]).astype(np.int64)
         held[np.arange(order.size) % num_partitions, order] = True
     elif partition == "explicit":
-        groups = parse_owner_classes(owner_classes)
-        if len(groups) != num_partitions:
-            raise DataError(
-                f"owner-classes={owner_classes!r} has {len(groups)} group(s) but there are "
-                f"{num_partitions} owners (num-partitions); give exactly one ';'-separated "
-                "group per owner"
-            )
-        outside = sorted({c for g in groups for c in g if c >= num_classes})
-        if outside:
-            raise DataError(
-                f"owner-classes names class(es) {outside} but the dataset has {num_classes} "
-                f"classes (0-based: 0..{num_classes - 1})"
-            )
+        groups = owner_groups(owner_classes, num_partitions, num_classes, DataError)
         for o, g in enumerate(groups):
             held[o, g] = True
         nobody = np.flatnonzero(~held.any(0)).tolist()

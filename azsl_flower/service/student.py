@@ -16,7 +16,13 @@ from torch import nn
 from azsl_flower.common.config import RunConfig
 from azsl_flower.common.models import classifier, fit
 
-__all__ = ["EpochProgress", "StudentSettings", "train_classifier", "train_student"]
+__all__ = [
+    "EpochProgress",
+    "StudentSettings",
+    "train_classifier",
+    "train_models",
+    "train_student",
+]
 
 EpochProgress = Callable[[int, float], None]  # (epoch from 0, mean loss of the epoch)
 
@@ -79,3 +85,36 @@ def train_classifier(
         progress=progress,
     )
     return clf
+
+
+def train_models(
+    verified: tuple[np.ndarray, np.ndarray, np.ndarray],
+    unseen: tuple[np.ndarray, np.ndarray] | None,
+    num_classes: int,
+    settings: StudentSettings,
+    device: torch.device,
+    on_epoch: Callable[[str, int, int, float], None],
+) -> dict[str, nn.Module]:
+    """The models a run evaluates, the one it reports first.
+
+    ``verified``: (x, y, teachers' softmax) of the generated samples verification kept.
+    ``unseen`` (inductive teacher): generated unseen-class samples; then classifier C over
+    seen ∪ unseen comes first, the distilled student second. ``on_epoch(phase, epoch from 1,
+    epochs, loss)``.
+    """
+    x, y, probs = verified
+    total = settings.epochs
+    student = train_student(
+        x, probs, settings, device, lambda e, loss: on_epoch("student", e + 1, total, loss)
+    )
+    if unseen is None:
+        return {"student": student}
+    clf = train_classifier(
+        np.concatenate([x, unseen[0]]),
+        np.concatenate([y, unseen[1]]),
+        num_classes,
+        settings,
+        device,
+        lambda e, loss: on_epoch("classifier", e + 1, total, loss),
+    )
+    return {"classifier": clf, "student": student}

@@ -1,0 +1,79 @@
+"""What the strategy's phases exchange: a request (``configure_*``) and what the owners'
+answers become (``aggregate_*``), one typed value per phase."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from azsl_flower.common.metrics import ClassCounts
+from azsl_flower.wire import schema
+
+__all__ = ["Evaluation", "Feedback", "Request", "Verified", "sum_counts"]
+
+
+@dataclass
+class Request:
+    """One round trip: a message kind, its payloads (``schema.encode`` keywords), the owners."""
+
+    kind: schema.Kind
+    phase: str
+    payloads: list[dict[str, object]]
+    nodes: list[int]
+
+    @property
+    def samples(self) -> int:
+        """Generated samples it asks about: what an owner counts against its budget."""
+        if self.kind is not schema.FEEDBACK and self.kind is not schema.VERIFY:
+            return 0
+        return sum(int(np.asarray(p["arrays"]["y"]).size) for p in self.payloads)  # type: ignore[index]
+
+
+@dataclass
+class Feedback:
+    """One pool's answers combined over the owners: what the generator update uses."""
+
+    probs: np.ndarray
+    grad: np.ndarray
+    ce: np.ndarray
+    reg: np.ndarray
+
+    def stats(self, y: np.ndarray) -> dict[str, float]:
+        return {
+            "teacher_ce": float(np.mean(self.ce)),
+            "regulariser": float(np.mean(self.reg)),
+            "agreement": float(np.mean(self.probs.argmax(1) == y)),
+        }
+
+
+@dataclass
+class Verified:
+    """Verification (Eq. 3): generated samples, the teachers' combined softmax, which to keep."""
+
+    x: np.ndarray
+    y: np.ndarray
+    probs: np.ndarray
+    keep: np.ndarray
+    report: dict[str, object]
+
+
+@dataclass
+class Evaluation:
+    """Summed per-class counts: each model's, the teachers', each owner's own teacher's."""
+
+    models: dict[str, ClassCounts]
+    teacher: ClassCounts
+    per_owner: dict[int, ClassCounts]
+    curves: dict[str, list[dict[str, float]]]
+
+
+def sum_counts(replies: list[schema.Payload], who: str) -> ClassCounts:
+    """Per-class counts of ``who`` ('model' or 'teacher') summed over the replies."""
+    fields = ClassCounts.__dataclass_fields__
+    total = None
+    for r in replies:
+        c = ClassCounts(*(r.arrays[f"{who}_{f}"] for f in fields))
+        total = c if total is None else total + c
+    assert total is not None
+    return total
