@@ -92,8 +92,8 @@ def run_job(
     fresh teacher cache: (results.json's content, process seconds, CUDA start-up seconds)."""
     from azsl_flower.client_app import app as client_app
     from azsl_flower.common.config import parse_run_config
-    from azsl_flower.server_app import run_azsl
     from simulations.inprocess import InProcessGrid
+    from strategies.server_app import run_azsl
 
     _forget_owner_state()
     gpu = device.startswith("cuda")

@@ -37,8 +37,8 @@ def run(
 
     from azsl_flower.client_app import app as client_app
     from azsl_flower.common.presets import resolve_run_config
-    from azsl_flower.server_app import run_azsl
     from azsl_flower.service.results import format_table
+    from strategies.server_app import run_azsl
 
     if isinstance(overrides, RunConfig):
         cfg = overrides

@@ -1,5 +1,6 @@
-"""Flower strategies of azsl-flower (the AI service's side of the protocol)."""
+"""The AI service's Flower side: the ServerApp (``server_app``) and the AZSL Strategy.
 
-from strategies.azsl import AZSLStrategy, OwnerError
-
-__all__ = ["AZSLStrategy", "OwnerError"]
+The strategy talks to the owners (transport, delivery, roster, feedback sources) and hands
+learning to :mod:`azsl_flower.service`; this package imports the library, never the
+other way round.
+"""

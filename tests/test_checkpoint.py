@@ -9,8 +9,8 @@ import torch
 
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import ConfigError, parse_run_config
-from azsl_flower.server_app import run_azsl
 from simulations.inprocess import InProcessGrid
+from strategies.server_app import run_azsl
 from tests.test_federation import FAST
 
 ROUNDS = 6

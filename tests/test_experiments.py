@@ -25,10 +25,10 @@ from azsl_flower.common.presets import (
     presets,
     resolve_run_config,
 )
-from azsl_flower.server_app import main as server_main
-from azsl_flower.server_app import run_azsl
 from simulations.inprocess import InProcessGrid
 from simulations.launch import run_config_from
+from strategies.server_app import main as server_main
+from strategies.server_app import run_azsl
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = presets()
@@ -259,7 +259,7 @@ def test_inprocess_runs_never_share_a_key_folder(tmp_path, monkeypatch):
     """Sweeps split over processes run side by side with one cache: each run's per-run
     keys must live in a folder of their own (a fixed run id made them delete and overwrite
     each other's keys: wrong-key and missing-key errors)."""
-    import azsl_flower.server_app as server_app
+    import strategies.server_app as server_app
     from simulations.simulate import run
 
     made: list[int] = []

@@ -15,10 +15,10 @@ from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
 from azsl_flower.common.semantics import DataError
 from azsl_flower.owner.data import load_owner_data
-from azsl_flower.server_app import run_azsl
 from azsl_flower.wire import codec
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
+from strategies.server_app import run_azsl
 
 FAST = {
     "rounds": 4,
@@ -165,7 +165,7 @@ def test_service_imports_no_feature_loader():
         "azsl_flower.client_app",
     ]
     code = (
-        "import sys, azsl_flower.server_app, strategies, azsl_flower.service.generator;"
+        "import sys, strategies.server_app, azsl_flower.service.generator;"
         f"bad = [m for m in {owner_side!r} if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

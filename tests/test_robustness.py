@@ -13,10 +13,10 @@ from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.owner.budget import queries_used
-from azsl_flower.server_app import run_azsl
 from azsl_flower.wire import codec, errors, schema
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
+from strategies.server_app import run_azsl
 from tests.loopback import FlakyGrid
 from tests.test_federation import FAST
 

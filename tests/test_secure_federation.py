@@ -7,11 +7,11 @@ import pytest
 
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import ConfigError, parse_run_config
-from azsl_flower.server_app import run_azsl
 from azsl_flower.wire import codec
 from azsl_flower.wire.crypto import write_keypair
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
+from strategies.server_app import run_azsl
 from tests.test_federation import FAST, _run
 
 LEARNS = {"rounds": 20, "steps_per_round": 10, "samples_per_class": 100, "student_epochs": 10}

@@ -9,7 +9,6 @@ import pytest
 
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
-from azsl_flower.server_app import run_azsl
 from azsl_flower.service.tracking import (
     OwnerTotals,
     RunEvents,
@@ -17,6 +16,7 @@ from azsl_flower.service.tracking import (
     open_observer,
 )
 from simulations.inprocess import InProcessGrid
+from strategies.server_app import run_azsl
 
 pytest.importorskip("tensorboard")
 

@@ -23,7 +23,7 @@ from azsl_flower.common.semantics import load_class_side
 from azsl_flower.service.results import format_table, write_run
 from azsl_flower.service.tracking import LogEvents, open_observer
 from azsl_flower.wire.channels import ServiceSecurity, provision_simulation_keys
-from strategies import AZSLStrategy
+from strategies.azsl import AZSLStrategy
 
 app = ServerApp()
 
