@@ -1,12 +1,25 @@
-"""Shared fixtures: the real data folder (skipped cleanly when absent) and a writer of tiny
-synthetic folders in the xlsa17 layout."""
+"""Shared fixtures and helpers: the real data folder (skipped cleanly when absent), a writer
+of tiny synthetic xlsa17 folders, a small digits job through the in-process grid
+(``run_digits``, ``FAST``), payloads of every message kind (``make_payload``,
+``KIND_CASES``) and owners that fail on cue (``FlakyGrid``). Test modules import the
+helpers from ``tests.conftest``, never from each other."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import Error, Message
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from azsl_flower.client_app import app as client_app
+from azsl_flower.common.config import parse_run_config
+from azsl_flower.wire.schema import KINDS
+from simulations.inprocess import InProcessGrid
+from strategies.server_app import run_azsl
 
 # CI clones the repository with ../shared beside it; the real data lives in shared/data.
 DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -119,3 +132,101 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AZSL_CACHE_DIR", str(tmp_path_factory.mktemp("azsl-cache")))
         yield
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers (import them from tests.conftest)
+# ---------------------------------------------------------------------------------------
+
+FAST = {
+    "rounds": 4,
+    "steps-per-round": 3,
+    "student-epochs": 3,
+    "samples-per-class": 40,
+    "teacher-epochs": 5,
+}
+
+
+def run_digits(tmp_path: Path, owners: int = 1, **overrides: object):
+    """A small digits job through the in-process grid: (results, run folder, grid)."""
+    cfg = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
+    cfg.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    grid = InProcessGrid(client_app, owners, cfg)
+    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=grid.run_id)
+    return results, Path(folder), grid
+
+
+PAYLOAD_SETTINGS = {"dataset": "digits", "alpha": 1.0, "teacher-epochs": 3}
+KIND_CASES = [(name, d) for name in sorted(KINDS) for d in ("request", "reply")]
+
+
+def _array(dtype: str, ndim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (5, 3)[:ndim] if ndim <= 2 else (2,) * ndim
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 100, shape).astype(dtype)
+
+
+def _scalar(t: type):
+    return {int: 7, float: 0.25, str: "s", bool: True}[t]
+
+
+def make_payload(kind, direction, optional=True):
+    spec = kind.request if direction == "request" else kind.reply
+    fields = dict(spec.arrays)
+    if optional:
+        fields.update(spec.optional_arrays)
+    arrays = {n: _array(dt, nd, i) for i, (n, (dt, nd)) in enumerate(sorted(fields.items()))}
+    scalars = {n: _scalar(t) for n, t in spec.scalars.items()}
+    weights = None
+    if spec.weights == "required" or (spec.weights == "optional" and optional):
+        weights = {
+            "0.weight": np.ones((4, 3), dtype=np.float32),
+            "0.bias": np.zeros(4, dtype=np.float32),
+        }
+    settings = dict(PAYLOAD_SETTINGS) if spec.settings else None
+    return {"arrays": arrays, "scalars": scalars, "weights": weights, "settings": settings}
+
+
+class FlakyGrid(InProcessGrid):
+    """Owners that stop working mid-run: ``failing[node] = (after, mode)`` lets the node
+    answer its first ``after`` messages, then answer with an error ('error', as a SuperNode
+    whose ClientApp raised), never again ('silent', as a SuperNode that went away), or be
+    away for ``offline_for`` seconds ('offline', as a restarting SuperNode: the SuperLink
+    answers "node unavailable" and lists it again once it is back)."""
+
+    CRASH = "<class 'OSError'>:<'owner crashed: disk full'>"  # real Flower's reason format
+
+    def __init__(
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        run_config: dict | None = None,
+        failing: dict[int, tuple[int, str]] | None = None,
+    ) -> None:
+        super().__init__(client_app, num_nodes, run_config)
+        self.failing = dict(failing or {})
+        self.delivered: dict[int, int] = {}
+        self.offline_for = 1.0  # 'offline': seconds a restarting SuperNode is away
+        self.back_at: dict[int, float] = {}
+
+    def get_node_ids(self) -> list[int]:
+        now = time.monotonic()
+        return [n for n in self.contexts if self.back_at.get(n, 0.0) <= now]
+
+    def deliver(self, msg: Message) -> Message | None:
+        node = msg.metadata.dst_node_id
+        self.delivered[node] = self.delivered.get(node, 0) + 1
+        after, mode = self.failing.get(node, (None, ""))
+        if mode == "offline" and self.delivered[node] == after + 1:
+            self.back_at[node] = time.monotonic() + self.offline_for  # it restarts now
+        if self.back_at.get(node, 0.0) > time.monotonic():  # what the SuperLink answers
+            return Message(
+                Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node unavailable"), reply_to=msg
+            )
+        if mode != "offline" and after is not None and self.delivered[node] > after:
+            if mode == "silent":
+                return None
+            return Message(Error(code=2, reason=self.CRASH), reply_to=msg)
+        return super().deliver(msg)

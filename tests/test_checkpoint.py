@@ -11,7 +11,7 @@ from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import ConfigError, parse_run_config
 from simulations.inprocess import InProcessGrid
 from strategies.server_app import run_azsl
-from tests.test_federation import FAST
+from tests.conftest import FAST
 
 ROUNDS = 6
 

@@ -207,3 +207,13 @@ def test_switches_take_true_false(raw, value):
 def test_a_misspelt_switch_is_refused_not_read_as_false():
     with pytest.raises(ConfigError, match=r"verification='no': expected bool"):
         parse_run_config({"verification": "no"})
+
+
+def test_pyproject_table_is_generated_from_defaults(monkeypatch):
+    from azsl_flower.common import pyproject_sync
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pyproject.toml").read_text()
+    assert pyproject_sync.synced(text) == text  # the committed table is the generated one
+    monkeypatch.setitem(pyproject_sync.DEFAULTS, "feature-step", 0.5)  # a changed default
+    assert "feature-step = 0.5\n" in pyproject_sync.synced(text) != text

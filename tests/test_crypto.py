@@ -25,7 +25,7 @@ from azsl_flower.wire.crypto import (
     load_public_keys,
     write_keypair,
 )
-from tests.test_protocol import CASES, _payload
+from tests.conftest import KIND_CASES, make_payload
 
 SUITES = ["aes-256-gcm", "chacha20-poly1305"]
 
@@ -42,10 +42,10 @@ def _pair(suite: str = "aes-256-gcm", run: int = 7) -> tuple[Channel, Channel]:
 
 
 @pytest.mark.parametrize("suite", SUITES)
-@pytest.mark.parametrize(("name", "direction"), CASES)
+@pytest.mark.parametrize(("name", "direction"), KIND_CASES)
 def test_every_message_kind_round_trips_sealed(suite, name, direction):
     kind = schema.KINDS[name]
-    rd = schema.encode(kind, direction, **_payload(kind, direction))
+    rd = schema.encode(kind, direction, **make_payload(kind, direction))
     plain = codec.to_bytes(codec.bundle([rd, rd]))
     svc, own = _pair(suite)
     header, body = svc.seal(name, "phase-1", SERVICE, "5", plain)
@@ -294,7 +294,7 @@ def test_bad_key_files_fail_clearly(tmp_path):
 
 
 def test_serialised_payloads_refuse_truncation_and_trailing_bytes():
-    rd = schema.encode(schema.FEEDBACK, "request", **_payload(schema.FEEDBACK, "request"))
+    rd = schema.encode(schema.FEEDBACK, "request", **make_payload(schema.FEEDBACK, "request"))
     raw = codec.to_bytes(codec.bundle([rd]))
     assert codec.to_bytes(codec.from_bytes(raw)) == raw
     for bad in (raw[:-1], raw + b"\0", raw[:5], b"", b"\0" * 8 + b"{"):

@@ -19,33 +19,21 @@ from azsl_flower.wire import codec
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
-
-FAST = {
-    "rounds": 4,
-    "steps-per-round": 3,
-    "student-epochs": 3,
-    "samples-per-class": 40,
-    "teacher-epochs": 5,
-}
-
-
-def _run(tmp_path: Path, owners: int = 1, **overrides: object):
-    cfg = {**FAST, "output-dir": str(tmp_path / "out"), "cache-dir": str(tmp_path / "cache")}
-    cfg.update({k.replace("_", "-"): v for k, v in overrides.items()})
-    grid = InProcessGrid(client_app, owners, cfg)
-    results, folder = run_azsl(grid, parse_run_config(cfg), run_id=grid.run_id)
-    return results, Path(folder), grid
+from tests.conftest import FAST, run_digits
 
 
 def test_whitebox_run_writes_results_and_counts_round_trips(tmp_path):
-    results, folder, grid = _run(tmp_path, owners=2)
+    results, folder, grid = run_digits(tmp_path, owners=2)
     on_disk = json.loads((folder / "results.json").read_text())
     for key in ("dataset", "scenario", "teacher_setting", "regulariser", "num_owners", "seed"):
         assert on_disk[key] == results[key]
     assert on_disk["num_owners"] == 2 and on_disk["scenario"] == "whitebox"
     for who in ("teacher", "student"):
         assert set(on_disk[who]) >= {"zsl", "u", "s", "h"}
-        assert all(0.0 <= on_disk[who][k] <= 1.0 for k in ("zsl", "u", "s", "h"))
+        m = on_disk[who]  # transductive T1 is over all classes (= u); H is u and s's mean
+        assert m["zsl"] == m["u"] and m["h"] == pytest.approx(
+            2 * m["u"] * m["s"] / (m["u"] + m["s"])
+        )
     # setup + one per generator round + verification + evaluation, each to both owners
     assert on_disk["round_trips"] == FAST["rounds"] + 3
     assert on_disk["messages"] == len(grid.sent) == 2 * on_disk["round_trips"]
@@ -56,9 +44,9 @@ def test_whitebox_run_writes_results_and_counts_round_trips(tmp_path):
 
 
 def test_runs_never_overwrite_each_other(tmp_path):
-    _, first, _ = _run(tmp_path)
+    _, first, _ = run_digits(tmp_path)
     before = (first / "results.json").read_bytes()
-    _, second, _ = _run(tmp_path, seed=1)
+    _, second, _ = run_digits(tmp_path, seed=1)
     assert first != second
     assert (first / "results.json").read_bytes() == before
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".incomplete")]
@@ -78,7 +66,7 @@ def _real_rows(owners: int) -> set[bytes]:
 @pytest.mark.parametrize("scenario", ["whitebox", "blackbox"])
 def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
     # in the clear, so the test can read what owners answer (sealed: see test_secure.py)
-    _, _, grid = _run(tmp_path, owners=2, scenario=scenario, encryption="none")
+    _, _, grid = run_digits(tmp_path, owners=2, scenario=scenario, encryption="none")
     real = _real_rows(2)
     assert grid.replies
     parts = [part for r in grid.replies for part in codec.unbundle(r.content)]
@@ -94,7 +82,7 @@ def test_no_reply_carries_real_features_or_teacher_weights(tmp_path, scenario):
 
 
 def test_weights_scenario_sends_teachers_once(tmp_path):
-    results, _, grid = _run(
+    results, _, grid = run_digits(
         tmp_path, scenario="weights", rounds=15, steps_per_round=10, encryption="none"
     )
     kinds = [m.metadata.message_type for m in grid.sent]
@@ -112,8 +100,8 @@ def test_weights_scenario_sends_teachers_once(tmp_path):
 def test_blackbox_generator_really_trains(tmp_path):
     """Black-box feedback must change the generator and beat an untrained one."""
     cfg = {"scenario": "blackbox", "samples_per_class": 100, "student_epochs": 10}
-    untrained, f0, _ = _run(tmp_path, rounds=0, **cfg)
-    trained, f1, _ = _run(tmp_path, rounds=25, steps_per_round=5, **cfg)
+    untrained, f0, _ = run_digits(tmp_path, rounds=0, **cfg)
+    trained, f1, _ = run_digits(tmp_path, rounds=25, steps_per_round=5, **cfg)
     g0 = torch.load(f0 / "generator.pt", weights_only=True)
     g1 = torch.load(f1 / "generator.pt", weights_only=True)
     moved = max(float((g0[k] - g1[k]).abs().max()) for k in g0)
@@ -123,7 +111,7 @@ def test_blackbox_generator_really_trains(tmp_path):
 
 
 def test_three_owners_and_inductive_teacher(tmp_path):
-    results, _, _ = _run(tmp_path, owners=3, teacher="inductive")
+    results, _, _ = run_digits(tmp_path, owners=3, teacher="inductive")
     assert results["num_owners"] == 3
     fed = results["federation"]
     assert len(fed["coverage"]) == 3
@@ -134,9 +122,9 @@ def test_three_owners_and_inductive_teacher(tmp_path):
     assert "student" in results["other_models"]
 
 
-def test_missing_data_fails_clearly_and_leaves_no_run(tmp_path):
+def test_missing_data_fails_clearly_and_leaves_norun_digits(tmp_path):
     with pytest.raises(DataError, match="does not exist|not found"):
-        _run(tmp_path, dataset="xlsa17", data_dir=str(tmp_path / "nowhere"))
+        run_digits(tmp_path, dataset="xlsa17", data_dir=str(tmp_path / "nowhere"))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -194,8 +182,8 @@ def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17)
 
 
 def test_without_verification_the_student_gets_every_sample(tmp_path):
-    on, _, _ = _run(tmp_path, rounds=1)
-    off, _, _ = _run(tmp_path, rounds=1, verification=False)
+    on, _, _ = run_digits(tmp_path, rounds=1)
+    off, _, _ = run_digits(tmp_path, rounds=1, verification=False)
     assert on["verification"]["enabled"] and not off["verification"]["enabled"]
     # a barely trained generator: the teachers reject some samples, the ablation keeps them
     assert on["verification"]["kept"] < on["verification"]["generated"]
@@ -205,7 +193,7 @@ def test_without_verification_the_student_gets_every_sample(tmp_path):
 
 @pytest.mark.parametrize("scenario", ["whitebox", "blackbox"])
 def test_joint_ensemble_asks_for_lse_gradients_only_in_whitebox(tmp_path, scenario):
-    results, _, grid = _run(
+    results, _, grid = run_digits(
         tmp_path,
         owners=2,
         scenario=scenario,
@@ -225,11 +213,15 @@ def test_joint_ensemble_asks_for_lse_gradients_only_in_whitebox(tmp_path, scenar
         fields = set(part.array_records["arrays"])
         assert "lse" in fields
         assert ("grad_lse" in fields) == (scenario == "whitebox")
-    assert 0.0 <= results["student"]["h"] <= 1.0
+    # each class-disjoint owner answered every generator round trip
+    assert results["federation"]["generator_answers"] == {
+        "1000": FAST["rounds"],
+        "1001": FAST["rounds"],
+    }
 
 
 def test_inprocess_grid_times_each_owner_per_round_trip(tmp_path):
-    results, _, grid = _run(tmp_path, owners=2)
+    results, _, grid = run_digits(tmp_path, owners=2)
     assert len(grid.owner_seconds) == results["round_trips"]  # one entry per round trip
     assert all(set(spent) == {1000, 1001} for spent in grid.owner_seconds)
     t = grid.owner_time()
@@ -237,12 +229,12 @@ def test_inprocess_grid_times_each_owner_per_round_trip(tmp_path):
 
 
 def test_joint_with_one_owner_asks_for_no_lse_gradient(tmp_path):
-    joint, _, grid = _run(tmp_path, ensemble_weighting="joint", encryption="none")
+    joint, _, grid = run_digits(tmp_path, ensemble_weighting="joint", encryption="none")
     for m in grid.sent:
         if m.metadata.message_type == "query.feedback":
             for part in codec.unbundle(m.content):
                 assert part.config_records["scalars"]["lse_grad"] is False
-    plain, _, _ = _run(tmp_path, encryption="none")  # one owner: joint is coverage exactly
+    plain, _, _ = run_digits(tmp_path, encryption="none")  # one owner: joint is coverage exactly
     assert joint["student"] == plain["student"] and joint["history"] == plain["history"]
 
 
@@ -250,7 +242,7 @@ def test_calibration_curve_on_validation_classes_only(tmp_path):
     """split=val: one evaluation round trip scores the whole calibration grid; rerunning
     with the best value gives exactly that point (same training, calibrated argmax)."""
     grid_values = "0,1,5,20"
-    val, _, _ = _run(tmp_path, split="val", calibration_grid=grid_values)
+    val, _, _ = run_digits(tmp_path, split="val", calibration_grid=grid_values)
     cal = val["calibration"]
     assert cal["applied"] == 0.0 and [p["calibration"] for p in cal["curve"]] == [0, 1, 5, 20]
     assert cal["selected"] == max(cal["curve"], key=lambda p: p["h"])["calibration"]
@@ -263,9 +255,9 @@ def test_calibration_curve_on_validation_classes_only(tmp_path):
     assert len({(p["u"], p["s"]) for p in cal["curve"]}) > 1  # it moves GZSL predictions
     assert all(p["zsl"] == p["u"] for p in cal["curve"])  # transductive T1: all classes
     best = next(p for p in cal["curve"] if p["calibration"] == cal["selected"])
-    again, _, _ = _run(tmp_path, split="val", calibration=cal["selected"])
+    again, _, _ = run_digits(tmp_path, split="val", calibration=cal["selected"])
     assert all(again["student"][k] == pytest.approx(best[k]) for k in ("zsl", "u", "s", "h"))
-    test, _, _ = _run(tmp_path, teacher="inductive", calibration=0.5)
+    test, _, _ = run_digits(tmp_path, teacher="inductive", calibration=0.5)
     assert test["calibration"] == {"applied": 0.5}  # a test run never scores a grid
 
 

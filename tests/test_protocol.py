@@ -19,38 +19,8 @@ from azsl_flower.wire.schema import (
     decode,
     encode,
 )
-
-SETTINGS = {"dataset": "digits", "alpha": 1.0, "teacher-epochs": 3}
-CASES = [(name, d) for name in sorted(KINDS) for d in ("request", "reply")]
-
-
-def _array(dtype: str, ndim: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (5, 3)[:ndim] if ndim <= 2 else (2,) * ndim
-    if np.dtype(dtype).kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    return rng.integers(0, 100, shape).astype(dtype)
-
-
-def _scalar(t: type):
-    return {int: 7, float: 0.25, str: "s", bool: True}[t]
-
-
-def _payload(kind, direction, optional=True):
-    spec = kind.request if direction == "request" else kind.reply
-    fields = dict(spec.arrays)
-    if optional:
-        fields.update(spec.optional_arrays)
-    arrays = {n: _array(dt, nd, i) for i, (n, (dt, nd)) in enumerate(sorted(fields.items()))}
-    scalars = {n: _scalar(t) for n, t in spec.scalars.items()}
-    weights = None
-    if spec.weights == "required" or (spec.weights == "optional" and optional):
-        weights = {
-            "0.weight": np.ones((4, 3), dtype=np.float32),
-            "0.bias": np.zeros(4, dtype=np.float32),
-        }
-    settings = dict(SETTINGS) if spec.settings else None
-    return {"arrays": arrays, "scalars": scalars, "weights": weights, "settings": settings}
+from tests.conftest import KIND_CASES, make_payload
+from tests.conftest import PAYLOAD_SETTINGS as SETTINGS
 
 
 def test_kinds_registry():
@@ -58,11 +28,11 @@ def test_kinds_registry():
     assert all(KINDS[k].message_type == k for k in KINDS)
 
 
-@pytest.mark.parametrize(("name", "direction"), CASES)
+@pytest.mark.parametrize(("name", "direction"), KIND_CASES)
 @pytest.mark.parametrize("optional", [True, False])
 def test_round_trip(name, direction, optional):
     kind = KINDS[name]
-    p = _payload(kind, direction, optional)
+    p = make_payload(kind, direction, optional)
     out = decode(kind, direction, encode(kind, direction, **p))
     assert set(out.arrays) == set(p["arrays"])
     for n, a in p["arrays"].items():
@@ -81,7 +51,7 @@ def test_round_trip(name, direction, optional):
 
 
 def test_scalars_coerced_to_declared_type():
-    p = _payload(SETUP, "reply")
+    p = make_payload(SETUP, "reply")
     p["scalars"]["dim"] = np.int64(64)
     out = decode(SETUP, "reply", encode(SETUP, "reply", **p))
     assert out.scalars["dim"] == 64 and type(out.scalars["dim"]) is int
@@ -90,10 +60,10 @@ def test_scalars_coerced_to_declared_type():
     assert type(out.scalars["r"]) is float  # an int where a float is declared
 
 
-@pytest.mark.parametrize(("name", "direction"), CASES)
+@pytest.mark.parametrize(("name", "direction"), KIND_CASES)
 def test_payload_nbytes(name, direction):
     kind = KINDS[name]
-    p = _payload(kind, direction)
+    p = make_payload(kind, direction)
     rd = encode(kind, direction, **p)
     expected = sum(a.nbytes for a in p["arrays"].values())
     expected += sum(w.nbytes for w in (p["weights"] or {}).values())
@@ -257,6 +227,6 @@ def test_decode_weights_required_and_forbidden():
 
 
 def test_reply_of_one_kind_is_not_a_request_of_another():
-    rd = encode(VERIFY, "reply", **_payload(VERIFY, "reply"))
+    rd = encode(VERIFY, "reply", **make_payload(VERIFY, "reply"))
     with pytest.raises(ProtocolError):
         decode(FEEDBACK, "reply", rd)

@@ -17,8 +17,7 @@ from azsl_flower.wire import codec, errors, schema
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
-from tests.loopback import FlakyGrid
-from tests.test_federation import FAST
+from tests.conftest import FAST, FlakyGrid
 
 POOL = FAST["steps-per-round"] * 256  # generated samples per generator round trip (batch 256)
 
@@ -84,7 +83,6 @@ def test_run_survives_an_owner_that_dies_mid_run(tmp_path, mode, partition):
         assert live | set(fed["orphaned_classes"]) == set(range(10))
     else:  # every iid owner knows every class
         assert fed["orphaned_classes"] == [] and live == set(range(10))
-    assert 0.0 <= results["student"]["h"] <= 1.0
 
 
 def test_losing_quorum_fails_naming_owners_and_reasons(tmp_path):
