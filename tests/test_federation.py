@@ -98,7 +98,14 @@ def test_weights_scenario_sends_teachers_once(tmp_path):
 
 
 def test_blackbox_generator_really_trains(tmp_path):
-    """Black-box feedback must change the generator and beat an untrained one."""
+    """Black-box feedback must change the generator and make the teachers agree with it.
+
+    What black-box training must do is make generated samples look like their class to the
+    teachers: the verification pass rate goes from chance (~0.1 on digits) to above 0.9
+    (seeds 0-2 on two machines of the project's kind). The student's H is also better, but
+    by a margin that depends on the machine's float kernels (0.10 on one machine, 0.3 on
+    another for seed 0), so it is only required to be higher.
+    """
     cfg = {"scenario": "blackbox", "samples_per_class": 100, "student_epochs": 10}
     untrained, f0, _ = run_digits(tmp_path, rounds=0, **cfg)
     trained, f1, _ = run_digits(tmp_path, rounds=25, steps_per_round=5, **cfg)
@@ -106,8 +113,9 @@ def test_blackbox_generator_really_trains(tmp_path):
     g1 = torch.load(f1 / "generator.pt", weights_only=True)
     moved = max(float((g0[k] - g1[k]).abs().max()) for k in g0)
     assert moved > 1e-3
-    assert trained["student"]["h"] > untrained["student"]["h"] + 0.1
-    assert trained["verification"]["pass_rate"] > untrained["verification"]["pass_rate"]
+    before, after = untrained["verification"]["pass_rate"], trained["verification"]["pass_rate"]
+    assert after > before + 0.5, (before, after)
+    assert trained["student"]["h"] > untrained["student"]["h"]
 
 
 def test_three_owners_and_inductive_teacher(tmp_path):

@@ -40,6 +40,32 @@ class StudentSettings:
         return cls(epochs=cfg.student_epochs, lr=cfg.lr_student, seed=cfg.seed)
 
 
+def _fit(
+    model: nn.Module,
+    x: np.ndarray,
+    target: torch.Tensor,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    settings: StudentSettings,
+    progress: EpochProgress | None,
+) -> nn.Module:
+    device = next(model.parameters()).device
+    fit(
+        model,
+        torch.from_numpy(x).to(device),
+        target.to(device),
+        loss,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        seed=settings.seed,
+        progress=progress,
+    )
+    return model
+
+
+def _mse_of_softmax(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(logits.softmax(1), p, reduction="sum") / logits.shape[0]
+
+
 def train_student(
     x: np.ndarray,
     probs: np.ndarray,
@@ -51,17 +77,7 @@ def train_student(
 
     ``progress(epoch, mean loss)`` after each epoch (TensorBoard's student curve)."""
     student = classifier(x.shape[1], probs.shape[1]).to(device)
-    fit(
-        student,
-        torch.from_numpy(x).to(device),
-        torch.from_numpy(probs).to(device),
-        lambda logits, p: F.mse_loss(logits.softmax(1), p, reduction="sum") / logits.shape[0],
-        epochs=settings.epochs,
-        lr=settings.lr,
-        seed=settings.seed,
-        progress=progress,
-    )
-    return student
+    return _fit(student, x, torch.from_numpy(probs), _mse_of_softmax, settings, progress)
 
 
 def train_classifier(
@@ -74,17 +90,7 @@ def train_classifier(
 ) -> nn.Module:
     """Eq. 7: classifier C over seen ∪ unseen, cross-entropy on generated features."""
     clf = classifier(x.shape[1], num_classes).to(device)
-    fit(
-        clf,
-        torch.from_numpy(x).to(device),
-        torch.from_numpy(y).long().to(device),
-        F.cross_entropy,
-        epochs=settings.epochs,
-        lr=settings.lr,
-        seed=settings.seed,
-        progress=progress,
-    )
-    return clf
+    return _fit(clf, x, torch.from_numpy(y).long(), F.cross_entropy, settings, progress)
 
 
 def train_models(
