@@ -137,7 +137,7 @@ class Roster:
         """The owner may have answered ``samples`` generated samples (cautious on purpose)."""
         self.used[node] = self.used.get(node, 0) + samples
 
-    def left(self, node: int) -> float:
+    def budget_left(self, node: int) -> float:
         """Generated samples ``node`` will still answer (inf: unlimited)."""
         budget = self.budget.get(node, 0)
         return math.inf if budget <= 0 else budget - self.used.get(node, 0)
@@ -162,7 +162,7 @@ class Roster:
         ok, skip = [], []
         for n in self.live:
             keep = reserve if 0 < reserve <= self.budget.get(n, 0) else 0
-            (ok if self.left(n) - keep >= size else skip).append(n)
+            (ok if self.budget_left(n) - keep >= size else skip).append(n)
         self.skip(skip, phase)
         return ok
 
@@ -180,7 +180,7 @@ class Roster:
 
     def check_budgets(self, verify_size: int, samples_per_class: int) -> None:
         """Fail before any query when no owner could ever answer verification."""
-        if any(self.left(n) >= verify_size for n in self.live):
+        if any(self.budget_left(n) >= verify_size for n in self.live):
             return
         budgets = {n: self.budget[n] for n in self.live}
         raise OwnerError(

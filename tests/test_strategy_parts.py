@@ -119,7 +119,7 @@ def test_roster_plans_budgets_and_keeps_verification_in_reserve():
     assert r.with_budget(300, "generator", reserve=400) == [1, 2, 3]
     assert r.skipped == {3: {"generator": 1}}
     r.count_used(2, 700)
-    assert r.left(2) == 300 and r.left(1) == float("inf")
+    assert r.budget_left(2) == 300 and r.budget_left(1) == float("inf")
     r.budget_refused(3, "generator-4", (300, 250, 256))
     assert r.used[3] == 250 and r.skipped[3]["generator"] == 2
     assert r.failures[-1]["kind"] == "budget"
