@@ -14,11 +14,9 @@ white-box runs with fewer generator rounds, for H against round trips.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
+
+from simulations.bench import caltech_run_config, run_case, save_figures
 
 CASES = {
     "whitebox-transductive": {"scenario": "whitebox", "teacher": "transductive"},
@@ -27,40 +25,6 @@ CASES = {
     "weights-transductive": {"scenario": "weights", "teacher": "transductive"},
 }
 TARGETS = {"whitebox-transductive": 0.90, "blackbox-transductive": 0.50}
-
-
-def caltech_run_config(args: argparse.Namespace, **extra: object) -> dict[str, object]:
-    """The run config every Caltech benchmark starts from (its command-line arguments)."""
-    return {
-        "dataset": "xlsa17",
-        "data-dir": str(Path(args.data_dir).resolve()),
-        "feature-file": args.feature_file,
-        "seed": args.seed,
-        "alpha": args.alpha,
-        "output-dir": args.output_dir,
-        **extra,
-    }
-
-
-def run_case(overrides: dict[str, object], owners: int = 1) -> dict:
-    """One simulated run in a fresh process; returns its results.json."""
-    args = [f"{k}={v}" for k, v in overrides.items()]
-    cmd = [sys.executable, "-m", "simulations.simulate", *args, "--owners", str(owners)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    summary = json.loads(proc.stdout[proc.stdout.rindex("\n{") :])
-    return json.loads((Path(summary["output_dir"]) / "results.json").read_text())
-
-
-def save_figures(path: str | Path, figures: dict) -> Path:
-    """Write figures as JSON; an existing file is kept and the new one goes beside it."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    return out
 
 
 def row(name: str, r: dict) -> dict:

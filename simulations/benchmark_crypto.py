@@ -24,8 +24,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from azsl_flower.wire import codec
 from azsl_flower.wire.crypto import Channel, generate_keypair
-from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
-from simulations.benchmark_gpu import run_job
+from simulations.bench import caltech_run_config, run_case, run_job, save_figures
 from simulations.simulate import RUNNERS, parse_overrides
 
 

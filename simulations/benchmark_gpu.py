@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from azsl_flower.common.models import cuda_problem
-from simulations.benchmark_caltech import save_figures
+from simulations.bench import run_job, save_figures
 from simulations.simulate import parse_overrides
 
 PHASES = ("setup", "generator", "verification", "student", "evaluation")
@@ -75,47 +74,6 @@ def _timestamp_flower_log(t0: float) -> None:
         return True
 
     logging.getLogger("flwr").addFilter(stamp)
-
-
-def _forget_owner_state() -> None:
-    """Empty the owners' per-process caches (teacher and feature table) between runs."""
-    from azsl_flower.owner import data, state
-
-    state._STATE.clear()
-    data._TABLE_CACHE.clear()
-
-
-def run_job(
-    device: str, overrides: dict[str, Any], owners: int = 1
-) -> tuple[dict[str, Any], float, float]:
-    """One whole job, service and owners on ``device``, through the in-process grid, with a
-    fresh teacher cache: (results.json's content, process seconds, CUDA start-up seconds)."""
-    from azsl_flower.client_app import app as client_app
-    from azsl_flower.common.config import parse_run_config
-    from simulations.inprocess import InProcessGrid
-    from strategies.server_app import run_azsl
-
-    _forget_owner_state()
-    gpu = device.startswith("cuda")
-    init_seconds = 0.0
-    if gpu:  # CUDA context creation is paid once per process: timed apart from the job
-        t = time.monotonic()
-        torch.zeros(1, device=device)
-        torch.cuda.synchronize(device)
-        init_seconds = time.monotonic() - t
-        torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory(prefix=f"azsl-gpu-bench-{device.replace(':', '')}-") as cache:
-        raw = {**overrides, "device": device, "cache-dir": cache}
-        grid = InProcessGrid(client_app, owners, raw)
-        t0 = time.monotonic()
-        results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
-        if gpu:
-            torch.cuda.synchronize(device)
-        process_seconds = time.monotonic() - t0
-        results["owner_seconds"] = grid.owner_time()  # for the benchmarks, not results.json
-    if torch.device(results["device"]).type != torch.device(device).type:
-        raise RuntimeError(f"asked for {device} but the job ran on {results['device']}")
-    return results, process_seconds, init_seconds
 
 
 def run_on(device: str, overrides: dict[str, Any], owners: int = 1) -> dict[str, Any]:

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 from azsl_flower.common.config import DEFAULTS, TEACHER_KEYS
-from simulations.benchmark_caltech import caltech_run_config, run_case, save_figures
-from simulations.benchmark_gpu import run_job
+from simulations.bench import caltech_run_config, run_case, run_job, save_figures
 from simulations.simulate import RUNNERS, parse_overrides
 
 TARGET_H_RATIO = {5: 0.85}

@@ -24,7 +24,7 @@ from azsl_flower.owner.data import load_owner_data
 from azsl_flower.owner.oracle import FeedbackOracle
 from azsl_flower.owner.state import owner_state
 from azsl_flower.service.ensemble import joint_gates
-from simulations.benchmark_caltech import save_figures
+from simulations.bench import save_figures
 from simulations.simulate import parse_overrides
 
 

@@ -96,7 +96,11 @@ def main() -> None:
     ap.add_argument("--runner", choices=RUNNERS, default=None, help="default: $AZSL_RUNNER or ray")
     args = ap.parse_args()
     res = run(parse_overrides(args.overrides), args.owners, args.runner)
-    print(json.dumps({k: res[k] for k in ("teacher", "student", "rounds", "output_dir")}, indent=1))
+    print(
+        json.dumps(
+            {k: res[k] for k in ("teacher", "student", "round_trips", "output_dir")}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,12 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from azsl_flower.tools.cli import main as cli
-from azsl_flower.tools.deploy import (
-    DeployError,
-    generate_node_auth,
-    generate_tls,
-    write_connection,
-)
+from azsl_flower.tools.deploy import DeployError, generate_node_auth, write_connection
+from azsl_flower.tools.tls import generate_tls
 
 
 def _mode(path) -> int:

@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.deploy_local import (
-    DATA_FILE,
-    LocalDeployment,
-    prepare,
-    results_of,
-    write_owner_data,
-)
+from simulations.deploy_layout import DATA_FILE, prepare, write_owner_data
+from simulations.deploy_processes import LocalDeployment, results_of
 from simulations.local_superlink import processes_of
 
 # A short job: each deployed round trip costs seconds (HTTP polling, a ClientApp process per

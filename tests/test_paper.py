@@ -11,7 +11,8 @@ import pytest
 
 from azsl_flower.common.config import DEFAULTS
 from simulations.collect import CollectError
-from simulations.paper import archive, build, main
+from simulations.paper import build, main
+from simulations.paper_archive import archive
 
 CALTECH = {"dataset": "xlsa17", "data-dir": "../shared/data/caltech101", "alpha": 50.0}
 

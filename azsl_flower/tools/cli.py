@@ -12,15 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from azsl_flower.tools.deploy import (
-    CA_DAYS,
-    DEFAULT_HOSTS,
-    SERVER_DAYS,
-    DeployError,
-    generate_node_auth,
-    generate_tls,
-    write_connection,
-)
+from azsl_flower.tools.deploy import DeployError, generate_node_auth, write_connection
+from azsl_flower.tools.tls import CA_DAYS, DEFAULT_HOSTS, SERVER_DAYS, generate_tls
 from azsl_flower.wire.crypto import (
     KeyFileError,
     fingerprint,
