@@ -118,6 +118,8 @@ class RunResult:
     wall_seconds: float
     resumed_from_round: int | None
     models: dict[str, torch.nn.Module]  # saved beside results.json (generator, student)
+    # what a method adds (scenario dfzsl: kappa, alignment misfit, ...); results.json "method"
+    method: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         cfg = self.config
@@ -157,7 +159,7 @@ class RunResult:
             "history": self.history,
             "resumed_from_round": self.resumed_from_round,
             "config": cfg.as_dict(),
-        }
+        } | ({"method": self.method} if self.method else {})
 
 
 def _fresh_dir(root: Path) -> Path:
