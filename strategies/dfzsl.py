@@ -134,8 +134,8 @@ class DFZSLStrategy(OwnerPhases):
         learner = DFZSLLearner(
             DFZSLSettings.from_config(self.cfg),
             self.classes.semantics,
-            declared.seen,
-            declared.unseen,
+            declared.trainable,
+            np.setdiff1d(declared.unseen, declared.trainable),
             self.device,
         )
         phases["setup"] = time.monotonic() - t0

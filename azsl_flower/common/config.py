@@ -395,6 +395,12 @@ def _check_dfzsl(merged: dict[str, Any]) -> None:
                 f"run-config {key}={merged[key]!r}: at most {MAX_DFZSL_SAMPLES} (it is a count "
                 "of virtual features per class or of probes per owner)"
             )
+    if merged["dfzsl-alignment"] == "none" and merged["dfzsl-generator"] == "vmf":
+        raise ConfigError(
+            "dfzsl-alignment=none leaves unseen classes without a direction to sample around: "
+            "use dfzsl-generator=cvae with it (the ablation conditions the generator on raw "
+            "semantics)"
+        )
     ridge = merged["dfzsl-ridge"]
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ConfigError(f"run-config dfzsl-ridge={ridge!r}: a finite number >= 0")

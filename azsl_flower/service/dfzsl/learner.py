@@ -63,30 +63,30 @@ class DFZSLLearner:
 
     settings: DFZSLSettings
     semantics: np.ndarray  # C x A, every class
-    seen: np.ndarray
-    unseen: np.ndarray
+    known: np.ndarray  # classes some teacher covers: they have a recovered direction
+    unseen: np.ndarray  # classes no teacher covers (inductive: the unseen classes)
     device: torch.device
     report: dict[str, object] = field(default_factory=dict)
 
     # -- concentration ----------------------------------------------------------------------
 
     def rule_kappa(self, directions: np.ndarray) -> float:
-        """DFZSL's angle rule on the seen directions (times ``dfzsl-kappa-factor``)."""
-        kappa = dfzsl_kappa(directions[self.seen], self.settings.kappa_factor)
+        """DFZSL's angle rule on the known directions (times ``dfzsl-kappa-factor``)."""
+        kappa = dfzsl_kappa(directions[self.known], self.settings.kappa_factor)
         dim = directions.shape[1]
         self.report |= {"kappa_rule": "dfzsl", "kappa": kappa}
         self.report["expected_cosine"] = mean_cosine(kappa, dim)
         return kappa
 
     def ladder(self, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Samples of every seen class at each rung of LADDER: (x, y, rung index)."""
+        """Samples of every known class at each rung of LADDER: (x, y, rung index)."""
         dim = directions.shape[1]
         per = max(4, self.settings.samples // len(LADDER))
         xs, ys, rungs = [], [], []
         for i, cos in enumerate(LADDER):
             kappa = kappa_for_cosine(cos, dim)
             x, y = sample_vmf(
-                directions[self.seen], kappa, per, self.settings.seed + 101 * i, self.seen
+                directions[self.known], kappa, per, self.settings.seed + 101 * i, self.known
             )
             xs.append(x)
             ys.append(y)
@@ -109,34 +109,38 @@ class DFZSLLearner:
         return kappa
 
     def virtual(self, directions: np.ndarray, kappa: float) -> tuple[np.ndarray, np.ndarray]:
-        """``dfzsl-samples`` virtual features of each seen class around its direction."""
+        """``dfzsl-samples`` virtual features of each known class around its direction."""
         s = self.settings
-        return sample_vmf(directions[self.seen], kappa, s.samples, s.seed, self.seen)
+        return sample_vmf(directions[self.known], kappa, s.samples, s.seed, self.known)
 
     # -- alignment, generator, classifier ---------------------------------------------------
 
     def fit(
         self, x: np.ndarray, y: np.ndarray, directions: np.ndarray, kappa: float
     ) -> dict[str, torch.nn.Module]:
-        """From the verified virtual seen features (x, y): align, generate unseen-class
-        features, train the GZSL classifier. Models by name, the main one first."""
+        """From the verified virtual features (x, y) of the known classes: align, generate
+        features of classes no teacher knows, train the GZSL classifier. Models by name,
+        the main one first."""
         s, num_classes, dim = self.settings, self.semantics.shape[0], directions.shape[1]
         if s.alignment == "ridge":
             align = RidgeAlignment(s.ridge)
             self.report["alignment_misfit"] = align.fit(
-                self.semantics[self.seen], directions[self.seen]
+                self.semantics[self.known], directions[self.known]
             )
             cond = align.predict(self.semantics)  # every class's aligned direction
         else:  # ablation: the generator sees raw semantics
             cond = self.semantics.astype(np.float32)
-        if s.generator == "vmf":
+        xu, yu = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+        if not self.unseen.size:  # every class has a teacher (transductive): nothing to invent
+            pass
+        elif s.generator == "vmf":
             xu, yu = sample_vmf(cond[self.unseen], kappa, s.samples, s.seed + 1, self.unseen)
         else:
             cvae = train_cvae(x, cond[y], s.noise_dim, s.epochs, s.lr, s.seed, self.device)
             xu = cvae.generate(cond[self.unseen], s.samples, s.seed + 1)
             yu = np.repeat(self.unseen, s.samples)
         init = np.zeros((num_classes, dim), dtype=np.float32)
-        init[self.seen] = directions[self.seen]
+        init[self.known] = directions[self.known]
         for c in self.unseen:  # aligned direction, or the generated features' mean direction
             init[c] = cond[c] if s.alignment == "ridge" else xu[yu == c].mean(0)
         clf = train_cosine_classifier(

@@ -48,8 +48,8 @@ def sample_vmf(
         or not 0 < per_class <= MAX_PER_CLASS
     ):
         raise ValueError(f"samples per class {per_class!r}: a whole number in 1..{MAX_PER_CLASS}")
-    kappas = np.broadcast_to(np.asarray(kappa, dtype=np.float64), (mu.shape[0],))
-    kappas = np.asarray([check_kappa(k) for k in kappas])
+    given = np.atleast_1d(np.asarray(kappa, dtype=object))
+    kappas = np.broadcast_to(np.asarray([check_kappa(k) for k in given]), (mu.shape[0],))
     labels = np.arange(mu.shape[0]) if labels is None else np.asarray(labels, dtype=np.int64)
     if labels.shape != (mu.shape[0],):
         raise ValueError(f"labels {labels.shape} must give one class id per direction")
