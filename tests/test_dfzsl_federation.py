@@ -79,9 +79,7 @@ def test_blackbox_dfzsl_learns_unseen_digits_in_four_round_trips(tmp_path):
 
 
 def test_released_head_needs_no_probe_and_gives_the_same_directions(tmp_path):
-    head, _, grid = _run(
-        tmp_path / "h", node={"dfzsl-release-head": True}, dfzsl_directions="head"
-    )
+    head, _, grid = _run(tmp_path / "h", node={"dfzsl-release-head": True}, dfzsl_directions="head")
     assert "query.dfzsl_probe" not in _kinds(grid) and head["round_trips"] == 3
     probed, _, _ = _run(tmp_path / "p")
     # 200 probes > 64 dimensions: black-box matching is exact, so the runs agree
@@ -122,7 +120,10 @@ def test_owner_refuses_probes_outside_dfzsl(tmp_path):
     grid, cfg = _grid(tmp_path)
     settings = parse_run_config({**cfg, "scenario": "blackbox"}).owner_settings()
     payload = schema.Payload(
-        {"x": np.zeros((3, 64), np.float32)}, {}, None, settings  # type: ignore[arg-type]
+        {"x": np.zeros((3, 64), np.float32)},
+        {},
+        None,
+        settings,  # type: ignore[arg-type]
     )
     with pytest.raises(ValueError, match="outside scenario=dfzsl"):
         _dfzsl_probe(payload, grid.contexts[1000])
