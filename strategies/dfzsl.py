@@ -85,7 +85,9 @@ class DFZSLStrategy(OwnerPhases):
                 )
             parts = [(self.roster.covered[n], heads[n]) for n in self.roster.live]
             return merge_directions(parts, self.classes.num_classes)
-        nodes = self.ask_with_budget(self.cfg.dfzsl_probes, "dfzsl-probe")
+        # keep what verification will ask in reserve, as AZSL's generator rounds do
+        reserve = self.cfg.dfzsl_samples * int(self.roster.declarations().trainable.size)
+        nodes = self.ask_with_budget(self.cfg.dfzsl_probes, "dfzsl-probe", reserve)
         probes = probe_features(dim, self.cfg.dfzsl_probes, self.cfg.seed)
         replies = self.delivery.ask(grid, self.configure_probe(probes, nodes))
         if not replies:
@@ -93,9 +95,10 @@ class DFZSLStrategy(OwnerPhases):
         self.roster.contributors["dfzsl-probe"] = list(replies)
         return self.aggregate_probe({n: a[0] for n, a in replies.items()}, probes)
 
-    def ask_with_budget(self, size: int, phase: str) -> list[int]:
-        """Owners whose query budget takes ``size`` more samples; none: a clear error."""
-        nodes = self.roster.with_budget(size, phase)
+    def ask_with_budget(self, size: int, phase: str, reserve: int = 0) -> list[int]:
+        """Owners whose query budget takes ``size`` more samples (keeping ``reserve`` for
+        later phases where the budget allows); none: a clear error."""
+        nodes = self.roster.with_budget(size, phase, reserve=reserve)
         if not nodes:
             raise OwnerError(
                 f"no owner's query-budget covers {phase} ({size} samples); lower dfzsl-probes or "

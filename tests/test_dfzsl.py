@@ -157,3 +157,26 @@ def test_cosine_classifier_round_trips_through_its_weights():
     x = torch.randn(5, 8)
     assert torch.allclose(rebuilt(x), model(x))
     assert torch.allclose(model(3 * x), model(x), atol=1e-5)  # scale-free: cosines only
+
+
+def test_ladder_kappa_is_the_lowest_rung_the_teachers_half_accept():
+    from azsl_flower.service.dfzsl.learner import LADDER, DFZSLLearner, DFZSLSettings
+
+    settings = DFZSLSettings("dimension", 1.0, 40, "ridge", 10.0, "vmf", 8, 1, 1e-3, 0)
+    learner = DFZSLLearner(settings, np.eye(4), np.arange(3), np.array([3]), torch.device("cpu"))
+    rungs = np.repeat(np.arange(len(LADDER)), 10)
+    accepted = rungs >= 3  # rungs 0-2 rejected, from rung 3 on all accepted
+    kappa = learner.ladder_kappa(accepted, rungs, dim=128)
+    assert mean_cosine(kappa, 128) == pytest.approx(LADDER[3], abs=1e-6)
+    assert learner.report["ladder"][str(LADDER[2])] == 0.0
+
+
+def test_directions_of_several_owners_merge_per_class():
+    from azsl_flower.service.dfzsl.directions import merge_directions
+
+    a = (np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    b = (np.array([1, 2]), np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    mu = merge_directions([a, b], num_classes=4)
+    assert np.allclose(mu[0], [1, 0]) and np.allclose(mu[2], [-1, 0])
+    assert np.allclose(mu[1], np.array([1.0, 1.0]) / math.sqrt(2))  # both owners' mean
+    assert np.allclose(mu[3], 0)  # nobody covers class 3
