@@ -28,6 +28,7 @@ FAST = {
     "student-epochs": 15,
     "dfzsl-probes": 200,
     "dfzsl-samples": 60,
+    "dfzsl-kappa": "dfzsl",  # DFZSL's own rule: one round trip fewer than the default
     "tensorboard": False,
 }
 
@@ -175,4 +176,5 @@ def test_flwr_run_dfzsl_simulation(tmp_path):
     assert len(runs) == 1, log[-4000:]
     results = json.loads(runs[0].read_text())
     assert results["scenario"] == "dfzsl" and results["num_owners"] == 2
-    assert results["round_trips"] == 4 and results["method"]["kappa"] > 0
+    # the default dimension-aware kappa: set-up, probes, ladder, verification, evaluation
+    assert results["round_trips"] == 5 and results["method"]["kappa_rule"] == "dimension"

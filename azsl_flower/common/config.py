@@ -128,7 +128,7 @@ DEFAULTS: dict[str, Any] = {
     "dfzsl-directions": "blackbox",
     "dfzsl-probes": 2048,  # probe features per owner for direction recovery (one round trip)
     # concentration of the virtual features: DFZSL's angle rule or the dimension-aware one
-    "dfzsl-kappa": "dfzsl",
+    "dfzsl-kappa": "dimension",
     "dfzsl-kappa-factor": 1.0,  # multiplies the chosen kappa (DFZSL's per-dataset factor)
     "dfzsl-samples": 200,  # virtual features per seen class sent to verification
     # semantics -> virtual direction map (ridge on seen classes), or none (ablation)
