@@ -103,9 +103,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--baselines", action="store_true")
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--merge", default="", help="add the runs of another such JSON file")
     args = ap.parse_args(argv)
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    if args.merge:  # sweeps run in parallel processes write separate files
+        other = json.loads(Path(args.merge).read_text())
+        keys = {(r["case"], r["split"], r["seed"]) for r in other["runs"]}
+        doc["runs"] = [r for r in doc["runs"] if (r["case"], r["split"], r["seed"]) not in keys]
+        doc["runs"] += other["runs"]
+        out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     if args.baselines:
         doc["baselines"] = baselines(args.data_dir, "effnetlite0.mat")
     for case in [c for c in args.cases.split(",") if c]:

@@ -3,10 +3,13 @@
 ``scipy.stats.vonmises_fisher`` draws them (Wood's rejection algorithm); nothing here is
 a hand-written sampler. Samples are unit vectors, as the cosine teacher reads them.
 
-scipy rotates its samples with a d x d QR decomposition on every call (seconds at d = 1280
-on a shared CPU), so each concentration is drawn once around one pole and carried to each
-class direction by a Householder reflection: vMF is invariant under orthogonal maps, so a
-reflection taking the pole to mu_k turns vMF(pole, kappa) samples into vMF(mu_k, kappa).
+scipy's public ``rvs`` rotates its samples with a d x d QR decomposition on every call
+(5-60 s at d = 1280 on a shared 2-core CPU, most of a Caltech run), so the samples are drawn
+around the north pole by the same frozen distribution's Wood sampler (its
+``_rejection_sampling``, the step ``rvs`` runs before rotating; ``rvs`` itself where a scipy
+lacks it) and carried to each class direction by a Householder reflection: vMF is invariant
+under orthogonal maps, so a reflection taking the pole to mu_k turns vMF(pole, kappa)
+samples into vMF(mu_k, kappa).
 """
 
 from __future__ import annotations
@@ -60,10 +63,19 @@ def sample_vmf(
     x = np.empty((mu.shape[0] * n, mu.shape[1]), dtype=np.float64)
     for k in np.unique(kappas):  # one scipy draw per concentration
         rows = np.flatnonzero(kappas == k)
-        drawn = vonmises_fisher(pole, k).rvs(rows.size * n, random_state=rng)
+        drawn = _around_pole(pole, float(k), rows.size * n, rng)
         for j, c in enumerate(rows):
             x[c * n : (c + 1) * n] = _reflect(drawn[j * n : (j + 1) * n], pole, mu[c])
     return x.astype(np.float32), np.repeat(labels, n)
+
+
+def _around_pole(pole: np.ndarray, kappa: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n samples of scipy's vMF(pole, kappa), pole = e_1, without rvs's d x d rotation."""
+    dist = vonmises_fisher(pole, kappa)
+    wood = getattr(dist._dist, "_rejection_sampling", None)  # scipy >= 1.11
+    if wood is None or pole.size <= 3:  # 2-d and 3-d have their own samplers in rvs
+        return dist.rvs(n, random_state=rng)
+    return np.asarray(wood(pole.size, kappa, n, rng)).reshape(n, pole.size)
 
 
 def _reflect(x: np.ndarray, pole: np.ndarray, target: np.ndarray) -> np.ndarray:
