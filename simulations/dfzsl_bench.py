@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     if args.baselines:
         doc["baselines"] = baselines(args.data_dir, "effnetlite0.mat")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     for case in [c for c in args.cases.split(",") if c]:
         if case not in CASES:
             raise SystemExit(f"unknown case {case!r}; choose from {sorted(CASES)}")

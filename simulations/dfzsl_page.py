@@ -38,6 +38,19 @@ def _pm(values: list[float]) -> str:
     return f"{v.mean():.1f}" if v.size == 1 else f"{v.mean():.1f} ± {v.std():.1f}"
 
 
+def _triple(m: dict[str, float]) -> str:
+    return " / ".join(f"{100 * m[k]:.1f}" for k in ("u", "s", "h"))
+
+
+def _at_selected(rs: list[dict[str, Any]]) -> tuple[list[dict[str, float]], float]:
+    """Validation runs: each run's curve point at the seed-averaged best calibration."""
+    curves = [r["calibration"]["curve"] for r in rs]
+    values = [p["calibration"] for p in curves[0]]
+    mean_h = [np.mean([c[i]["h"] for c in curves]) for i in range(len(values))]
+    i = int(np.argmax(mean_h))
+    return [c[i] for c in curves], float(values[i])
+
+
 def _rows(runs: list[dict[str, Any]], split: str) -> list[str]:
     by_case: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
@@ -49,6 +62,8 @@ def _rows(runs: list[dict[str, Any]], split: str) -> list[str]:
         c = [r["classifier"] for r in rs]
         p = [r["prototypes"] for r in rs]
         applied = rs[0]["calibration"].get("applied", 0.0)
+        if split == "val" and all(r["calibration"].get("curve") for r in rs):
+            c, applied = _at_selected(rs)
         kappa = np.mean([r["method"].get("kappa", np.nan) for r in rs])
         cos = np.mean([r["method"].get("expected_cosine", np.nan) for r in rs])
         out.append(
@@ -56,6 +71,28 @@ def _rows(runs: list[dict[str, Any]], split: str) -> list[str]:
             + " | ".join(_pm([m[k] for m in c]) for k in ("zsl", "u", "s", "h"))
             + f" | {_pm([m['zsl'] for m in p])} | {applied:g} | {kappa:.0f} ({cos:.2f}) | "
             f"{rs[0]['round_trips']} | {rs[0]['queries_used']} |"
+        )
+    return out
+
+
+def _findings(doc: dict[str, Any]) -> list[str]:
+    """Each inductive test case against the target and the real-data baselines."""
+    by_case: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in doc.get("runs", []):
+        if r["split"] == "test" and r["overrides"].get("teacher") == "inductive":
+            by_case[r["case"]].append(r)
+    base = doc.get("baselines", {})
+    best = max((b["test"]["zsl"] for b in base.values()), default=float("nan"))
+    out = []
+    for case, rs in sorted(by_case.items()):
+        t1 = float(np.mean([r["classifier"]["zsl"] for r in rs]))
+        h = float(np.mean([r["classifier"]["h"] for r in rs]))
+        verdict = "met" if t1 >= TARGET["zsl"] and h >= TARGET["h"] else "missed"
+        out.append(
+            f"- `{case}` ({len(rs)} seed(s)): ZSL T1 {100 * t1:.1f} "
+            f"({100 * (t1 - TARGET['zsl']):+.1f} points from the target, "
+            f"{100 * (t1 - best):+.1f} from the best real-data baseline), H {100 * h:.1f} "
+            f"({100 * (h - TARGET['h']):+.1f} from the target): target {verdict}."
         )
     return out
 
@@ -101,23 +138,34 @@ def section(doc: dict[str, Any]) -> str:
             "## Real-data baselines (use the owners' real seen features: references only)",
             "",
             "Computed owner-side in simulation (`simulations/dfzsl_baselines.py`); their",
-            "regularisers chosen by ZSL T1 on validation classes; GZSL without calibration.",
+            "regularisers chosen by ZSL T1 and their calibration (x the scores' std) by H,",
+            "both on validation classes. Deterministic: one row each.",
             "",
-            "| baseline (REAL seen features) | selected | val T1 | test T1 | test u | test s "
-            "| test H |",
+            "| baseline (REAL seen features) | selected | val T1 | test T1 | test u / s / H "
+            "| calibration | calibrated test u / s / H |",
             "|---|---|---|---|---|---|---|",
         ]
         for name, b in base.items():
-            t = b["test"]
+            t, c = b["test"], b.get("test_calibrated", b["test"])
             lines.append(
                 f"| {name} | {b['selected']} | {100 * b['val']['zsl']:.1f} | "
-                f"{100 * t['zsl']:.1f} | {100 * t['u']:.1f} | {100 * t['s']:.1f} | "
-                f"{100 * t['h']:.1f} |"
+                f"{100 * t['zsl']:.1f} | {_triple(t)} | {b.get('calibration', 0)} | "
+                f"{_triple(c)} |"
             )
         lines.append("")
     lines += [
-        f"Target (issue 14, inductive): ZSL T1 ≥ {100 * TARGET['zsl']:.0f} %, "
-        f"H ≥ {100 * TARGET['h']:.0f} %.",
+        f"## Against the target (issue 14, inductive): ZSL T1 ≥ {100 * TARGET['zsl']:.0f} %, "
+        f"H ≥ {100 * TARGET['h']:.0f} %",
+        "",
+        *_findings(doc),
+        "",
+        "Why: the unseen classes' directions come from a linear map of class-name vectors",
+        "fitted on the seen classes' *teacher directions*. A cosine teacher's directions are",
+        "discriminative (each class against its neighbours), not class means, and the same",
+        "map fitted to real class means (the ridge baseline, which needs real features)",
+        "generalises better to unseen classes: compare the validation T1 of `prototypes`",
+        "(teacher directions) with the ridge baseline's. The GZSL gain over the baselines",
+        "comes from calibrated stacking on a classifier trained over both class groups.",
         "",
         "## Reproduce",
         "",
