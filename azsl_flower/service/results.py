@@ -210,7 +210,8 @@ def format_table(results: dict[str, Any]) -> str:
     from rich.table import Table
 
     table = Table(
-        title=f"AZSL on {results['dataset']} ({results['scenario']}, "
+        title=f"{'DFZSL' if results['scenario'] == 'dfzsl' else 'AZSL'} on {results['dataset']} "
+        f"({results['scenario']}, "
         f"{results['teacher_setting']} teacher, {results['num_owners']} owner(s))"
     )
     for col in ("model", "ZSL T1", "u", "s", "H"):
