@@ -97,8 +97,9 @@ def _findings(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def section(doc: dict[str, Any]) -> str:
-    """The DFZSL results as markdown (the whole of docs/dfzsl.md)."""
+def section(doc: dict[str, Any], level: int = 1) -> str:
+    """The DFZSL results as markdown (the whole of docs/dfzsl.md); ``level`` is its title's
+    heading level (2 to nest it in docs/results.md)."""
     head = (
         "| case | seeds | ZSL T1 | u | s | H | prototypes T1 | calibration | kappa (E cos) "
         "| round trips | queries |\n|---|---|---|---|---|---|---|---|---|---|---|"
@@ -186,7 +187,12 @@ def section(doc: dict[str, Any]) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    if level > 1:  # every heading one or more levels down
+        text = "\n".join(
+            "#" * (level - 1) + ln if ln.startswith("#") else ln for ln in text.split("\n")
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:

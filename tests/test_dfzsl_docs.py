@@ -54,3 +54,5 @@ def test_page_reports_each_case_and_the_verdict():
     assert "ZSL T1 11.0 (-4.0 points from the target" in page and "target missed" in page
     doc["runs"] = [_run("bb-dim-vmf", 0, 0.2, 0.3)]
     assert "target met" in section(doc)
+    nested = section(doc, level=2)
+    assert nested.startswith("## DFZSL") and "\n### Test classes" in nested
