@@ -31,6 +31,12 @@ def verify(msg: Message, context: Context) -> Message:
     return handlers.verify(msg, context)
 
 
+@app.query("dfzsl_probe")
+def dfzsl_probe(msg: Message, context: Context) -> Message:
+    """Scenario dfzsl: the cosine teacher's logits on the service's probe features."""
+    return handlers.dfzsl_probe(msg, context)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the service's model and the owner's own teacher on the local test split."""

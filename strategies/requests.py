@@ -25,9 +25,7 @@ class Request:
     @property
     def samples(self) -> int:
         """Generated samples it asks about: what an owner counts against its budget."""
-        if self.kind is not schema.FEEDBACK and self.kind is not schema.VERIFY:
-            return 0
-        return sum(int(np.asarray(p["arrays"]["y"]).size) for p in self.payloads)  # type: ignore[index]
+        return sum(self.kind.queried(p.get("arrays") or {}) for p in self.payloads)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from azsl_flower.common.config import RunConfig
+from azsl_flower.common.config import RunConfig, Scenario
 from azsl_flower.common.models import resolve_device, seed_everything
 from azsl_flower.common.presets import resolve_run_config
 from azsl_flower.common.semantics import load_class_side
@@ -24,6 +24,7 @@ from azsl_flower.service.results import format_table, write_run
 from azsl_flower.service.tracking import LogEvents, open_observer
 from azsl_flower.wire.channels import ServiceSecurity, provision_simulation_keys
 from strategies.azsl import AZSLStrategy
+from strategies.dfzsl import DFZSLStrategy
 
 app = ServerApp()
 
@@ -52,7 +53,8 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
     security, key_folder = _security(grid, cfg, run_id)
     observer = open_observer(cfg, forward=LogEvents())
     try:
-        strategy = AZSLStrategy(cfg, classes, device, security)
+        kind = DFZSLStrategy if cfg.scenario is Scenario.DFZSL else AZSLStrategy
+        strategy = kind(cfg, classes, device, security)
         result = strategy.start(grid, events=observer or LogEvents())
     except BaseException:
         if observer is not None:

@@ -8,6 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from azsl_flower.wire.codec import payload_nbytes
 from azsl_flower.wire.schema import (
+    DFZSL_PROBE,
     EVALUATE,
     FEEDBACK,
     KINDS,
@@ -24,8 +25,22 @@ from tests.conftest import PAYLOAD_SETTINGS as SETTINGS
 
 
 def test_kinds_registry():
-    assert sorted(KINDS) == sorted(k.message_type for k in (SETUP, FEEDBACK, VERIFY, EVALUATE))
+    kinds = (SETUP, FEEDBACK, VERIFY, EVALUATE, DFZSL_PROBE)
+    assert sorted(KINDS) == sorted(k.message_type for k in kinds)
     assert all(KINDS[k].message_type == k for k in KINDS)
+
+
+def test_metered_kinds_count_the_rows_an_owner_answers():
+    """Queries about service-made features count against the budget; set-up and
+    evaluation do not."""
+    x = np.zeros((6, 3), np.float32)
+    assert {k.message_type for k in KINDS.values() if k.metered} == {
+        "query.feedback",
+        "query.verify",
+        "query.dfzsl_probe",
+    }
+    assert DFZSL_PROBE.queried({"x": x}) == VERIFY.queried({"x": x, "y": np.zeros(6)}) == 6
+    assert SETUP.queried({}) == 0 and EVALUATE.queried({"unseen": np.zeros(2)}) == 0
 
 
 @pytest.mark.parametrize(("name", "direction"), KIND_CASES)

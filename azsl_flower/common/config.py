@@ -35,6 +35,9 @@ class Scenario(StrEnum):
     WHITEBOX = "whitebox"  # softmax, losses and input gradients
     BLACKBOX = "blackbox"  # softmax and the regulariser's value and gradient
     WEIGHTS = "weights"  # the teacher once at set-up; the service computes feedback itself
+    # DFZSL (Tang et al. 2024): a cosine teacher answers logits on probe features; the
+    # service recovers class directions, samples virtual features, aligns semantics
+    DFZSL = "dfzsl"
 
     @property
     def whitebox(self) -> bool:
@@ -120,6 +123,19 @@ DEFAULTS: dict[str, Any] = {
     "experiment": "",
     "tensorboard": True,
     "tensorboard-dir": "",
+    # scenario=dfzsl (azsl_flower/service/dfzsl/): how class directions are found
+    # (blackbox: matched to the owners' logits on probes; head: read from a released head)
+    "dfzsl-directions": "blackbox",
+    "dfzsl-probes": 2048,  # probe features per owner for direction recovery (one round trip)
+    # concentration of the virtual features: DFZSL's angle rule or the dimension-aware one
+    "dfzsl-kappa": "dimension",
+    "dfzsl-kappa-factor": 1.0,  # multiplies the chosen kappa (DFZSL's per-dataset factor)
+    "dfzsl-samples": 200,  # virtual features per seen class sent to verification
+    # semantics -> virtual direction map (ridge on seen classes), or none (ablation)
+    "dfzsl-alignment": "ridge",
+    "dfzsl-ridge": 10.0,  # the ridge map's L2 weight
+    # unseen-class features: vMF around the aligned direction, or a conditional VAE
+    "dfzsl-generator": "vmf",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -133,6 +149,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ensemble-weighting": tuple(Weighting),
     "resume": ("auto", "never"),
     "split": ("test", "val"),
+    "dfzsl-directions": ("blackbox", "head"),
+    "dfzsl-kappa": ("dfzsl", "dimension"),
+    "dfzsl-alignment": ("ridge", "none"),
+    "dfzsl-generator": ("vmf", "cvae"),
 }
 
 # What an owner's teacher depends on (with its data's fingerprint): its cache key.
@@ -177,7 +197,11 @@ POSITIVE = (
     "poll-interval",
     "timeout",
     "dirichlet-beta",
+    "dfzsl-probes",
+    "dfzsl-kappa-factor",
+    "dfzsl-samples",
 )
+MAX_DFZSL_SAMPLES = 100_000  # virtual features per class: more is memory, not accuracy
 
 
 @dataclass(frozen=True)
@@ -230,6 +254,14 @@ class RunConfig:
     experiment: str
     tensorboard: bool
     tensorboard_dir: str
+    dfzsl_directions: str
+    dfzsl_probes: int
+    dfzsl_kappa: str
+    dfzsl_kappa_factor: float
+    dfzsl_samples: int
+    dfzsl_alignment: str
+    dfzsl_ridge: float
+    dfzsl_generator: str
 
     def as_dict(self) -> dict[str, Any]:
         """The run config as plain values (enums as their strings), keyed as on the command line."""
@@ -312,6 +344,7 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             "subtracted from the seen classes' logits (0: plain argmax)"
         )
     parse_calibration_grid(merged["calibration-grid"])
+    _check_dfzsl(merged)
     for key in ("fault-tamper", "fault-replay"):
         if not 0.0 <= merged[key] <= 1.0:
             raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
@@ -346,6 +379,31 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     for key, enum in ENUMS.items():
         merged[key] = enum(merged[key])
     return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+def _check_dfzsl(merged: dict[str, Any]) -> None:
+    """The dfzsl keys' ranges: kappa factor finite > 0, sample counts bounded, ridge >= 0."""
+    factor = merged["dfzsl-kappa-factor"]
+    if not math.isfinite(factor):
+        raise ConfigError(
+            f"run-config dfzsl-kappa-factor={factor!r}: a finite number > 0 multiplying the "
+            "vMF concentration kappa (1.0: the rule's own kappa)"
+        )
+    for key in ("dfzsl-samples", "dfzsl-probes"):
+        if merged[key] > MAX_DFZSL_SAMPLES:
+            raise ConfigError(
+                f"run-config {key}={merged[key]!r}: at most {MAX_DFZSL_SAMPLES} (it is a count "
+                "of virtual features per class or of probes per owner)"
+            )
+    if merged["dfzsl-alignment"] == "none" and merged["dfzsl-generator"] == "vmf":
+        raise ConfigError(
+            "dfzsl-alignment=none leaves unseen classes without a direction to sample around: "
+            "use dfzsl-generator=cvae with it (the ablation conditions the generator on raw "
+            "semantics)"
+        )
+    ridge = merged["dfzsl-ridge"]
+    if not (math.isfinite(ridge) and ridge >= 0):
+        raise ConfigError(f"run-config dfzsl-ridge={ridge!r}: a finite number >= 0")
 
 
 ENUMS: dict[str, type[StrEnum]] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CosineClassifier",
     "Generator",
     "classifier",
     "resolve_device",
@@ -66,6 +68,26 @@ def classifier(in_dim: int, num_classes: int, dropout: float = 0.5) -> nn.Sequen
         nn.Dropout(dropout),
         nn.Linear(512, num_classes),
     )
+
+
+class CosineClassifier(nn.Module):
+    """Logits = cos(x, w_k) / temperature: no bias, on L2-normalised inputs (DFZSL's teacher
+    and its GZSL classifier). Only directions matter, so a feature's scale never does."""
+
+    def __init__(self, in_dim: int, num_classes: int, temperature: float = 0.05) -> None:
+        super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"cosine classifier temperature={temperature!r}: a finite number > 0")
+        self.weight = nn.Parameter(torch.randn(num_classes, in_dim) * 0.01)
+        self.register_buffer("temperature", torch.tensor([float(temperature)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.nn.functional.normalize(self.weight, dim=1)
+        return torch.nn.functional.normalize(x, dim=1) @ w.T / self.temperature
+
+    def directions(self) -> torch.Tensor:
+        """The unit class directions (rows)."""
+        return torch.nn.functional.normalize(self.weight.detach(), dim=1)
 
 
 class Generator(nn.Module):

@@ -11,7 +11,12 @@ import torch
 from torch import nn
 
 from azsl_flower.common.metrics import count_predictions
-from azsl_flower.common.models import classifier, load_numpy_state, predict_logits
+from azsl_flower.common.models import (
+    CosineClassifier,
+    classifier,
+    load_numpy_state,
+    predict_logits,
+)
 from azsl_flower.owner.data import OwnerData
 from azsl_flower.owner.oracle import FeedbackOracle
 
@@ -70,7 +75,14 @@ def evaluate_model(
 
 
 def model_from_weights(weights: dict[str, np.ndarray], device: torch.device) -> nn.Module:
-    """Rebuild a classifier MLP from its weights (shapes give the sizes)."""
+    """Rebuild a classifier MLP, or a cosine classifier (DFZSL), from its weights (shapes
+    give the sizes)."""
+    if set(weights) == {"weight", "temperature"}:
+        w, t = weights["weight"], np.asarray(weights["temperature"]).ravel()
+        if w.ndim != 2 or t.size != 1:
+            raise ValueError(f"cosine classifier weights: weight {w.shape}, temperature {t.shape}")
+        model = CosineClassifier(int(w.shape[1]), int(w.shape[0]), float(t[0]))
+        return load_numpy_state(model, weights).to(device).eval()
     in_dim = int(weights["0.weight"].shape[1])
     out_dim = int(weights["6.weight"].shape[0])
     return load_numpy_state(classifier(in_dim, out_dim), weights).to(device).eval()

@@ -18,13 +18,14 @@ from flwr.common.logger import log
 from azsl_flower.common.config import Scenario
 from azsl_flower.common.models import resolve_device
 from azsl_flower.owner import budget
+from azsl_flower.owner.dfzsl import dfzsl_node_settings, probe_logits
 from azsl_flower.owner.evaluation import evaluate_model, model_from_weights
 from azsl_flower.owner.state import OwnerState, owner_state, teacher_weights
 from azsl_flower.wire import errors, schema
 from azsl_flower.wire.channels import OwnerSecurity
 from azsl_flower.wire.crypto import RejectedError
 
-__all__ = ["MAX_CALIBRATION_VALUES", "evaluate", "feedback", "setup", "verify"]
+__all__ = ["MAX_CALIBRATION_VALUES", "dfzsl_probe", "evaluate", "feedback", "setup", "verify"]
 
 Answer = dict[str, object]  # keyword arguments of schema.encode for one reply
 MAX_CALIBRATION_VALUES = 256  # values one evaluation may score (each is an argmax per sample)
@@ -48,8 +49,7 @@ def _serve(
             reply_to=msg,
         )
     payloads = [schema.decode(kind, "request", rd) for rd in parts]
-    metered = kind is schema.FEEDBACK or kind is schema.VERIFY  # queries about generated samples
-    asked = sum(int(p.arrays["y"].size) for p in payloads) if metered else 0
+    asked = sum(kind.queried(p.arrays) for p in payloads)  # queries about service-made rows
     limit, used = budget.query_budget(context), budget.queries_used(context)
     if asked and limit and used + asked > limit:
         # Refused before any work; a distinct error the service treats as "skip me this time".
@@ -82,6 +82,8 @@ def _state(payload: schema.Payload, context: Context) -> OwnerState:
     if "partition-id" not in node:
         # Partitions simulate owners out of one dataset; a deployed owner holds its own data.
         settings["partition"], settings["owner-classes"] = "iid", ""
+    if settings.get("scenario") == Scenario.DFZSL:  # the owner's temperature, not the service's
+        settings["dfzsl-temperature"] = dfzsl_node_settings(context).temperature
     pid, nparts = int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
     return owner_state(settings, pid, nparts)
 
@@ -100,6 +102,12 @@ def _setup(payload: schema.Payload, context: Context) -> Answer:
         if hasattr(reg, "stats"):
             s = reg.stats()
             arrays |= {"reg_mean": s["mean"], "reg_var": s["var"], "reg_classes": s["classes"]}
+    if payload.settings and payload.settings.get("scenario") == Scenario.DFZSL:
+        own = dfzsl_node_settings(context)
+        arrays["cosine_temperature"] = np.asarray([own.temperature], dtype=np.float32)
+        if own.release_head:  # the owner's choice; by default the service must probe
+            head = st.oracle.teacher.directions()  # type: ignore[operator]
+            arrays["cosine_head"] = head.cpu().numpy().astype(np.float32)
     scalars = {
         "dim": st.data.dim,
         "num_classes": st.data.num_classes,
@@ -136,6 +144,17 @@ def _verify(payload: schema.Payload, context: Context) -> Answer:
     return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs, "lse": lse}}
 
 
+def _dfzsl_probe(payload: schema.Payload, context: Context) -> Answer:
+    """Scenario dfzsl: the cosine teacher's logits on the service's probe features."""
+    st = _state(payload, context)
+    if (payload.settings or {}).get("scenario") != Scenario.DFZSL:
+        raise ValueError("a dfzsl probe outside scenario=dfzsl: this owner answers it only there")
+    x = payload.arrays["x"]
+    if x.ndim != 2 or x.shape[1] != st.data.dim:
+        raise ValueError(f"probe features are {x.shape}; this owner's features are {st.data.dim}-d")
+    return {"arrays": {"logits": probe_logits(st.oracle.teacher, x, st.oracle.device)}}
+
+
 def _evaluate(payload: schema.Payload, context: Context) -> Answer:
     st = _state(payload, context)
     device = resolve_device(str((payload.settings or {}).get("device", "auto")))
@@ -169,6 +188,11 @@ def feedback(msg: Message, context: Context) -> Message:
 def verify(msg: Message, context: Context) -> Message:
     """Label verification (Eq. 3): teacher argmax and softmax for generated features."""
     return _serve(msg, context, schema.VERIFY, _verify)
+
+
+def dfzsl_probe(msg: Message, context: Context) -> Message:
+    """Scenario dfzsl: the cosine teacher's logits on probe features (metered)."""
+    return _serve(msg, context, schema.DFZSL_PROBE, _dfzsl_probe)
 
 
 def evaluate(msg: Message, context: Context) -> Message:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from azsl_flower.common.config import TEACHER_KEYS, resolve_cache_dir
 from azsl_flower.common.models import classifier, fit, resolve_device, state_to_numpy
 from azsl_flower.owner.data import OwnerData, load_owner_data
+from azsl_flower.owner.dfzsl import train_cosine_teacher
 from azsl_flower.owner.oracle import FeedbackOracle, make_regulariser
 
 __all__ = ["OwnerState", "owner_state", "teacher_weights"]
@@ -50,6 +51,9 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
         split=str(settings.get("split", "test")),
     )
     teacher_cfg = {k: settings.get(k) for k in TEACHER_KEYS}
+    cosine = str(settings.get("scenario")) == "dfzsl"  # DFZSL's cosine teacher, not the MLP
+    if cosine:  # only then in the key: cached MLP teachers keep their keys
+        teacher_cfg["cosine-temperature"] = float(settings["dfzsl-temperature"])
     key = hashlib.sha256(
         json.dumps([data.fingerprint, teacher_cfg, partition_id], sort_keys=True).encode()
     ).hexdigest()[:24]
@@ -66,7 +70,20 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
     # launchers and in-process tests, and the process's own RNG left as it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        teacher = _teacher(data, classes, device, path, settings, seed)
+        if cosine:
+            teacher = train_cosine_teacher(
+                data.train_x,
+                np.searchsorted(classes, data.train_y),
+                classes.size,
+                float(settings["dfzsl-temperature"]),
+                device,
+                path,
+                epochs=int(settings.get("teacher-epochs", 40)),
+                lr=float(settings.get("lr-teacher", 1e-3)),
+                seed=seed,
+            )
+        else:
+            teacher = _teacher(data, classes, device, path, settings, seed)
     teacher.eval()
     reg = make_regulariser(reg_name, data.train_x, data.train_y, int(settings.get("seed", 0)))
     oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)

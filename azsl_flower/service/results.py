@@ -118,6 +118,8 @@ class RunResult:
     wall_seconds: float
     resumed_from_round: int | None
     models: dict[str, torch.nn.Module]  # saved beside results.json (generator, student)
+    # what a method adds (scenario dfzsl: kappa, alignment misfit, ...); results.json "method"
+    method: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         cfg = self.config
@@ -157,7 +159,7 @@ class RunResult:
             "history": self.history,
             "resumed_from_round": self.resumed_from_round,
             "config": cfg.as_dict(),
-        }
+        } | ({"method": self.method} if self.method else {})
 
 
 def _fresh_dir(root: Path) -> Path:
@@ -208,7 +210,8 @@ def format_table(results: dict[str, Any]) -> str:
     from rich.table import Table
 
     table = Table(
-        title=f"AZSL on {results['dataset']} ({results['scenario']}, "
+        title=f"{'DFZSL' if results['scenario'] == 'dfzsl' else 'AZSL'} on {results['dataset']} "
+        f"({results['scenario']}, "
         f"{results['teacher_setting']} teacher, {results['num_owners']} owner(s))"
     )
     for col in ("model", "ZSL T1", "u", "s", "H"):

@@ -27,6 +27,7 @@ __all__ = [
     "FEEDBACK",
     "VERIFY",
     "EVALUATE",
+    "DFZSL_PROBE",
     "Payload",
     "encode",
     "decode",
@@ -57,6 +58,13 @@ class Kind:
     message_type: str
     request: Spec
     reply: Spec
+    # queries about service-made features: their rows (request array "x") count against
+    # the owner's query budget, on both sides
+    metered: bool = False
+
+    def queried(self, arrays: dict[str, np.ndarray]) -> int:
+        """Rows of a request payload an owner counts against its budget (0: not metered)."""
+        return int(np.asarray(arrays["x"]).shape[0]) if self.metered else 0
 
 
 F32, I64 = "float32", "int64"
@@ -74,8 +82,16 @@ SETUP = Kind(
             # generated samples (feedback + verification) it answers per run; 0 = unlimited
             "query_budget": int,
         },
-        # weights scenario only: the teacher and the KL regulariser's per-class statistics
-        optional_arrays={"reg_mean": (F32, 2), "reg_var": (F32, 2), "reg_classes": (I64, 1)},
+        # weights scenario only: the teacher and the KL regulariser's per-class statistics;
+        # dfzsl only: the cosine teacher's temperature, and its head (unit class directions,
+        # rows in `covered` order) where the owner's policy releases it
+        optional_arrays={
+            "reg_mean": (F32, 2),
+            "reg_var": (F32, 2),
+            "reg_classes": (I64, 1),
+            "cosine_temperature": (F32, 1),
+            "cosine_head": (F32, 2),
+        },
         weights="optional",
     ),
 )
@@ -97,11 +113,21 @@ FEEDBACK = Kind(
         },
         optional_arrays={"grad_lse": (F32, 2)},  # asked with lse_grad, white-box only
     ),
+    metered=True,
 )
 VERIFY = Kind(
     "query.verify",
     request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, settings=True),
     reply=Spec(arrays={"pred": (I64, 1), "probs": (F32, 2), "lse": (F32, 1)}),
+    metered=True,
+)
+# dfzsl: the cosine teacher's logits (cosine / temperature, one column per covered class)
+# on probe features the service made; what black-box direction recovery matches
+DFZSL_PROBE = Kind(
+    "query.dfzsl_probe",
+    request=Spec(arrays={"x": (F32, 2)}, settings=True),
+    reply=Spec(arrays={"logits": (F32, 2)}),
+    metered=True,
 )
 EVALUATE = Kind(
     "evaluate",
@@ -119,7 +145,7 @@ EVALUATE = Kind(
         optional_arrays={"model_seen_curve": (I64, 2), "model_unseen_curve": (I64, 2)},
     ),
 )
-KINDS = {k.message_type: k for k in (SETUP, FEEDBACK, VERIFY, EVALUATE)}
+KINDS = {k.message_type: k for k in (SETUP, FEEDBACK, VERIFY, EVALUATE, DFZSL_PROBE)}
 
 
 def _spec(kind: Kind, direction: str) -> Spec:

@@ -1,0 +1,190 @@
+"""DFZSLStrategy: the service's side of scenario ``dfzsl`` (Tang et al., AAAI 2024).
+
+Few round trips, each carrying everything it can: set-up (owners declare coverage, their
+cosine teacher's temperature, and their head where their policy releases it); one probe
+round trip (every probe feature at once) from which the class directions are recovered
+by black-box matching; with ``dfzsl-kappa=dimension`` one verification of a ladder of
+concentrations; one verification of the virtual features; one evaluation. Learning in
+between is :class:`~azsl_flower.service.dfzsl.learner.DFZSLLearner`'s; set-up,
+verification and evaluation are :class:`~strategies.phases.OwnerPhases`'.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+
+import numpy as np
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from azsl_flower.service.dfzsl.directions import match_directions, merge_directions, probe_features
+from azsl_flower.service.dfzsl.learner import LADDER, DFZSLLearner, DFZSLSettings
+from azsl_flower.service.results import RunResult
+from azsl_flower.service.tracking import RunEvents
+from azsl_flower.wire import schema
+from strategies.phases import OwnerPhases
+from strategies.requests import Request, Verified
+from strategies.roster import OwnerError
+from strategies.sources import VerifyAnswers
+
+__all__ = ["DFZSLStrategy"]
+
+
+class DFZSLStrategy(OwnerPhases):
+    """Runs DFZSL over a Flower Grid for any number of owners."""
+
+    temperatures: dict[int, float]
+
+    # -- set-up: what dfzsl owners add ------------------------------------------------------
+
+    def read_cosine_setup(self, setup: dict[int, schema.Payload]) -> dict[int, np.ndarray]:
+        """Each owner's temperature (required) and released head (where it released one)."""
+        self.temperatures, heads = {}, {}
+        for node, r in setup.items():
+            if "cosine_temperature" not in r.arrays:
+                raise OwnerError(
+                    f"owner node {node} declared no cosine teacher: it does not run scenario "
+                    "dfzsl (update its ClientApp)"
+                )
+            t = float(r.arrays["cosine_temperature"].ravel()[0])
+            if not (np.isfinite(t) and t > 0):
+                raise OwnerError(f"owner node {node} declared temperature {t}: must be > 0")
+            self.temperatures[node] = t
+            if "cosine_head" in r.arrays:
+                heads[node] = r.arrays["cosine_head"]
+        return heads
+
+    # -- directions -------------------------------------------------------------------------
+
+    def configure_probe(self, probes: np.ndarray, nodes: list[int]) -> Request:
+        return Request(schema.DFZSL_PROBE, "dfzsl-probe", [{"arrays": {"x": probes}}], nodes)
+
+    def aggregate_probe(self, answers: dict[int, schema.Payload], probes: np.ndarray) -> np.ndarray:
+        """Black-box matching per owner, merged over owners: one unit direction per class."""
+        parts = []
+        for node, r in answers.items():
+            covered, logits = self.roster.covered[node], r.arrays["logits"]
+            if logits.shape != (probes.shape[0], covered.size):
+                raise OwnerError(
+                    f"owner node {node} answered logits {logits.shape} for {probes.shape[0]} "
+                    f"probes and {covered.size} declared classes"
+                )
+            parts.append((covered, match_directions(probes, logits, self.temperatures[node])))
+        return merge_directions(parts, self.classes.num_classes)
+
+    def directions(self, grid: Grid, heads: dict[int, np.ndarray], dim: int) -> np.ndarray:
+        """Read from released heads (dfzsl-directions=head) or recovered from probes."""
+        if self.cfg.dfzsl_directions == "head":
+            missing = [n for n in self.roster.live if n not in heads]
+            if missing:
+                raise OwnerError(
+                    f"dfzsl-directions=head, but owner node(s) {missing} do not release their "
+                    "head (their node-config dfzsl-release-head is false); use "
+                    "dfzsl-directions=blackbox"
+                )
+            parts = [(self.roster.covered[n], heads[n]) for n in self.roster.live]
+            return merge_directions(parts, self.classes.num_classes)
+        # keep what verification will ask in reserve, as AZSL's generator rounds do
+        reserve = self.cfg.dfzsl_samples * int(self.roster.declarations().trainable.size)
+        nodes = self.ask_with_budget(self.cfg.dfzsl_probes, "dfzsl-probe", reserve)
+        probes = probe_features(dim, self.cfg.dfzsl_probes, self.cfg.seed)
+        replies = self.delivery.ask(grid, self.configure_probe(probes, nodes))
+        if not replies:
+            raise OwnerError("no owner answered the dfzsl probes; see the failures above")
+        self.roster.contributors["dfzsl-probe"] = list(replies)
+        return self.aggregate_probe({n: a[0] for n, a in replies.items()}, probes)
+
+    def ask_with_budget(self, size: int, phase: str, reserve: int = 0) -> list[int]:
+        """Owners whose query budget takes ``size`` more samples (keeping ``reserve`` for
+        later phases where the budget allows); none: a clear error."""
+        nodes = self.roster.with_budget(size, phase, reserve=reserve)
+        if not nodes:
+            raise OwnerError(
+                f"no owner's query-budget covers {phase} ({size} samples); lower dfzsl-probes or "
+                "dfzsl-samples, or raise query-budget in the owners' node config"
+            )
+        return nodes
+
+    def verify(self, grid: Grid, x: np.ndarray, y: np.ndarray, phase: str) -> Verified:
+        """One verification round trip: which virtual features the teachers accept."""
+        nodes = self.ask_with_budget(int(y.size), phase)
+        request = self.configure_verify(x, y, nodes)
+        request.phase = phase
+        replies = self.delivery.ask(grid, request)
+        if not replies:
+            raise OwnerError(f"no owner answered {phase}; see the failures above")
+        self.roster.contributors[phase] = list(replies)
+        answers = VerifyAnswers(
+            list(replies),
+            x,
+            y,
+            [a[0].arrays["probs"] for a in replies.values()],
+            [a[0].arrays["lse"] for a in replies.values()],
+        )
+        return self.aggregate_verify(answers, np.unique(y))
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def start(self, grid: Grid, events: RunEvents | None = None) -> RunResult:
+        """Set-up, directions, concentration, virtual features, learning, evaluation."""
+        events = events or RunEvents()
+        t0, phases = time.monotonic(), {}
+        setup = {n: r[0] for n, r in self.delivery.ask(grid, self.configure_setup(grid)).items()}
+        declared = self.aggregate_setup(setup)
+        self.roster.contributors["setup"] = list(setup)
+        heads = self.read_cosine_setup(setup)
+        learner = DFZSLLearner(
+            DFZSLSettings.from_config(self.cfg),
+            self.classes.semantics,
+            declared.trainable,
+            np.setdiff1d(declared.unseen, declared.trainable),
+            self.device,
+        )
+        phases["setup"] = time.monotonic() - t0
+        t = time.monotonic()
+        directions = self.directions(grid, heads, declared.dim)
+        phases["directions"] = time.monotonic() - t
+        t = time.monotonic()
+        if self.cfg.dfzsl_kappa == "dimension":
+            xl, yl, rungs = learner.ladder(directions)
+            ladder = self.verify(grid, xl, yl, "dfzsl-ladder")
+            kappa = learner.ladder_kappa(ladder.keep, rungs, declared.dim)
+        else:
+            kappa = learner.rule_kappa(directions)
+        x, y = learner.virtual(directions, kappa)
+        verified = self.verify(grid, x, y, "verification")
+        phases["virtual"] = time.monotonic() - t
+        log(
+            INFO,
+            "DFZSL: %d owner(s), %d seen / %d unseen classes, kappa %.1f (%s), "
+            "%d/%d virtual features accepted",
+            len(self.roster.live),
+            declared.seen.size,
+            declared.unseen.size,
+            kappa,
+            self.cfg.dfzsl_kappa,
+            int(verified.keep.sum()),
+            verified.y.size,
+        )
+        t = time.monotonic()
+        keep = verified.keep
+        if not keep.any():
+            raise RuntimeError(
+                "the teachers accepted no virtual feature; raise dfzsl-kappa-factor (more "
+                "concentrated samples) or use dfzsl-kappa=dimension"
+            )
+        models = learner.fit(verified.x[keep], verified.y[keep], directions, kappa)
+        phases["learning"] = time.monotonic() - t
+        t = time.monotonic()
+        replies = self.delivery.ask(grid, self.configure_evaluate(models, declared.unseen))
+        evaluation = self.aggregate_evaluate(replies, list(models))
+        self.roster.contributors["evaluation"] = list(replies)
+        phases["evaluation"] = time.monotonic() - t
+        result = self.run_result(
+            evaluation, models, verified.report, [], phases, {"classifier": models["classifier"]}
+        )
+        result.method = {"name": "dfzsl", "ladder_rungs": list(LADDER), **learner.report}
+        result.wall_seconds = time.monotonic() - t0
+        events.finished(result)
+        return result

@@ -1,0 +1,226 @@
+"""What every strategy of this app shares with its owners: set-up, verification, evaluation.
+
+:class:`OwnerPhases` holds the transport, roster and delivery of one run and the
+``configure_*``/``aggregate_*`` pairs that do not depend on the method: owners declare
+their features and coverage at set-up, the teachers verify service-made features, and
+owners score the service's models on their test splits. AZSL
+(:class:`strategies.azsl.AZSLStrategy`) and DFZSL (:class:`strategies.dfzsl.DFZSLStrategy`)
+build their own phases on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from azsl_flower.common.config import ConfigError, RunConfig, owner_groups, parse_calibration_grid
+from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
+from azsl_flower.common.models import state_to_numpy
+from azsl_flower.common.semantics import ClassSide
+from azsl_flower.service import ensemble
+from azsl_flower.service.checkpoint import Checkpointer
+from azsl_flower.service.results import RunResult
+from azsl_flower.service.tracking import OwnerTotals
+from azsl_flower.wire import schema
+from azsl_flower.wire.channels import ServiceSecurity
+from strategies.delivery import Delivery
+from strategies.faults import FaultInjector
+from strategies.requests import Evaluation, Request, Verified, sum_counts
+from strategies.roster import OwnerError, Roster
+from strategies.sources import VerifyAnswers
+from strategies.transport import Transport
+
+__all__ = ["OwnerPhases"]
+
+
+class OwnerPhases:
+    """Set-up, verification and evaluation over a Flower Grid, for any number of owners."""
+
+    def __init__(
+        self, cfg: RunConfig, classes: ClassSide, device: torch.device, security: ServiceSecurity
+    ) -> None:
+        self.cfg, self.classes, self.device = cfg, classes, device
+        self.settings = cfg.owner_settings()
+        faults = None
+        if cfg.fault_tamper > 0 or cfg.fault_replay > 0:
+            if security.suite == "none":
+                raise ConfigError("fault-tamper/fault-replay need encryption (not 'none')")
+            faults = FaultInjector(cfg.fault_tamper, cfg.fault_replay, cfg.seed)
+        self.transport = Transport(security, cfg.timeout, cfg.poll_interval, faults)
+        self.roster = Roster(cfg.quorum)
+        self.delivery = Delivery(self.transport, self.roster, self.settings, cfg.max_retries)
+        self.checkpoint = Checkpointer(cfg)
+
+    # -- set-up -----------------------------------------------------------------------------
+
+    def configure_setup(self, grid: Grid) -> Request:
+        """Ask every connected node to declare its feature size, coverage and budget."""
+        nodes = sorted(grid.get_node_ids())
+        if self.cfg.partition == "explicit" and nodes:  # before any message
+            owner_groups(self.cfg.owner_classes, len(nodes), self.classes.num_classes)
+        self.roster.start(nodes)
+        return Request(schema.SETUP, "setup", [{}], nodes)
+
+    def aggregate_setup(self, answers: dict[int, schema.Payload]) -> ensemble.Declarations:
+        """Check the owners' declarations agree; record coverage and query budgets."""
+        replies = list(answers.values())
+        dims = {int(r.scalars["dim"]) for r in replies}
+        if len(dims) != 1:
+            raise ValueError(
+                f"owners declared different feature dimensions {sorted(dims)}; every owner must "
+                "extract features with the same network"
+            )
+        ncls = {int(r.scalars["num_classes"]) for r in replies}
+        if ncls != {self.classes.num_classes}:
+            raise ValueError(
+                f"owners declared {sorted(ncls)} classes, the service's class list has "
+                f"{self.classes.num_classes}; use the same att_splits.mat on both sides"
+            )
+        faults = self.transport.faults
+        if faults is not None:
+            if not all(bool(r.scalars["simulated"]) for r in replies):
+                raise ConfigError(
+                    "fault-tamper/fault-replay are for simulations only; an owner runs deployed"
+                )
+            faults.enabled = True
+        seen = np.unique(np.concatenate([r.arrays["seen"] for r in replies]))
+        unseen = np.unique(np.concatenate([r.arrays["unseen"] for r in replies]))
+        return self.roster.admit(
+            covered={n: r.arrays["covered"] for n, r in answers.items()},
+            budgets={n: int(r.scalars["query_budget"]) for n, r in answers.items()},
+            seen=seen,
+            unseen=np.setdiff1d(unseen, seen),
+            dim=dims.pop(),
+            num_classes=self.classes.num_classes,
+        )
+
+    # -- verification -----------------------------------------------------------------------
+
+    def configure_verify(self, x: np.ndarray, y: np.ndarray, nodes: list[int]) -> Request:
+        return Request(schema.VERIFY, "verification", [{"arrays": {"x": x, "y": y}}], nodes)
+
+    def aggregate_verify(self, answers: VerifyAnswers, trainable: np.ndarray) -> Verified:
+        """Keep the generated samples the combined teachers label as intended (Eq. 3)."""
+        x, y = answers.x, answers.y
+        coverage = self.roster.declarations(answers.nodes).coverage
+        mode = self.cfg.ensemble_weighting
+        probs = ensemble.combine(answers.probs, coverage, y, answers.probs, mode, answers.lse)
+        agree = probs.argmax(1) == y
+        # verification=false (an ablation): the student also learns from samples the
+        # teachers label otherwise, with the teachers' labels as its targets
+        keep = agree if self.cfg.verification else np.ones_like(agree)
+        missing = np.setdiff1d(trainable, np.unique(y[keep]))
+        if missing.size:
+            log(WARNING, "no verified sample for %d class(es): %s", missing.size, missing.tolist())
+        report = {
+            "enabled": self.cfg.verification,
+            "generated": int(y.size),
+            "kept": int(keep.sum()),
+            "pass_rate": float(agree.mean()) if y.size else 0.0,
+            "classes_without_samples": [int(c) for c in missing],
+        }
+        log(INFO, "verification kept %d/%d generated samples", keep.sum(), y.size)
+        return Verified(x, y, probs, keep, report)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def calibration_values(self) -> np.ndarray:
+        """What the owners score: the run's value first; on split=val also the grid.
+
+        A test run scores only its own value, so the curve that picks one can only come
+        from validation classes.
+        """
+        grid = parse_calibration_grid(self.cfg.calibration_grid) if self.cfg.split == "val" else []
+        return np.asarray([self.cfg.calibration, *grid], dtype=np.float32)
+
+    def configure_evaluate(self, models: dict[str, torch.nn.Module], unseen: np.ndarray) -> Request:
+        """Every model to every owner in one round trip."""
+        arrays = {"unseen": unseen.astype(np.int64), "calibration": self.calibration_values()}
+        payloads = [{"arrays": arrays, "weights": state_to_numpy(m)} for m in models.values()]
+        return Request(schema.EVALUATE, "evaluation", payloads, list(self.roster.live))
+
+    def aggregate_evaluate(
+        self, replies: dict[int, list[schema.Payload]], names: list[str]
+    ) -> Evaluation:
+        """Sum the owners' per-class counts per model; each model's calibration curve."""
+        if not replies:
+            raise OwnerError("no owner answered the evaluation round trip; see the failures above")
+        by_model = {name: [node[i] for node in replies.values()] for i, name in enumerate(names)}
+        counts = {name: sum_counts(a, "model") for name, a in by_model.items()}
+        curves = {name: self._curve(a, counts[name]) for name, a in by_model.items()}
+        return Evaluation(
+            models=counts,
+            teacher=sum_counts([r[0] for r in replies.values()], "teacher"),
+            per_owner={n: sum_counts([r[0]], "teacher") for n, r in replies.items()},
+            curves=curves,
+        )
+
+    def _curve(self, replies: list[schema.Payload], counts: ClassCounts) -> list[dict[str, float]]:
+        """ZSL/GZSL figures per calibration value of the grid, summed over the owners."""
+        gammas = self.calibration_values()[1:]
+        if not gammas.size:
+            return []
+        seen = sum(r.arrays["model_seen_curve"] for r in replies)
+        unseen = sum(r.arrays["model_unseen_curve"] for r in replies)
+        curve = []
+        for i, gamma in enumerate(gammas, start=1):  # row 0 is the run's own value
+            shifted = replace(counts, seen_correct=seen[i], unseen_correct=unseen[i])
+            figures = zsl_gzsl(shifted, self.cfg.teacher.zsl_space)
+            curve.append({"calibration": round(float(gamma), 6), **figures})
+        return curve
+
+    def _owner_totals(self) -> OwnerTotals:
+        traffic = self.transport.traffic
+        return OwnerTotals(
+            queries=dict(self.roster.used),
+            bytes_sent=dict(traffic.sent_by_node),
+            bytes_received=dict(traffic.received_by_node),
+            round_trips=traffic.round_trips,
+            total_sent=traffic.bytes_sent,
+            total_received=traffic.bytes_received,
+        )
+
+    def run_result(
+        self,
+        evaluation: Evaluation,
+        models: dict[str, torch.nn.Module],
+        verification: dict[str, object],
+        history: list[dict[str, float]],
+        phases: dict[str, float],
+        saved: dict[str, torch.nn.Module],
+    ) -> RunResult:
+        """results.json's content: the first of ``models`` is the one reported as student;
+        ``saved`` are written beside it."""
+        cfg, space = self.cfg, self.cfg.teacher.zsl_space
+        main = next(iter(models))
+        curve = evaluation.curves[main]
+        calibration: dict[str, object] = {"applied": cfg.calibration}
+        if curve:
+            calibration["curve"] = curve
+            calibration["selected"] = max(curve, key=lambda p: p["h"])["calibration"]
+        faults = self.transport.faults
+        return RunResult(
+            config=cfg,
+            device=str(self.device),
+            teacher=zsl_gzsl(evaluation.teacher, space),
+            student=zsl_gzsl(evaluation.models[main], space),
+            other_models={n: zsl_gzsl(c, space) for n, c in evaluation.models.items() if n != main},
+            per_owner_teacher={str(n): zsl_gzsl(c, space) for n, c in evaluation.per_owner.items()},
+            calibration=calibration,
+            verification=verification,
+            federation=self.roster.report(main, space, cfg.partition, str(cfg.ensemble_weighting)),
+            history=history,
+            traffic=self.transport.traffic,
+            crypto=self.transport.security.stats,
+            suite=self.transport.security.suite,
+            faults_injected=faults.injected if faults is not None else {},
+            phase_seconds=phases,
+            wall_seconds=0.0,
+            resumed_from_round=None,
+            models=saved,
+        )
