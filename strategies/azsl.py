@@ -35,6 +35,7 @@ from strategies.phases import OwnerPhases
 from strategies.requests import Evaluation, Feedback, Request, Verified
 from strategies.roster import OwnerError
 from strategies.sources import FeedbackSource, LocalTeachers, RemoteOwners
+from strategies.warm_start import warm_start
 
 __all__ = ["AZSLStrategy", "OwnerError"]
 
@@ -108,6 +109,11 @@ class AZSLStrategy(OwnerPhases):
             declared.unseen.size,
             self.cfg.scenario,
         )
+        warm: dict[str, object] = {}
+        if self.cfg.warm_start == "dfzsl" and not self._resumable():
+            t = time.monotonic()
+            warm = warm_start(self, grid, trainer, declared)
+            phases["warm_start"] = time.monotonic() - t
         t = time.monotonic()
         history, resumed = self._train_generator(source, trainer, events)
         phases["generator"] = time.monotonic() - t
@@ -128,9 +134,16 @@ class AZSLStrategy(OwnerPhases):
         phases["evaluation"] = time.monotonic() - t
         result = self._result(evaluation, models, trainer, verified, history, phases)
         result.resumed_from_round = resumed
+        if warm:
+            result.method = {"name": "azsl", "warm_start": warm}
         result.wall_seconds = time.monotonic() - t0
         events.finished(result)
         return result
+
+    def _resumable(self) -> bool:
+        """A checkpoint of this run's settings will be resumed: its generator is already
+        past the warm start (so the warm start's round trips are not spent again)."""
+        return self.checkpoint.path.is_file() and self.cfg.resume != "never"
 
     def _source(
         self, grid: Grid, setup: dict[int, schema.Payload], declared: ensemble.Declarations

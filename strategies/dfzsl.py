@@ -26,7 +26,6 @@ from azsl_flower.wire import schema
 from strategies.phases import OwnerPhases
 from strategies.requests import Request, Verified
 from strategies.roster import OwnerError
-from strategies.sources import VerifyAnswers
 
 __all__ = ["DFZSLStrategy"]
 
@@ -95,34 +94,32 @@ class DFZSLStrategy(OwnerPhases):
         self.roster.contributors["dfzsl-probe"] = list(replies)
         return self.aggregate_probe({n: a[0] for n, a in replies.items()}, probes)
 
-    def ask_with_budget(self, size: int, phase: str, reserve: int = 0) -> list[int]:
-        """Owners whose query budget takes ``size`` more samples (keeping ``reserve`` for
-        later phases where the budget allows); none: a clear error."""
-        nodes = self.roster.with_budget(size, phase, reserve=reserve)
-        if not nodes:
-            raise OwnerError(
-                f"no owner's query-budget covers {phase} ({size} samples); lower dfzsl-probes or "
-                "dfzsl-samples, or raise query-budget in the owners' node config"
-            )
-        return nodes
+    # -- virtual features -------------------------------------------------------------------
 
-    def verify(self, grid: Grid, x: np.ndarray, y: np.ndarray, phase: str) -> Verified:
-        """One verification round trip: which virtual features the teachers accept."""
-        nodes = self.ask_with_budget(int(y.size), phase)
-        request = self.configure_verify(x, y, nodes)
-        request.phase = phase
-        replies = self.delivery.ask(grid, request)
-        if not replies:
-            raise OwnerError(f"no owner answered {phase}; see the failures above")
-        self.roster.contributors[phase] = list(replies)
-        answers = VerifyAnswers(
-            list(replies),
-            x,
-            y,
-            [a[0].arrays["probs"] for a in replies.values()],
-            [a[0].arrays["lse"] for a in replies.values()],
+    def virtual_features(
+        self, grid: Grid, learner: DFZSLLearner, directions: np.ndarray, phase: str
+    ) -> tuple[float, Verified]:
+        """The concentration (DFZSL's rule, or the dimension-aware ladder: one verification
+        round trip), then the virtual features and their verification (one more)."""
+        dim = directions.shape[1]
+        if self.cfg.dfzsl_kappa == "dimension":
+            xl, yl, rungs = learner.ladder(directions)
+            ladder = self.verify(grid, xl, yl, "dfzsl-ladder")
+            kappa = learner.ladder_kappa(ladder.keep, rungs, dim)
+        else:
+            kappa = learner.rule_kappa(directions)
+        x, y = learner.virtual(directions, kappa)
+        verified = self.verify(grid, x, y, phase)
+        log(
+            INFO,
+            "DFZSL: %d owner(s), kappa %.1f (%s), %d/%d virtual features accepted",
+            len(self.roster.live),
+            kappa,
+            self.cfg.dfzsl_kappa,
+            int(verified.keep.sum()),
+            verified.y.size,
         )
-        return self.aggregate_verify(answers, np.unique(y))
+        return kappa, verified
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -146,27 +143,8 @@ class DFZSLStrategy(OwnerPhases):
         directions = self.directions(grid, heads, declared.dim)
         phases["directions"] = time.monotonic() - t
         t = time.monotonic()
-        if self.cfg.dfzsl_kappa == "dimension":
-            xl, yl, rungs = learner.ladder(directions)
-            ladder = self.verify(grid, xl, yl, "dfzsl-ladder")
-            kappa = learner.ladder_kappa(ladder.keep, rungs, declared.dim)
-        else:
-            kappa = learner.rule_kappa(directions)
-        x, y = learner.virtual(directions, kappa)
-        verified = self.verify(grid, x, y, "verification")
+        kappa, verified = self.virtual_features(grid, learner, directions, "verification")
         phases["virtual"] = time.monotonic() - t
-        log(
-            INFO,
-            "DFZSL: %d owner(s), %d seen / %d unseen classes, kappa %.1f (%s), "
-            "%d/%d virtual features accepted",
-            len(self.roster.live),
-            declared.seen.size,
-            declared.unseen.size,
-            kappa,
-            self.cfg.dfzsl_kappa,
-            int(verified.keep.sum()),
-            verified.y.size,
-        )
         t = time.monotonic()
         keep = verified.keep
         if not keep.any():

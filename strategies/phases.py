@@ -127,6 +127,35 @@ class OwnerPhases:
         log(INFO, "verification kept %d/%d generated samples", keep.sum(), y.size)
         return Verified(x, y, probs, keep, report)
 
+    def ask_with_budget(self, size: int, phase: str, reserve: int = 0) -> list[int]:
+        """Owners whose query budget takes ``size`` more samples (keeping ``reserve`` for
+        later phases where the budget allows); none: a clear error."""
+        nodes = self.roster.with_budget(size, phase, reserve=reserve)
+        if not nodes:
+            raise OwnerError(
+                f"no owner's query-budget covers {phase} ({size} samples); lower dfzsl-probes or "
+                "dfzsl-samples, or raise query-budget in the owners' node config"
+            )
+        return nodes
+
+    def verify(self, grid: Grid, x: np.ndarray, y: np.ndarray, phase: str) -> Verified:
+        """One verification round trip: which virtual features the teachers accept."""
+        nodes = self.ask_with_budget(int(y.size), phase)
+        request = self.configure_verify(x, y, nodes)
+        request.phase = phase
+        replies = self.delivery.ask(grid, request)
+        if not replies:
+            raise OwnerError(f"no owner answered {phase}; see the failures above")
+        self.roster.contributors[phase] = list(replies)
+        answers = VerifyAnswers(
+            list(replies),
+            x,
+            y,
+            [a[0].arrays["probs"] for a in replies.values()],
+            [a[0].arrays["lse"] for a in replies.values()],
+        )
+        return self.aggregate_verify(answers, np.unique(y))
+
     # -- evaluation -------------------------------------------------------------------------
 
     def calibration_values(self) -> np.ndarray:

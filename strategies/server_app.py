@@ -25,6 +25,7 @@ from azsl_flower.service.tracking import LogEvents, open_observer
 from azsl_flower.wire.channels import ServiceSecurity, provision_simulation_keys
 from strategies.azsl import AZSLStrategy
 from strategies.dfzsl import DFZSLStrategy
+from strategies.phases import OwnerPhases
 
 app = ServerApp()
 
@@ -44,8 +45,13 @@ def _security(grid: Grid, cfg: RunConfig, run_id: int) -> tuple[ServiceSecurity,
     return sec, folder
 
 
-def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any], str]:
-    """Train and evaluate; return results.json's content and the run folder."""
+def run_azsl(
+    grid: Grid, cfg: RunConfig, run_id: int = 0, strategy_kind: type[OwnerPhases] | None = None
+) -> tuple[dict[str, Any], str]:
+    """Train and evaluate; return results.json's content and the run folder.
+
+    ``strategy_kind``: the strategy class (default: by scenario); benchmarks pass a subclass
+    that observes more of the run."""
     t0 = time.monotonic()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -53,7 +59,7 @@ def run_azsl(grid: Grid, cfg: RunConfig, run_id: int = 0) -> tuple[dict[str, Any
     security, key_folder = _security(grid, cfg, run_id)
     observer = open_observer(cfg, forward=LogEvents())
     try:
-        kind = DFZSLStrategy if cfg.scenario is Scenario.DFZSL else AZSLStrategy
+        kind = strategy_kind or (DFZSLStrategy if cfg.scenario is Scenario.DFZSL else AZSLStrategy)
         strategy = kind(cfg, classes, device, security)
         result = strategy.start(grid, events=observer or LogEvents())
     except BaseException:

@@ -136,6 +136,12 @@ DEFAULTS: dict[str, Any] = {
     "dfzsl-ridge": 10.0,  # the ridge map's L2 weight
     # unseen-class features: vMF around the aligned direction, or a conditional VAE
     "dfzsl-generator": "vmf",
+    # AZSL scenarios (whitebox, blackbox): before the generator rounds, fit the generator to
+    # DFZSL's virtual features (service/warm_start.py; the dfzsl-* keys above apply to them)
+    "warm-start": "none",
+    "warm-start-epochs": 20,  # epochs of fitting the generator to the virtual features
+    # also fit it to DFZSL's unseen-class features (vMF around the aligned directions)
+    "warm-start-unseen": True,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -153,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dfzsl-kappa": ("dfzsl", "dimension"),
     "dfzsl-alignment": ("ridge", "none"),
     "dfzsl-generator": ("vmf", "cvae"),
+    "warm-start": ("none", "dfzsl"),
 }
 
 # What an owner's teacher depends on (with its data's fingerprint): its cache key.
@@ -200,8 +207,10 @@ POSITIVE = (
     "dfzsl-probes",
     "dfzsl-kappa-factor",
     "dfzsl-samples",
+    "warm-start-epochs",
 )
 MAX_DFZSL_SAMPLES = 100_000  # virtual features per class: more is memory, not accuracy
+MAX_WARM_START_EPOCHS = 10_000
 
 
 @dataclass(frozen=True)
@@ -262,6 +271,9 @@ class RunConfig:
     dfzsl_alignment: str
     dfzsl_ridge: float
     dfzsl_generator: str
+    warm_start: str
+    warm_start_epochs: int
+    warm_start_unseen: bool
 
     def as_dict(self) -> dict[str, Any]:
         """The run config as plain values (enums as their strings), keyed as on the command line."""
@@ -345,6 +357,7 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         )
     parse_calibration_grid(merged["calibration-grid"])
     _check_dfzsl(merged)
+    _check_warm_start(merged)
     for key in ("fault-tamper", "fault-replay"):
         if not 0.0 <= merged[key] <= 1.0:
             raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
@@ -404,6 +417,21 @@ def _check_dfzsl(merged: dict[str, Any]) -> None:
     ridge = merged["dfzsl-ridge"]
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ConfigError(f"run-config dfzsl-ridge={ridge!r}: a finite number >= 0")
+
+
+def _check_warm_start(merged: dict[str, Any]) -> None:
+    """warm-start=dfzsl only where AZSL's generator asks remote owners for feedback."""
+    if merged["warm-start"] != "none" and merged["scenario"] not in ("whitebox", "blackbox"):
+        raise ConfigError(
+            f"run-config warm-start={merged['warm-start']!r} starts AZSL's generator from "
+            f"DFZSL's virtual features; scenario={merged['scenario']!r} has no such generator "
+            "(use scenario=whitebox or blackbox, or warm-start=none)"
+        )
+    if merged["warm-start-epochs"] > MAX_WARM_START_EPOCHS:
+        raise ConfigError(
+            f"run-config warm-start-epochs={merged['warm-start-epochs']!r}: at most "
+            f"{MAX_WARM_START_EPOCHS} (epochs of fitting the generator to the virtual features)"
+        )
 
 
 ENUMS: dict[str, type[StrEnum]] = {

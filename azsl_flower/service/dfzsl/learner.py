@@ -115,6 +115,31 @@ class DFZSLLearner:
 
     # -- alignment, generator, classifier ---------------------------------------------------
 
+    def align(self, directions: np.ndarray) -> np.ndarray:
+        """Every class's condition: its aligned direction (the ridge map fitted on the known
+        classes' recovered directions), or, as the ablation, its raw semantic vector."""
+        if self.settings.alignment != "ridge":
+            return self.semantics.astype(np.float32)
+        align = RidgeAlignment(self.settings.ridge)
+        self.report["alignment_misfit"] = align.fit(
+            self.semantics[self.known], directions[self.known]
+        )
+        return align.predict(self.semantics)
+
+    def unseen_features(
+        self, x: np.ndarray, y: np.ndarray, cond: np.ndarray, kappa: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features of the classes no teacher knows: vMF around their aligned direction, or
+        a conditional VAE trained on the known classes' verified virtual features (x, y)."""
+        s, dim = self.settings, x.shape[1]
+        if not self.unseen.size:  # every class has a teacher (transductive): nothing to invent
+            return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+        if s.generator == "vmf":
+            return sample_vmf(cond[self.unseen], kappa, s.samples, s.seed + 1, self.unseen)
+        cvae = train_cvae(x, cond[y], s.noise_dim, s.epochs, s.lr, s.seed, self.device)
+        xu = cvae.generate(cond[self.unseen], s.samples, s.seed + 1)
+        return xu, np.repeat(self.unseen, s.samples)
+
     def fit(
         self, x: np.ndarray, y: np.ndarray, directions: np.ndarray, kappa: float
     ) -> dict[str, torch.nn.Module]:
@@ -122,23 +147,8 @@ class DFZSLLearner:
         features of classes no teacher knows, train the GZSL classifier. Models by name,
         the main one first."""
         s, num_classes, dim = self.settings, self.semantics.shape[0], directions.shape[1]
-        if s.alignment == "ridge":
-            align = RidgeAlignment(s.ridge)
-            self.report["alignment_misfit"] = align.fit(
-                self.semantics[self.known], directions[self.known]
-            )
-            cond = align.predict(self.semantics)  # every class's aligned direction
-        else:  # ablation: the generator sees raw semantics
-            cond = self.semantics.astype(np.float32)
-        xu, yu = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-        if not self.unseen.size:  # every class has a teacher (transductive): nothing to invent
-            pass
-        elif s.generator == "vmf":
-            xu, yu = sample_vmf(cond[self.unseen], kappa, s.samples, s.seed + 1, self.unseen)
-        else:
-            cvae = train_cvae(x, cond[y], s.noise_dim, s.epochs, s.lr, s.seed, self.device)
-            xu = cvae.generate(cond[self.unseen], s.samples, s.seed + 1)
-            yu = np.repeat(self.unseen, s.samples)
+        cond = self.align(directions)
+        xu, yu = self.unseen_features(x, y, cond, kappa)
         init = np.zeros((num_classes, dim), dtype=np.float32)
         init[self.known] = directions[self.known]
         for c in self.unseen:  # aligned direction, or the generated features' mean direction
