@@ -4,18 +4,24 @@ What `docs/deploy.md` walks through by hand in three terminals, as one script: i
 certificates, SuperNode auth keys, encryption keys and each owner's own data into a work
 folder, starts ``flower-superlink`` and one ``flower-supernode`` per owner as separate
 processes bound to 127.0.0.1 on free ports, registers the nodes, writes the connection into
-a private ``FLWR_HOME``, runs ``flwr run <app> azsl --stream`` and always stops every
-process it started (also on Ctrl-C or failure).
+a private ``FLWR_HOME``, runs the *signed* app (``flwr run @azsl-flower/azsl-flower==VERSION
+azsl --stream``: the SuperNodes start with ``--trusted-entities`` and run nothing else, see
+:mod:`azsl_flower.tools.signing`), checks the run's real status (``flwr run --stream``
+exits 0 when the ServerApp failed) and always stops every process it started (also on
+Ctrl-C or failure).
 
     python -m simulations.deploy_local demo --work /tmp/azsl-deploy --owners 2 \\
         --run-config "rounds=2 steps-per-round=2 student-epochs=2 samples-per-class=30"
     python -m simulations.deploy_local demo --work /tmp/azsl-deploy --restart-owner 1
     python -m simulations.deploy_local owner-data --out DIR --owners 2   # data only
+    python -m simulations.deploy_local owner-data --out DIR --owners 3 --partition iid \
+        --data-dir ../shared/data/caltech101 --feature-file effnetlite0.mat
 
-Owners' data: scikit-learn's digits, dealt sample by sample over the owners (every class
-at every owner, no sample twice) and written per owner as an xlsa17 folder
-(``digits.mat`` + ``att_splits.mat``), so each SuperNode reads only its own files while the
-service keeps ``dataset=digits`` (class names and seven-segment codes only).
+Owners' data: scikit-learn's digits (or any xlsa17 folder), dealt sample by sample over the
+owners by the simulation's partition rules (``iid``: every class at every owner;
+``class-disjoint``; ``dirichlet``), no sample twice, and written per owner as an xlsa17
+folder (features file + ``att_splits.mat``), so each SuperNode reads only its own files
+while the service keeps the class side only.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from azsl_flower.tools.deploy import generate_node_auth, generate_tls, write_connection
+from azsl_flower.tools.signing import AppRegistry, SignedApp, generate_signing_key, sign_app
 from azsl_flower.wire.crypto import write_keypair
 from simulations.local_superlink import free_port
 from simulations.local_superlink import stop as stop_by_flwr_home
@@ -46,6 +53,7 @@ from simulations.local_superlink import stop as stop_by_flwr_home
 ROOT = Path(__file__).resolve().parents[1]
 CONNECTION = "azsl"
 DATA_FILE = "digits.mat"
+SIGNER = "azsl-reviewer"  # the public_key_id owners trust in --trusted-entities
 HOST = "127.0.0.1"
 
 
@@ -56,33 +64,60 @@ class DeployError(RuntimeError):
 # -- owners' data ----------------------------------------------------------------------------
 
 
-def write_owner_data(out_dir: str | Path, owners: int) -> list[Path]:
-    """One xlsa17 folder per owner holding only that owner's share of the digits.
+def write_owner_data(
+    out_dir: str | Path,
+    owners: int,
+    data_dir: str | Path | None = None,
+    feature_file: str = "res101.mat",
+    partition: str = "iid",
+    seed: int = 0,
+    dirichlet_beta: float = 0.5,
+) -> list[Path]:
+    """One xlsa17 folder per owner holding only that owner's share of one dataset.
 
-    Every sample goes to one owner (a fixed shuffle dealt round-robin), so each owner has
-    every class (seen and unseen) and no sample is held twice. Indices are 1-based as in
-    xlsa17; the class list and attributes are the same at every owner and at the service.
+    ``data_dir``: an xlsa17 folder (default: scikit-learn's digits). Every sample goes to
+    one owner by the simulation's rule for ``partition`` (:mod:`azsl_flower.owner.partition`:
+    ``iid`` deals a fixed shuffle round-robin, so each owner has every class;
+    ``class-disjoint`` gives each class to one owner; ``dirichlet`` cuts each class at
+    Dirichlet(``dirichlet_beta``) shares), and no sample is held twice. Indices are 1-based
+    as in xlsa17; the class list and attributes are the same at every owner and at the
+    service. The features file keeps its name (digits: ``digits.mat``).
     """
     import scipy.io
 
-    from azsl_flower.owner.data import SPLIT_KEYS, digits_table
+    from azsl_flower.owner.data import SPLIT_KEYS, digits_table, read_xlsa17
+    from azsl_flower.owner.partition import class_holders, deal_samples, dirichlet_proportions
 
     if owners < 1:
         raise ValueError(f"owners={owners}: give at least one owner")
-    table = digits_table()
-    holder = np.random.default_rng(1).permutation(table.labels.size) % owners  # sample -> owner
+    if partition not in ("iid", "class-disjoint", "dirichlet"):
+        raise ValueError(f"partition={partition!r}: iid, class-disjoint or dirichlet")
+    table = digits_table() if data_dir is None else read_xlsa17(data_dir, feature_file)
+    name = DATA_FILE if data_dir is None else Path(feature_file).name
+    every = np.arange(table.labels.size)
+    seen = np.unique(table.labels[table.splits["trainval_loc"]])
+    unseen = np.unique(table.labels[table.splits["test_unseen_loc"]])
+    held = class_holders(partition, owners, seen, unseen, len(table.names), seed)
+    props = (
+        dirichlet_proportions(owners, len(table.names), dirichlet_beta, seed)
+        if partition == "dirichlet"
+        else None
+    )
+    holder = deal_samples(every, table.labels, partition, held, props, seed)  # sample -> owner
     folders = []
     for o in range(owners):
-        mine = {k: v[holder[v] == o] for k, v in ((k, table.splits[k]) for k in SPLIT_KEYS)}
+        mine = {k: v[holder[v] == o] for k, v in table.splits.items() if k in SPLIT_KEYS}
         keep = np.unique(np.concatenate(list(mine.values())))
+        if not keep.size:
+            raise ValueError(f"owner {o + 1} of {owners} gets no sample; use fewer owners")
         where = {int(g): i for i, g in enumerate(keep)}  # global row -> row in this file
         folder = Path(out_dir).expanduser() / f"owner-{o + 1}"
         folder.mkdir(parents=True, exist_ok=True)
-        for f in (folder / DATA_FILE, folder / "att_splits.mat"):
+        for f in (folder / name, folder / "att_splits.mat"):
             if f.exists():
                 raise FileExistsError(f"{f} exists; choose another --out (data is not replaced)")
         scipy.io.savemat(
-            folder / DATA_FILE,
+            folder / name,
             {
                 "features": table.features[keep].T.astype(np.float32),  # d x N, as xlsa17
                 "labels": (table.labels[keep] + 1).reshape(-1, 1).astype(np.float64),
@@ -155,6 +190,18 @@ class Layout:
         """Owner i's own folder (1-based): keys, data, teacher cache."""
         return self.work / f"owner-{i}"
 
+    @property
+    def signer(self) -> Path:  # whoever reviews and signs the app (here: the service)
+        return self.work / "signer"
+
+    @property
+    def apps(self) -> Path:  # the signed app bundles the local registry serves
+        return self.work / "apps"
+
+    def trusted(self, i: int) -> Path:
+        """Owner i's ``--trusted-entities`` file: the signers whose apps it runs."""
+        return self.owner(i) / "trusted-entities.yaml"
+
     def node_key(self, i: int) -> Path:
         return self.owner(i) / "auth" / f"owner-{i}.node.key"
 
@@ -198,6 +245,8 @@ def prepare(work: str | Path, owners: int = 2) -> Layout:
         generate_tls(lay.tls, ["127.0.0.1", "localhost"])
     if not (lay.service / "service.key").exists():
         write_keypair(lay.service, "service")
+    if not (lay.signer / f"{SIGNER}.sign.key").exists():
+        generate_signing_key(lay.signer, SIGNER)
     lay.allow_list.mkdir(parents=True, exist_ok=True)
     if any(not (lay.owner(i) / "data").exists() for i in range(1, owners + 1)):
         tmp = lay.work / ".owner-data"
@@ -217,6 +266,7 @@ def prepare(work: str | Path, owners: int = 2) -> Layout:
         _copy(o / "keys" / f"owner-{i}.pub", lay.allow_list / f"owner-{i}.pub")
         _copy(lay.service / "service.pub", o / "keys" / "service.pub")
         _copy(lay.ca, o / "ca.pem")
+        _copy(lay.signer / "trusted-entities.yaml", lay.trusted(i))
         (o / "cache").mkdir(exist_ok=True)
     return lay
 
@@ -249,6 +299,8 @@ class LocalDeployment:
     node_ports: dict[int, int] = field(default_factory=dict)
     restarts: list[tuple[int, str, float]] = field(default_factory=list)
     budgets: dict[int, int] = field(default_factory=dict)
+    app: SignedApp | None = None  # the signed app the SuperLink fetches from the registry
+    registry: AppRegistry | None = None
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -275,7 +327,9 @@ class LocalDeployment:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = self.layout.logs / f"{name}.log"
         home = self.layout.home_of(name)
         home.mkdir(parents=True, exist_ok=True)
@@ -288,7 +342,7 @@ class LocalDeployment:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=dict(self.env, FLWR_HOME=str(home)),
+                env=dict(self.env, FLWR_HOME=str(home), **(env or {})),
                 cwd=self.layout.work,
                 start_new_session=True,
             )
@@ -322,6 +376,9 @@ class LocalDeployment:
         self._kill("superlink")
         for home in self.layout.homes():
             stop_by_flwr_home(str(home))
+        if self.registry is not None:
+            self.registry.__exit__()
+            self.registry = None
 
     # steps ----------------------------------------------------------------------------------
 
@@ -344,6 +401,10 @@ class LocalDeployment:
         # (the same keys could not be registered twice otherwise)
         if "superlink" not in self.procs and not self.node_ids:
             db.unlink(missing_ok=True)
+        if self.registry is None:  # sign this tree's app and serve it as Flower Hub would
+            key = lay.signer / f"{SIGNER}.sign.key"
+            self.app = sign_app(ROOT, key, SIGNER, lay.apps)
+            self.registry = AppRegistry([self.app]).__enter__()
         proc = self._spawn(
             "superlink",
             [
@@ -363,6 +424,7 @@ class LocalDeployment:
                 "--port",
                 str(self.port),
             ],
+            env={"FLWR_SUPERGRID_API_URL": self.registry.url},
         )
         _wait_port(self.port, proc, timeout, lay.logs / "superlink.log")
         write_connection(
@@ -400,6 +462,8 @@ class LocalDeployment:
                 str(lay.owner(i) / "ca.pem"),
                 "--auth-supernode-private-key",
                 str(lay.node_key(i)),
+                "--trusted-entities",  # runs only apps signed by these keys
+                str(lay.trusted(i)),
                 "--node-config",
                 lay.node_config(i, self.device, self.budgets.get(i, 0)),
                 "--host",
@@ -494,12 +558,18 @@ class LocalDeployment:
         run_config: str,
         timeout: float = 600,
         on_line: Callable[[str], None] | None = None,
+        signed: bool = True,
     ) -> tuple[int, str]:
-        """`flwr run <app> azsl --stream`; returns (exit code, log). Killed after timeout."""
+        """`flwr run <signed app> azsl --stream`; returns (exit code, log). Killed after
+        timeout. ``signed=False`` submits this folder instead (an app nobody signed, which
+        the SuperNodes refuse). The exit code is the run's: ``flwr run --stream`` itself
+        exits 0 when the ServerApp failed, so a run whose status is not
+        ``finished:completed`` returns 1."""
+        app = self.app.spec if signed and self.app is not None else str(ROOT)
         argv = [
             str(self._bin / "flwr"),
             "run",
-            str(ROOT),
+            app,
             CONNECTION,
             "--stream",
             "--run-config",
@@ -541,7 +611,24 @@ class LocalDeployment:
         text = "".join(lines)
         if expired.is_set():
             text += f"\n[deploy_local] flwr run killed after {timeout:.0f}s\n"
-        return int(proc.returncode), text
+        rc = int(proc.returncode)
+        status = self.run_status(text)
+        text += f"\n[deploy_local] run status: {status}\n"
+        if rc == 0 and status != "finished:completed":
+            rc = 1
+        return rc, text
+
+    def run_status(self, log: str) -> str:
+        """The run's status as the SuperLink reports it (``finished:completed``, ...)."""
+        match = re.search(r"Successfully started run (\d+)", log)
+        if not match:
+            return "not started"
+        out = self.flwr("ls", CONNECTION, "--run-id", match.group(1), "--format", "json")
+        try:
+            listing = json.loads(out.stdout[out.stdout.index("{") :])
+            return str(listing["runs"][0]["status"])
+        except (ValueError, KeyError, IndexError):
+            return f"unknown ({out.stdout.strip()[-200:]})"
 
 
 def _killpg(proc: subprocess.Popen) -> None:
@@ -589,8 +676,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _owner_data(args: argparse.Namespace) -> int:
-    for folder in write_owner_data(args.out, args.owners):
-        print(f"{folder} ({DATA_FILE} + att_splits.mat)")
+    folders = write_owner_data(
+        args.out, args.owners, args.data_dir, args.feature_file, args.partition, args.seed
+    )
+    name = DATA_FILE if args.data_dir is None else Path(args.feature_file).name
+    for folder in folders:
+        print(f"{folder} ({name} + att_splits.mat)")
     return 0
 
 
@@ -616,9 +707,13 @@ def main(argv: list[str] | None = None) -> int:
         help="TERM: clean stop (default); KILL: a crash",
     )
     demo.set_defaults(func=_demo)
-    data = sub.add_parser("owner-data", help="write per-owner xlsa17 folders of the digits")
+    data = sub.add_parser("owner-data", help="write per-owner xlsa17 folders of one dataset")
     data.add_argument("--out", required=True)
     data.add_argument("--owners", type=int, default=2)
+    data.add_argument("--data-dir", default=None, help="an xlsa17 folder (default: digits)")
+    data.add_argument("--feature-file", default="res101.mat", help="its features file")
+    data.add_argument("--partition", choices=["iid", "class-disjoint", "dirichlet"], default="iid")
+    data.add_argument("--seed", type=int, default=0, help="class-disjoint/dirichlet draws")
     data.set_defaults(func=_owner_data)
     args = ap.parse_args(argv)
     try:
