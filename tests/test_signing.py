@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from flwr.superlink.servicer.control.control_handlers import _format_verification
 from flwr.supercore.fab import Fab
 from flwr.supercore.utils import request_download_link
+from flwr.superlink.servicer.control.control_handlers import _format_verification
 from flwr.supernode.start_client_internal import _verify_fab
 
 from azsl_flower.tools.signing import AppRegistry, generate_signing_key, sign_app
