@@ -25,6 +25,7 @@ from simulations.deploy_local import (
     LocalDeployment,
     prepare,
     results_of,
+    round_trip_cost,
     write_owner_data,
 )
 from simulations.local_superlink import processes_of
@@ -88,7 +89,7 @@ def test_loopback_deployment_tls_node_auth_two_owners(deployment):
     assert "teacher (upper bound)" in log and "student" in log
     assert "run status: finished:completed" in log
     assert dep.registry is not None and dep.registry.fetched[-1] == dep.app.spec  # signed app
-    print(f"loopback run: {time.monotonic() - t0:.0f}s")
+    print(f"loopback run: {time.monotonic() - t0:.0f}s; {round_trip_cost(res)}")
 
 
 def test_loopback_owners_refuse_an_unsigned_app(deployment):
