@@ -26,12 +26,15 @@ def test_a_key_is_bound_to_its_run_and_direction(monkeypatch, suite):
     monkeypatch.setattr(crypto, "fresh_salt", lambda: "5a" * 16)
     a, b = generate_keypair(), generate_keypair()
 
-    def body(me, peer, run: int) -> bytes:  # noqa: ANN001
-        return Channel(me, peer.public_key(), run, suite).seal("k", "p", "s", "r", PLAIN)[1]
+    def stream(me, peer, run: int) -> bytes:  # noqa: ANN001
+        """The ciphertext without its tag: plaintext XOR keystream(key, nonce). (The tag
+        also covers the header, which names run and keys, so it differs anyway.)"""
+        body = Channel(me, peer.public_key(), run, suite).seal("k", "p", "s", "r", PLAIN)[1]
+        return body[:-16]
 
-    assert body(a, b, 7) == body(a, b, 7)  # same run, direction, salt, seq: same key (sanity)
-    assert body(a, b, 7) != body(a, b, 8)  # another run: another key
-    assert body(a, b, 7) != body(b, a, 7)  # the other direction: another key (X25519 is symmetric)
+    assert stream(a, b, 7) == stream(a, b, 7)  # same run, direction, salt, seq: same key
+    assert stream(a, b, 7) != stream(a, b, 8)  # another run: another key
+    assert stream(a, b, 7) != stream(b, a, 7)  # the other direction (X25519 is symmetric)
 
 
 def test_sealed_messages_hold_no_plaintext(monkeypatch, tmp_path):
@@ -88,3 +91,19 @@ def test_the_service_refuses_a_replayed_reply(tmp_path):
         owner.open(schema.FEEDBACK, copy.deepcopy(first))
     assert exc.value.reason in ("out-of-order", "replay", "misrouted")
     assert owner.open(schema.FEEDBACK, owner.deliver(later)).answers
+
+
+def test_a_late_answer_is_never_taken_for_a_later_request(tmp_path):
+    """A relay holds back the answer to one request and delivers it when the service is
+    waiting for another: each answer is bound to the request it answers (``reply_to``)."""
+    owner = Owner(tmp_path)
+    assert owner.ask(schema.SETUP).answers
+    pool = [query_payload(schema.FEEDBACK, 8, seed=1)]
+    held_back = owner.deliver(owner.request(schema.FEEDBACK, pool, "generator-1"))
+    resent = owner.request(schema.FEEDBACK, pool, "generator-1")  # the service's re-send
+    answer_to_resend = owner.deliver(resent)
+    with pytest.raises(RejectedError, match="answers request"):
+        owner.open(schema.FEEDBACK, held_back)  # not the answer to the re-send
+    owner.request(schema.FEEDBACK, [query_payload(schema.FEEDBACK, 8, seed=2)], "generator-2")
+    with pytest.raises(RejectedError, match="answers request"):  # a later round trip
+        owner.open(schema.FEEDBACK, answer_to_resend)
