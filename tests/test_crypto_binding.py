@@ -107,3 +107,13 @@ def test_a_late_answer_is_never_taken_for_a_later_request(tmp_path):
     owner.request(schema.FEEDBACK, [query_payload(schema.FEEDBACK, 8, seed=2)], "generator-2")
     with pytest.raises(RejectedError, match="answers request"):  # a later round trip
         owner.open(schema.FEEDBACK, answer_to_resend)
+
+
+def test_flower_run_ids_beyond_int64_are_accepted():
+    """Flower's run ids are unsigned 64-bit: a strict header must still take them."""
+    a, b = generate_keypair(), generate_keypair()
+    for run in (2**63 + 5, 2**64 - 1):
+        sender = Channel(a, b.public_key(), run, "aes-256-gcm")
+        receiver = Channel(b, a.public_key(), run, "aes-256-gcm")
+        header, body = sender.seal("evaluate", "e", "service", "5", PLAIN)
+        assert receiver.open(header, body, "evaluate", "service", "5")[1] == PLAIN

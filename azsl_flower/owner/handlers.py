@@ -71,7 +71,13 @@ def _serve(
             request, parts = session.security.open(msg, kind.message_type)
         except RejectedError as exc:
             # Refused before any use; the reply says why but carries nothing else.
-            log(WARNING, "owner %s rejected a %s message: %s", context.node_id, kind, exc)
+            log(
+                WARNING,
+                "owner %s rejected a %s message: %s",
+                context.node_id,
+                kind.message_type,
+                exc,
+            )
             return Message(
                 Error(code=errors.REJECTED_CODE, reason=errors.rejection(exc.reason, exc.detail)),
                 reply_to=msg,

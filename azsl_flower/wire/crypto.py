@@ -244,7 +244,7 @@ class Header:
         for name in names:
             value = d[name]
             if name in ints:
-                ok = isinstance(value, int) and not isinstance(value, bool) and -1 <= value < 2**63
+                ok = isinstance(value, int) and not isinstance(value, bool) and -1 <= value < 2**64
             else:
                 ok = isinstance(value, str) and len(value) <= 256
             if not ok:
