@@ -23,6 +23,7 @@ from azsl_flower.service.dfzsl.learner import LADDER, DFZSLLearner, DFZSLSetting
 from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
+from strategies.checks import check_probe
 from strategies.phases import OwnerPhases
 from strategies.requests import Request, Verified
 from strategies.roster import OwnerError
@@ -58,7 +59,9 @@ class DFZSLStrategy(OwnerPhases):
     # -- directions -------------------------------------------------------------------------
 
     def configure_probe(self, probes: np.ndarray, nodes: list[int]) -> Request:
-        return Request(schema.DFZSL_PROBE, "dfzsl-probe", [{"arrays": {"x": probes}}], nodes)
+        check = check_probe(int(probes.shape[0]), self.roster.covered)
+        payload = {"arrays": {"x": probes}}
+        return Request(schema.DFZSL_PROBE, "dfzsl-probe", [payload], nodes, check)
 
     def aggregate_probe(self, answers: dict[int, schema.Payload], probes: np.ndarray) -> np.ndarray:
         """Black-box matching per owner, merged over owners: one unit direction per class."""
@@ -109,9 +112,7 @@ class DFZSLStrategy(OwnerPhases):
     def verify(self, grid: Grid, x: np.ndarray, y: np.ndarray, phase: str) -> Verified:
         """One verification round trip: which virtual features the teachers accept."""
         nodes = self.ask_with_budget(int(y.size), phase)
-        request = self.configure_verify(x, y, nodes)
-        request.phase = phase
-        replies = self.delivery.ask(grid, request)
+        replies = self.delivery.ask(grid, self.configure_verify(x, y, nodes, phase))
         if not replies:
             raise OwnerError(f"no owner answered {phase}; see the failures above")
         self.roster.contributors[phase] = list(replies)
