@@ -15,41 +15,70 @@ from pathlib import Path
 import numpy as np
 
 from azsl_flower.tools.deploy import generate_node_auth
+from azsl_flower.tools.signing import generate_signing_key
 from azsl_flower.tools.tls import generate_tls
 from azsl_flower.wire.crypto import write_keypair
 
 CONNECTION = "azsl"
 DATA_FILE = "digits.mat"
+SIGNER = "azsl-reviewer"  # the public_key_id owners trust in --trusted-entities
 HOST = "127.0.0.1"
 
 
-def write_owner_data(out_dir: str | Path, owners: int) -> list[Path]:
-    """One xlsa17 folder per owner holding only that owner's share of the digits.
+def write_owner_data(
+    out_dir: str | Path,
+    owners: int,
+    data_dir: str | Path | None = None,
+    feature_file: str = "res101.mat",
+    partition: str = "iid",
+    seed: int = 0,
+    dirichlet_beta: float = 0.5,
+) -> list[Path]:
+    """One xlsa17 folder per owner holding only that owner's share of one dataset.
 
-    Every sample goes to one owner (a fixed shuffle dealt round-robin), so each owner has
-    every class (seen and unseen) and no sample is held twice. Indices are 1-based as in
-    xlsa17; the class list and attributes are the same at every owner and at the service.
+    ``data_dir``: an xlsa17 folder (default: scikit-learn's digits). Every sample goes to
+    one owner by the simulation's rule for ``partition`` (:mod:`azsl_flower.owner.partition`:
+    ``iid`` deals a fixed shuffle round-robin, so each owner has every class;
+    ``class-disjoint`` gives each class to one owner; ``dirichlet`` cuts each class at
+    Dirichlet(``dirichlet_beta``) shares), and no sample is held twice. Indices are 1-based
+    as in xlsa17; the class list and attributes are the same at every owner and at the
+    service. The features file keeps its name (digits: ``digits.mat``).
     """
     import scipy.io
 
-    from azsl_flower.owner.data import SPLIT_KEYS, digits_table
+    from azsl_flower.owner.data import SPLIT_KEYS, digits_table, read_xlsa17
+    from azsl_flower.owner.partition import class_holders, deal_samples, dirichlet_proportions
 
     if owners < 1:
         raise ValueError(f"owners={owners}: give at least one owner")
-    table = digits_table()
-    holder = np.random.default_rng(1).permutation(table.labels.size) % owners  # sample -> owner
+    if partition not in ("iid", "class-disjoint", "dirichlet"):
+        raise ValueError(f"partition={partition!r}: iid, class-disjoint or dirichlet")
+    table = digits_table() if data_dir is None else read_xlsa17(data_dir, feature_file)
+    name = DATA_FILE if data_dir is None else Path(feature_file).name
+    every = np.arange(table.labels.size)
+    seen = np.unique(table.labels[table.splits["trainval_loc"]])
+    unseen = np.unique(table.labels[table.splits["test_unseen_loc"]])
+    held = class_holders(partition, owners, seen, unseen, len(table.names), seed)
+    props = (
+        dirichlet_proportions(owners, len(table.names), dirichlet_beta, seed)
+        if partition == "dirichlet"
+        else None
+    )
+    holder = deal_samples(every, table.labels, partition, held, props, seed)  # sample -> owner
     folders = []
     for o in range(owners):
-        mine = {k: v[holder[v] == o] for k, v in ((k, table.splits[k]) for k in SPLIT_KEYS)}
+        mine = {k: v[holder[v] == o] for k, v in table.splits.items() if k in SPLIT_KEYS}
         keep = np.unique(np.concatenate(list(mine.values())))
+        if not keep.size:
+            raise ValueError(f"owner {o + 1} of {owners} gets no sample; use fewer owners")
         where = {int(g): i for i, g in enumerate(keep)}  # global row -> row in this file
         folder = Path(out_dir).expanduser() / f"owner-{o + 1}"
         folder.mkdir(parents=True, exist_ok=True)
-        for f in (folder / DATA_FILE, folder / "att_splits.mat"):
+        for f in (folder / name, folder / "att_splits.mat"):
             if f.exists():
                 raise FileExistsError(f"{f} exists; choose another --out (data is not replaced)")
         scipy.io.savemat(
-            folder / DATA_FILE,
+            folder / name,
             {
                 "features": table.features[keep].T.astype(np.float32),  # d x N, as xlsa17
                 "labels": (table.labels[keep] + 1).reshape(-1, 1).astype(np.float64),
@@ -119,6 +148,18 @@ class Layout:
         """Owner i's own folder (1-based): keys, data, teacher cache."""
         return self.work / f"owner-{i}"
 
+    @property
+    def signer(self) -> Path:  # whoever reviews and signs the app (here: the service)
+        return self.work / "signer"
+
+    @property
+    def apps(self) -> Path:  # the signed app bundles the local registry serves
+        return self.work / "apps"
+
+    def trusted(self, i: int) -> Path:
+        """Owner i's ``--trusted-entities`` file: the signers whose apps it runs."""
+        return self.owner(i) / "trusted-entities.yaml"
+
     def node_key(self, i: int) -> Path:
         return self.owner(i) / "auth" / f"owner-{i}.node.key"
 
@@ -162,6 +203,8 @@ def prepare(work: str | Path, owners: int = 2) -> Layout:
         generate_tls(lay.tls, ["127.0.0.1", "localhost"])
     if not (lay.service / "service.key").exists():
         write_keypair(lay.service, "service")
+    if not (lay.signer / f"{SIGNER}.sign.key").exists():
+        generate_signing_key(lay.signer, SIGNER)
     lay.allow_list.mkdir(parents=True, exist_ok=True)
     if any(not (lay.owner(i) / "data").exists() for i in range(1, owners + 1)):
         tmp = lay.work / ".owner-data"
@@ -181,5 +224,6 @@ def prepare(work: str | Path, owners: int = 2) -> Layout:
         _copy(o / "keys" / f"owner-{i}.pub", lay.allow_list / f"owner-{i}.pub")
         _copy(lay.service / "service.pub", o / "keys" / "service.pub")
         _copy(lay.ca, o / "ca.pem")
+        _copy(lay.signer / "trusted-entities.yaml", lay.trusted(i))
         (o / "cache").mkdir(exist_ok=True)
     return lay

@@ -4,18 +4,24 @@ What `docs/deploy.md` walks through by hand in three terminals, as one script: i
 certificates, SuperNode auth keys, encryption keys and each owner's own data into a work
 folder, starts ``flower-superlink`` and one ``flower-supernode`` per owner as separate
 processes bound to 127.0.0.1 on free ports, registers the nodes, writes the connection into
-a private ``FLWR_HOME``, runs ``flwr run <app> azsl --stream`` and always stops every
-process it started (also on Ctrl-C or failure).
+a private ``FLWR_HOME``, runs the *signed* app (``flwr run @azsl-flower/azsl-flower==VERSION
+azsl --stream``: the SuperNodes start with ``--trusted-entities`` and run nothing else, see
+:mod:`azsl_flower.tools.signing`), checks the run's real status (``flwr run --stream``
+exits 0 when the ServerApp failed) and always stops every process it started (also on
+Ctrl-C or failure).
 
     python -m simulations.deploy_local demo --work /tmp/azsl-deploy --owners 2 \\
         --run-config "rounds=2 steps-per-round=2 student-epochs=2 samples-per-class=30"
     python -m simulations.deploy_local demo --work /tmp/azsl-deploy --restart-owner 1
     python -m simulations.deploy_local owner-data --out DIR --owners 2   # data only
+    python -m simulations.deploy_local owner-data --out DIR --owners 3 --partition iid \
+        --data-dir ../shared/data/caltech101 --feature-file effnetlite0.mat
 
-Owners' data: scikit-learn's digits, dealt sample by sample over the owners (every class
-at every owner, no sample twice) and written per owner as an xlsa17 folder
-(``digits.mat`` + ``att_splits.mat``), so each SuperNode reads only its own files while the
-service keeps ``dataset=digits`` (class names and seven-segment codes only).
+Owners' data: scikit-learn's digits (or any xlsa17 folder), dealt sample by sample over the
+owners by the simulation's partition rules (``iid``: every class at every owner;
+``class-disjoint``; ``dirichlet``), no sample twice, and written per owner as an xlsa17
+folder (features file + ``att_splits.mat``), so each SuperNode reads only its own files
+while the service keeps the class side only.
 
 The work folder and the owners' data: ``simulations/deploy_layout.py``; the processes:
 ``simulations/deploy_processes.py``; this file: the two commands.
@@ -24,14 +30,16 @@ The work folder and the owners' data: ``simulations/deploy_layout.py``; the proc
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError
 from simulations.deploy_layout import DATA_FILE, HOST, prepare, write_owner_data
-from simulations.deploy_processes import LocalDeployment, results_of
+from simulations.deploy_processes import LocalDeployment, results_of, round_trip_cost
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -61,12 +69,18 @@ def _demo(args: argparse.Namespace) -> int:
         rc, _ = dep.run(args.run_config, timeout=args.timeout, on_line=watch)
     found = results_of(lay)
     print(f"flwr run exited with {rc}; {len(found)} results.json under {lay.outputs}")
+    if found:
+        print(f"round-trip cost: {json.dumps(round_trip_cost(found[-1]))}")
     return rc
 
 
 def _owner_data(args: argparse.Namespace) -> int:
-    for folder in write_owner_data(args.out, args.owners):
-        print(f"{folder} ({DATA_FILE} + att_splits.mat)")
+    folders = write_owner_data(
+        args.out, args.owners, args.data_dir, args.feature_file, args.partition, args.seed
+    )
+    name = DATA_FILE if args.data_dir is None else Path(args.feature_file).name
+    for folder in folders:
+        print(f"{folder} ({name} + att_splits.mat)")
     return 0
 
 
@@ -92,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         help="TERM: clean stop (default); KILL: a crash",
     )
     demo.set_defaults(func=_demo)
-    data = sub.add_parser("owner-data", help="write per-owner xlsa17 folders of the digits")
+    data = sub.add_parser("owner-data", help="write per-owner xlsa17 folders of one dataset")
     data.add_argument("--out", required=True)
     data.add_argument("--owners", type=int, default=2)
+    data.add_argument("--data-dir", default=None, help="an xlsa17 folder (default: digits)")
+    data.add_argument("--feature-file", default="res101.mat", help="its features file")
+    data.add_argument("--partition", choices=["iid", "class-disjoint", "dirichlet"], default="iid")
+    data.add_argument("--seed", type=int, default=0, help="class-disjoint/dirichlet draws")
     data.set_defaults(func=_owner_data)
     args = ap.parse_args(argv)
     try:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError, write_connection
-from simulations.deploy_layout import CONNECTION, HOST, Layout
+from azsl_flower.tools.signing import AppRegistry, SignedApp, sign_app
+from simulations.deploy_layout import CONNECTION, HOST, SIGNER, Layout
 from simulations.local_superlink import free_port
 from simulations.local_superlink import stop as stop_by_flwr_home
 
@@ -54,6 +55,8 @@ class LocalDeployment:
     node_ports: dict[int, int] = field(default_factory=dict)
     restarts: list[tuple[int, str, float]] = field(default_factory=list)
     budgets: dict[int, int] = field(default_factory=dict)
+    app: SignedApp | None = None  # the signed app the SuperLink fetches from the registry
+    registry: AppRegistry | None = None
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -80,7 +83,9 @@ class LocalDeployment:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = self.layout.logs / f"{name}.log"
         home = self.layout.home_of(name)
         home.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ class LocalDeployment:
                 stdout=f,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=dict(self.env, FLWR_HOME=str(home)),
+                env=dict(self.env, FLWR_HOME=str(home), **(env or {})),
                 cwd=self.layout.work,
                 start_new_session=True,
             )
@@ -127,6 +132,9 @@ class LocalDeployment:
         self._kill("superlink")
         for home in self.layout.homes():
             stop_by_flwr_home(str(home))
+        if self.registry is not None:
+            self.registry.__exit__()
+            self.registry = None
 
     # steps ----------------------------------------------------------------------------------
 
@@ -149,6 +157,10 @@ class LocalDeployment:
         # (the same keys could not be registered twice otherwise)
         if "superlink" not in self.procs and not self.node_ids:
             db.unlink(missing_ok=True)
+        if self.registry is None:  # sign this tree's app and serve it as Flower Hub would
+            key = lay.signer / f"{SIGNER}.sign.key"
+            self.app = sign_app(ROOT, key, SIGNER, lay.apps)
+            self.registry = AppRegistry([self.app]).__enter__()
         proc = self._spawn(
             "superlink",
             [
@@ -168,6 +180,7 @@ class LocalDeployment:
                 "--port",
                 str(self.port),
             ],
+            env={"FLWR_SUPERGRID_API_URL": self.registry.url},
         )
         _wait_port(self.port, proc, timeout, lay.logs / "superlink.log")
         write_connection(
@@ -205,6 +218,8 @@ class LocalDeployment:
                 str(lay.owner(i) / "ca.pem"),
                 "--auth-supernode-private-key",
                 str(lay.node_key(i)),
+                "--trusted-entities",  # runs only apps signed by these keys
+                str(lay.trusted(i)),
                 "--node-config",
                 lay.node_config(i, self.device, self.budgets.get(i, 0)),
                 "--host",
@@ -299,12 +314,18 @@ class LocalDeployment:
         run_config: str,
         timeout: float = 600,
         on_line: Callable[[str], None] | None = None,
+        signed: bool = True,
     ) -> tuple[int, str]:
-        """`flwr run <app> azsl --stream`; returns (exit code, log). Killed after timeout."""
+        """`flwr run <signed app> azsl --stream`; returns (exit code, log). Killed after
+        timeout. ``signed=False`` submits this folder instead (an app nobody signed, which
+        the SuperNodes refuse). The exit code is the run's: ``flwr run --stream`` itself
+        exits 0 when the ServerApp failed, so a run whose status is not
+        ``finished:completed`` returns 1."""
+        app = self.app.spec if signed and self.app is not None else str(ROOT)
         argv = [
             str(self._bin / "flwr"),
             "run",
-            str(ROOT),
+            app,
             CONNECTION,
             "--stream",
             "--run-config",
@@ -346,7 +367,24 @@ class LocalDeployment:
         text = "".join(lines)
         if expired.is_set():
             text += f"\n[deploy_local] flwr run killed after {timeout:.0f}s\n"
-        return int(proc.returncode), text
+        rc = int(proc.returncode)
+        status = self.run_status(text)
+        text += f"\n[deploy_local] run status: {status}\n"
+        if rc == 0 and status != "finished:completed":
+            rc = 1
+        return rc, text
+
+    def run_status(self, log: str) -> str:
+        """The run's status as the SuperLink reports it (``finished:completed``, ...)."""
+        match = re.search(r"Successfully started run (\d+)", log)
+        if not match:
+            return "not started"
+        out = self.flwr("ls", CONNECTION, "--run-id", match.group(1), "--format", "json")
+        try:
+            listing = json.loads(out.stdout[out.stdout.index("{") :])
+            return str(listing["runs"][0]["status"])
+        except (ValueError, KeyError, IndexError):
+            return f"unknown ({out.stdout.strip()[-200:]})"
 
 
 def _killpg(proc: subprocess.Popen) -> None:
@@ -358,3 +396,18 @@ def _killpg(proc: subprocess.Popen) -> None:
 def results_of(layout: Layout) -> list[dict]:
     """Every results.json written under the work folder's outputs."""
     return [json.loads(p.read_text()) for p in sorted(layout.outputs.glob("*/results.json"))]
+
+
+def round_trip_cost(results: dict) -> dict[str, float]:
+    """What a deployed round trip costs: the generator phase's seconds per round trip
+    (Flower's SuperNode polling, a ClientApp process per message, the owners' work)."""
+    rounds = len(results.get("history", [])) or 1
+    generator = float(results.get("phase_seconds", {}).get("generator", 0.0))
+    return {
+        "round_trips": int(results.get("round_trips", 0)),
+        "wall_seconds": round(float(results.get("wall_seconds", 0.0)), 1),
+        "generator_seconds_per_round_trip": round(generator / rounds, 2),
+        "wall_seconds_per_round_trip": round(
+            float(results.get("wall_seconds", 0.0)) / max(1, int(results.get("round_trips", 1))), 2
+        ),
+    }

@@ -31,6 +31,7 @@ from azsl_flower.service.results import RunResult
 from azsl_flower.service.student import StudentSettings, train_models
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
+from strategies.checks import check_feedback
 from strategies.phases import OwnerPhases
 from strategies.requests import Evaluation, Feedback, Request, Verified
 from strategies.roster import OwnerError
@@ -59,7 +60,16 @@ class AZSLStrategy(OwnerPhases):
             "arrays": {"x": pool.x, "y": pool.labels},
             "scalars": {"batch_size": pool.batch_size, "lse_grad": self.lse_grad},
         }
-        return Request(schema.FEEDBACK, phase, [payload], nodes)
+        check = check_feedback(
+            int(pool.labels.size),
+            pool.batch_size,
+            self.roster.dim,
+            self.classes.num_classes,
+            self.roster.covered,
+            self.cfg.scenario.whitebox,
+            self.lse_grad,
+        )
+        return Request(schema.FEEDBACK, phase, [payload], nodes, check)
 
     def aggregate_feedback(
         self, answers: dict[int, dict[str, np.ndarray]], y: np.ndarray

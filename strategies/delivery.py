@@ -36,6 +36,7 @@ class Delivery:
         ``timeout`` is re-sent, freshly sealed, up to ``max-retries`` times; an owner that
         still fails is dropped (the roster fails the run below quorum). An owner that
         refuses because of its query budget is only skipped this time: it has not failed.
+        One that refuses under its policy is dropped at once: asking again will not help.
         """
         kind, phase, roster = request.kind, request.phase, self.roster
         parts = [
@@ -55,8 +56,8 @@ class Delivery:
                 todo = [n for n in todo if n not in unreachable]
                 if not todo:
                     break
-            outcomes = self.transport.exchange(grid, kind, phase, parts, todo)
-            todo, offline = [], []
+            outcomes = self.transport.exchange(grid, kind, phase, parts, todo, request.check)
+            todo, offline, refused = [], [], {}
             for node, out in outcomes.items():
                 if out.answered:
                     roster.count_used(node, request.samples)
@@ -66,6 +67,10 @@ class Delivery:
                 if out.refusal is not None:
                     roster.budget_refused(node, phase, out.refusal)
                     continue
+                if out.failure == "policy":
+                    roster.fail(node, phase, "policy", out.reason)
+                    refused[node] = out.reason
+                    continue
                 why[node] = out.reason
                 if out.failure != "rejected":  # rejections are counted by the transport
                     roster.fail(
@@ -74,6 +79,8 @@ class Delivery:
                 if out.failure == "offline":
                     offline.append(node)
                 todo.append(node)
+            if refused:
+                roster.drop(list(refused), phase, refused)
             if not todo:
                 break
             if attempt < self.max_retries:

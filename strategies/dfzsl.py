@@ -23,6 +23,7 @@ from azsl_flower.service.dfzsl.learner import LADDER, DFZSLLearner, DFZSLSetting
 from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
+from strategies.checks import check_probe
 from strategies.phases import OwnerPhases
 from strategies.requests import Request, Verified
 from strategies.roster import OwnerError
@@ -57,7 +58,9 @@ class DFZSLStrategy(OwnerPhases):
     # -- directions -------------------------------------------------------------------------
 
     def configure_probe(self, probes: np.ndarray, nodes: list[int]) -> Request:
-        return Request(schema.DFZSL_PROBE, "dfzsl-probe", [{"arrays": {"x": probes}}], nodes)
+        check = check_probe(int(probes.shape[0]), self.roster.covered)
+        payload = {"arrays": {"x": probes}}
+        return Request(schema.DFZSL_PROBE, "dfzsl-probe", [payload], nodes, check)
 
     def aggregate_probe(self, answers: dict[int, schema.Payload], probes: np.ndarray) -> np.ndarray:
         """Black-box matching per owner, merged over owners: one unit direction per class."""

@@ -10,6 +10,7 @@ build their own phases on top.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from logging import INFO, WARNING
 
@@ -18,7 +19,13 @@ import torch
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from azsl_flower.common.config import ConfigError, RunConfig, owner_groups, parse_calibration_grid
+from azsl_flower.common.config import (
+    ConfigError,
+    RunConfig,
+    Scenario,
+    owner_groups,
+    parse_calibration_grid,
+)
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.common.models import state_to_numpy
 from azsl_flower.common.semantics import ClassSide
@@ -28,6 +35,7 @@ from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import OwnerTotals
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
+from strategies.checks import check_evaluate, check_setup, check_verify
 from strategies.delivery import Delivery
 from strategies.faults import FaultInjector
 from strategies.requests import Evaluation, Request, Verified, sum_counts
@@ -64,23 +72,30 @@ class OwnerPhases:
         if self.cfg.partition == "explicit" and nodes:  # before any message
             owner_groups(self.cfg.owner_classes, len(nodes), self.classes.num_classes)
         self.roster.start(nodes)
-        return Request(schema.SETUP, "setup", [{}], nodes)
+        check = check_setup(self.classes.num_classes, self.cfg.scenario is Scenario.WEIGHTS)
+        return Request(schema.SETUP, "setup", [{}], nodes, check)
 
     def aggregate_setup(self, answers: dict[int, schema.Payload]) -> ensemble.Declarations:
-        """Check the owners' declarations agree; record coverage and query budgets."""
+        """Agree on the feature size, record coverage, test counts and query budgets.
+
+        Each answer was already checked on its own (:func:`strategies.checks.check_setup`).
+        Owners whose feature size differs from the majority's are dropped; without a
+        majority the run cannot tell which owners extracted features the expected way.
+        """
+        dims = {n: int(r.scalars["dim"]) for n, r in answers.items()}  # type: ignore[call-overload]
+        tally = Counter(dims.values()).most_common()
+        if len(tally) > 1 and tally[0][1] == tally[1][1]:
+            raise ValueError(
+                f"owners declared different feature dimensions {sorted(set(dims.values()))}; "
+                "every owner must extract features with the same network"
+            )
+        dim = tally[0][0] if tally else 0
+        odd = {n: f"declared {d}-d features, the other owners {dim}-d" for n, d in dims.items()}
+        odd = {n: why for n, why in odd.items() if dims[n] != dim}
+        if odd:
+            self.roster.drop(list(odd), "setup", odd)
+        answers = {n: r for n, r in answers.items() if n in self.roster.live}
         replies = list(answers.values())
-        dims = {int(r.scalars["dim"]) for r in replies}
-        if len(dims) != 1:
-            raise ValueError(
-                f"owners declared different feature dimensions {sorted(dims)}; every owner must "
-                "extract features with the same network"
-            )
-        ncls = {int(r.scalars["num_classes"]) for r in replies}
-        if ncls != {self.classes.num_classes}:
-            raise ValueError(
-                f"owners declared {sorted(ncls)} classes, the service's class list has "
-                f"{self.classes.num_classes}; use the same att_splits.mat on both sides"
-            )
         faults = self.transport.faults
         if faults is not None:
             if not all(bool(r.scalars["simulated"]) for r in replies):
@@ -88,21 +103,30 @@ class OwnerPhases:
                     "fault-tamper/fault-replay are for simulations only; an owner runs deployed"
                 )
             faults.enabled = True
+        if not replies:
+            self.roster.settle()  # fails naming who dropped out and why
         seen = np.unique(np.concatenate([r.arrays["seen"] for r in replies]))
         unseen = np.unique(np.concatenate([r.arrays["unseen"] for r in replies]))
         return self.roster.admit(
             covered={n: r.arrays["covered"] for n, r in answers.items()},
-            budgets={n: int(r.scalars["query_budget"]) for n, r in answers.items()},
+            budgets={n: int(r.scalars["query_budget"]) for n, r in answers.items()},  # type: ignore[call-overload]
             seen=seen,
             unseen=np.setdiff1d(unseen, seen),
-            dim=dims.pop(),
+            dim=dim,
             num_classes=self.classes.num_classes,
+            test_counts={
+                n: (r.arrays["test_seen_counts"], r.arrays["test_unseen_counts"])
+                for n, r in answers.items()
+            },
         )
 
     # -- verification -----------------------------------------------------------------------
 
-    def configure_verify(self, x: np.ndarray, y: np.ndarray, nodes: list[int]) -> Request:
-        return Request(schema.VERIFY, "verification", [{"arrays": {"x": x, "y": y}}], nodes)
+    def configure_verify(
+        self, x: np.ndarray, y: np.ndarray, nodes: list[int], phase: str = "verification"
+    ) -> Request:
+        check = check_verify(int(y.size), self.classes.num_classes, self.roster.covered)
+        return Request(schema.VERIFY, phase, [{"arrays": {"x": x, "y": y}}], nodes, check)
 
     def aggregate_verify(self, answers: VerifyAnswers, trainable: np.ndarray) -> Verified:
         """Keep the generated samples the combined teachers label as intended (Eq. 3)."""
@@ -141,9 +165,7 @@ class OwnerPhases:
     def verify(self, grid: Grid, x: np.ndarray, y: np.ndarray, phase: str) -> Verified:
         """One verification round trip: which virtual features the teachers accept."""
         nodes = self.ask_with_budget(int(y.size), phase)
-        request = self.configure_verify(x, y, nodes)
-        request.phase = phase
-        replies = self.delivery.ask(grid, request)
+        replies = self.delivery.ask(grid, self.configure_verify(x, y, nodes, phase))
         if not replies:
             raise OwnerError(f"no owner answered {phase}; see the failures above")
         self.roster.contributors[phase] = list(replies)
@@ -171,7 +193,10 @@ class OwnerPhases:
         """Every model to every owner in one round trip."""
         arrays = {"unseen": unseen.astype(np.int64), "calibration": self.calibration_values()}
         payloads = [{"arrays": arrays, "weights": state_to_numpy(m)} for m in models.values()]
-        return Request(schema.EVALUATE, "evaluation", payloads, list(self.roster.live))
+        check = check_evaluate(
+            self.classes.num_classes, int(arrays["calibration"].size), self.roster.test_counts
+        )
+        return Request(schema.EVALUATE, "evaluation", payloads, list(self.roster.live), check)
 
     def aggregate_evaluate(
         self, replies: dict[int, list[schema.Payload]], names: list[str]

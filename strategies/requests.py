@@ -3,6 +3,7 @@ answers become (``aggregate_*``), one typed value per phase."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ class Request:
     phase: str
     payloads: list[dict[str, object]]
     nodes: list[int]
+    # checks each owner's authentic answers against this request (strategies.checks)
+    check: Callable[[int, list[schema.Payload]], None] | None = None
 
     @property
     def samples(self) -> int:

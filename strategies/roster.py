@@ -30,9 +30,12 @@ class Roster:
     def __init__(self, quorum: float) -> None:
         self.quorum = quorum
         self.live: list[int] = []  # owners still in the run
-        self.required = 1  # owners the run needs (quorum x owners present at set-up)
+        self.required = 1  # owners the run needs (quorum x owners that passed set-up)
         self.at_setup = 0
+        self._settled = False
         self.covered: dict[int, np.ndarray] = {}  # node -> classes its teacher knows
+        # node -> (test samples per class, seen split and unseen split) it declared
+        self.test_counts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.initial_classes = np.zeros(0, dtype=np.int64)  # classes some owner knew at set-up
         self.seen = np.zeros(0, dtype=np.int64)
         self.unseen = np.zeros(0, dtype=np.int64)
@@ -50,13 +53,23 @@ class Roster:
     # -- membership -------------------------------------------------------------------------
 
     def start(self, nodes: list[int]) -> None:
-        """The owners connected at set-up; quorum counts them."""
+        """The nodes connected at set-up; quorum waits until set-up has sorted them out."""
         if not nodes:
             raise OwnerError("no data owner (SuperNode) is connected")
         self.live = sorted(nodes)
         self.at_setup = len(self.live)
+        self.required = 0  # no quorum while set-up runs: strangers are dropped there
+        self._settled = False
+
+    def settle(self) -> None:
+        """Set-up is over: quorum counts the owners that passed it, not every node that was
+        online (a registered node without an allow-listed key is not one of our owners)."""
+        if not self.live:
+            raise OwnerError(self._quorum_message("setup"))
+        self.at_setup = len(self.live)
         # 1e-9: 0.5 x 4 owners needs 2, not 3
-        self.required = max(1, math.ceil(self.quorum * len(self.live) - 1e-9))
+        self.required = max(1, math.ceil(self.quorum * self.at_setup - 1e-9))
+        self._settled = True
 
     def admit(
         self,
@@ -66,9 +79,12 @@ class Roster:
         unseen: np.ndarray,
         dim: int,
         num_classes: int,
+        test_counts: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> Declarations:
-        """Record what the owners that answered set-up declared."""
+        """Record what the owners that passed set-up declared; quorum counts them."""
+        self.settle()
         self.covered, self.budget = dict(covered), dict(budgets)
+        self.test_counts = dict(test_counts or {})
         self.used = dict.fromkeys(covered, 0)
         self.initial_classes = np.unique(np.concatenate(list(covered.values())))
         self.seen, self.unseen, self.dim, self.num_classes = seen, unseen, dim, num_classes
@@ -105,7 +121,7 @@ class Roster:
             log(WARNING, "dropping owner node %d in %s: %s", n, phase, reason)
             self.dropped.append({"node": n, "phase": phase, "reason": reason})
         self.live = [n for n in self.live if n not in nodes]
-        if len(self.live) < self.required:
+        if self._settled and len(self.live) < self.required:
             raise OwnerError(self._quorum_message(phase))
         orphaned = self.orphaned_classes() if self.covered else np.zeros(0)
         if orphaned.size:
@@ -122,7 +138,7 @@ class Roster:
         head = (
             f"no owner left in {phase}"
             if not self.live
-            else f"only {len(self.live)} of the {self.at_setup} owners present at set-up are "
+            else f"only {len(self.live)} of the {self.at_setup} owners that passed set-up are "
             f"left after {phase}, but quorum={self.quorum} needs {self.required}"
         )
         return (

@@ -22,6 +22,7 @@ from azsl_flower.service.results import TrafficStats
 from azsl_flower.wire import codec, errors, schema
 from azsl_flower.wire.channels import ServiceSecurity
 from azsl_flower.wire.crypto import RejectedError
+from strategies.checks import Check, ReplyError
 from strategies.faults import FaultInjector
 from strategies.roster import OwnerError
 
@@ -33,10 +34,13 @@ class Outcome:
     """One owner's part of a round trip: ``answers``, or a ``failure`` kind and its reason.
 
     Failure kinds: ``timeout`` (no reply, or the grid did not queue the message),
-    ``error`` (an error reply, or an authentic reply off the schema), ``rejected`` (refused
-    by the owner or by us; ``rejection`` is the reason code), ``budget`` (the owner's query
-    budget; ``refusal`` = (budget, used, asked)), ``offline`` (Flower says the SuperNode
-    is unavailable: restarting). ``answered``: the owner may have done the work.
+    ``error`` (an error reply: unauthenticated, so never trusted for more than "failed"),
+    ``rejected`` (refused by the owner, or by us: unauthentic, unreadable, off the schema
+    or not an answer to the request; ``rejection`` is the reason code), ``budget`` (the
+    owner's sealed refusal for its query budget; ``refusal`` = (budget, used, asked)),
+    ``policy`` (the owner's sealed refusal under its policy: asking again will not help),
+    ``offline`` (Flower says the SuperNode is unavailable: restarting). ``answered``: the
+    owner may have done the work.
     """
 
     answers: list[schema.Payload] | None = None
@@ -62,9 +66,15 @@ class Transport:
     traffic: TrafficStats = field(default_factory=TrafficStats)
 
     def exchange(
-        self, grid: Grid, kind: schema.Kind, phase: str, parts: list[RecordDict], nodes: list[int]
+        self,
+        grid: Grid,
+        kind: schema.Kind,
+        phase: str,
+        parts: list[RecordDict],
+        nodes: list[int],
+        check: Check | None = None,
     ) -> dict[int, Outcome]:
-        """Seal ``parts`` for each node, push all, poll for every reply, open them."""
+        """Seal ``parts`` for each node, push all, poll for every reply, open and check them."""
         messages = [
             Message(
                 content=self.security.seal(n, kind.message_type, phase, parts),
@@ -75,7 +85,7 @@ class Transport:
         ]
         replies = self._round_trip(grid, messages)
         return {
-            node: self._outcome(node, kind, phase, len(parts), reply)
+            node: self._outcome(node, kind, phase, len(parts), reply, check)
             for node, reply in zip(nodes, replies, strict=True)
         }
 
@@ -130,18 +140,27 @@ class Transport:
         ]
         if self.faults is not None:
             out = [r if isinstance(r, str) else self.faults.incoming(r) for r in out]
-        for m, reply in zip(messages, out, strict=True):
-            if not isinstance(reply, str) and not reply.has_error():
-                nbytes, node = codec.payload_nbytes(reply.content), m.metadata.dst_node_id
-                self.traffic.bytes_received += nbytes
-                got = self.traffic.received_by_node
-                got[node] = got.get(node, 0) + nbytes
         return out
 
+    def _count_received(self, node: int, reply: Message) -> None:
+        """Bytes of a reply that proved authentic: a relay's junk is not the owner's traffic."""
+        nbytes = codec.payload_nbytes(reply.content)
+        self.traffic.bytes_received += nbytes
+        got = self.traffic.received_by_node
+        got[node] = got.get(node, 0) + nbytes
+
     def _outcome(
-        self, node: int, kind: schema.Kind, phase: str, expected: int, reply: Message | str
+        self,
+        node: int,
+        kind: schema.Kind,
+        phase: str,
+        expected: int,
+        reply: Message | str,
+        check: Check | None,
     ) -> Outcome:
-        """Classify one reply; only an authentic, on-schema reply carries answers."""
+        """Classify one reply; only an authentic, on-schema answer to the request carries
+        answers. Nothing a relay or an owner sends can raise here: every defect is that
+        owner's failure, counted by reason."""
         if isinstance(reply, str):
             return Outcome(failure="timeout", reason=reply, answered=True)
         if reply.has_error():
@@ -151,26 +170,47 @@ class Transport:
                 self.reject(node, kind, phase, "owner", rejection, text)
                 why = f"the owner rejected our message ({rejection})"
                 return Outcome(failure="rejected", reason=why, rejection=rejection)
-            refusal = errors.parse_budget_refusal(code, text)
-            if refusal is not None:
-                return Outcome(failure="budget", refusal=refusal)
+            # unauthenticated: a forged "budget" or "policy" error is just a failure
             failure = "offline" if code == ErrorCode.NODE_UNAVAILABLE else "error"
             return Outcome(
                 failure=failure, reason=f"error reply (code {code}): {_first_line(text)}"
             )
         try:
-            opened = self.security.open(node, kind.message_type, reply.content)
-            if len(opened) != expected:
-                raise RejectedError("malformed", f"{len(opened)} answers to {expected} payloads")
-        except RejectedError as exc:
-            self.reject(node, kind, phase, "service", exc.reason, str(exc))
-            why = f"we rejected its reply ({exc.reason})"
-            return Outcome(failure="rejected", reason=why, rejection=exc.reason, answered=True)
-        try:
-            answers = [schema.decode(kind, "reply", rd) for rd in opened]
-        except schema.ProtocolError as exc:  # authentic but off-schema: a broken owner
-            return Outcome(failure="error", reason=f"malformed answer: {exc}", answered=True)
+            refusal, answers = self._open(node, kind, expected, reply, check)
+        except (RejectedError, schema.ProtocolError, ReplyError) as exc:
+            reason = exc.reason if isinstance(exc, RejectedError) else (
+                "invalid-reply" if isinstance(exc, ReplyError) else "malformed"
+            )  # fmt: skip
+            self.reject(node, kind, phase, "service", reason, str(exc))
+            why = f"we rejected its reply ({reason}: {_first_line(str(exc), 200)})"
+            return Outcome(failure="rejected", reason=why, rejection=reason, answered=True)
+        except Exception as exc:  # a defect we did not foresee is still only this owner's
+            self.reject(node, kind, phase, "service", "malformed", repr(exc))
+            why = f"we rejected its reply (malformed: {type(exc).__name__})"
+            return Outcome(failure="rejected", reason=why, rejection="malformed", answered=True)
+        self._count_received(node, reply)
+        if refusal is not None:
+            if refusal.code == "budget":
+                return Outcome(
+                    failure="budget", refusal=(refusal.budget, refusal.used, refusal.asked)
+                )
+            return Outcome(failure="policy", reason=f"refused by its owner: {refusal.reason}")
         return Outcome(answers=answers, answered=True)
+
+    def _open(
+        self, node: int, kind: schema.Kind, expected: int, reply: Message, check: Check | None
+    ) -> tuple[errors.Refused | None, list[schema.Payload]]:
+        """Authenticate, decrypt, decode and check one reply (raises on any defect)."""
+        opened = self.security.open(node, kind.message_type, reply.content)
+        refusal = errors.read_refusal(opened)
+        if refusal is not None:
+            return refusal, []
+        if len(opened) != expected:
+            raise RejectedError("malformed", f"{len(opened)} answers to {expected} payloads")
+        answers = [schema.decode(kind, "reply", rd) for rd in opened]
+        if check is not None:
+            check(node, answers)
+        return None, answers
 
     def reject(
         self, node: int, kind: schema.Kind, phase: str, side: str, reason: str, why: str

@@ -30,6 +30,7 @@ from azsl_flower.service.warm_start import (
     scale_ladder,
 )
 from azsl_flower.wire import schema
+from strategies.checks import check_setup
 from strategies.delivery import Delivery
 from strategies.dfzsl import DFZSLStrategy
 from strategies.phases import OwnerPhases
@@ -57,7 +58,9 @@ def warm_start(
     cfg, t0 = owner.cfg, time.monotonic()
     dz = dfzsl_phases(owner)
     nodes = list(owner.roster.live)
-    replies = dz.delivery.ask(grid, Request(schema.SETUP, "warm-start-setup", [{}], nodes))
+    check = check_setup(owner.classes.num_classes, weights=False)
+    request = Request(schema.SETUP, "warm-start-setup", [{}], nodes, check)
+    replies = dz.delivery.ask(grid, request)
     if not replies:
         raise OwnerError("no owner answered the warm start's set-up; see the failures above")
     heads = dz.read_cosine_setup({n: r[0] for n, r in replies.items()})

@@ -10,9 +10,11 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from azsl_flower.owner.ledger import LedgerError
+from azsl_flower.owner.session import open_session
 from azsl_flower.tools.cli import main as cli
 from azsl_flower.wire import codec, schema
-from azsl_flower.wire.channels import SERVICE, OwnerSecurity, ServiceSecurity
+from azsl_flower.wire.channels import SERVICE, ServiceSecurity
 from azsl_flower.wire.crypto import (
     REASONS,
     Channel,
@@ -126,8 +128,8 @@ def test_header_binds_kind_nodes_run_and_session():
     with pytest.raises(RejectedError, match="wrong-suite"):
         other_suite.open(*msg, "query.feedback", SERVICE, "5")
     own.open(*msg, "query.feedback", SERVICE, "5")
-    restarted = Channel(svc.me, own.me.public_key(), 7, "aes-256-gcm")  # new salt, new key
-    with pytest.raises(RejectedError, match="session-changed"):
+    restarted = Channel(svc.me, own.me.public_key(), 7, "aes-256-gcm")  # lost its counter
+    with pytest.raises(RejectedError, match="replay"):
         own.open(
             *restarted.seal("query.feedback", "g", SERVICE, "5", b"y"),
             "query.feedback",
@@ -199,10 +201,10 @@ def test_service_and_owner_endpoints_bind_keys_and_keep_state(tmp_path, task_ide
         # before the node answered once, the request is sealed for every unbound key
         assert len(codec.open_envelope(sealed)) == (2 if rnd == 0 else 1)
         msg = Message(content=sealed, dst_node_id=11, message_type="query.setup")
-        owner = OwnerSecurity(ctx)  # a fresh ClientApp per message: state lives in the Context
-        request, parts = owner.open(msg, "query.setup")
-        assert request is not None and request.phase == f"r{rnd}" and len(parts) == 1
-        reply = owner.seal("query.setup", request, parts)
+        with open_session(ctx) as s:  # a fresh ClientApp per message: state on the owner's disk
+            request, parts = s.security.open(msg, "query.setup")
+            assert request is not None and request.phase == f"r{rnd}" and len(parts) == 1
+            reply = s.security.seal("query.setup", request, parts)
         assert len(svc.open(11, "query.setup", reply)) == 1
     assert svc.bound == {
         11: fingerprint(load_private_key(tmp_path / "owners/owner-b.key").public_key())
@@ -226,28 +228,34 @@ def test_a_restarted_supernode_goes_on_with_its_session(tmp_path, task_identity)
 
     def ask(ctx: Context, phase: str) -> RecordDict:
         sealed = svc.seal(11, "query.setup", phase, [rd])
-        owner = OwnerSecurity(ctx)
-        request, parts = owner.open(
-            Message(sealed, dst_node_id=11, message_type="query.setup"), "query.setup"
-        )
-        assert svc.open(11, "query.setup", owner.seal("query.setup", request, parts))
+        with open_session(ctx) as s:
+            request, parts = s.security.open(
+                Message(sealed, dst_node_id=11, message_type="query.setup"), "query.setup"
+            )
+            assert svc.open(11, "query.setup", s.security.seal("query.setup", request, parts))
         return sealed
 
     first = ask(_owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub"), "a")
     restarted = _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
-    ask(restarted, "b")  # no session-changed: the same salt and sequence go on
-    with pytest.raises(RejectedError) as exc:  # and the replay window survived the restart
-        OwnerSecurity(
+    ask(restarted, "b")  # the same sequence goes on
+    with (  # and the replay window survived the restart
+        pytest.raises(RejectedError) as exc,
+        open_session(
             _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
-        ).open(Message(first, dst_node_id=11, message_type="query.setup"), "query.setup")
+        ) as s,
+    ):
+        s.security.open(Message(first, dst_node_id=11, message_type="query.setup"), "query.setup")
     assert exc.value.reason == "replay"
-    state = list((tmp_path / "owner-cache" / "channels").glob("run-3-*.json"))
+    state = list((tmp_path / "owner-cache" / "runs").glob("run-3-*.json"))
     assert len(state) == 1 and stat.S_IMODE(os.stat(state[0]).st_mode) == 0o600
     state[0].write_text("{not json")
-    with pytest.raises(KeyFileError, match="delete it to start a new session"):
-        OwnerSecurity(
+    with (
+        pytest.raises(LedgerError, match="delete it to start a new session"),
+        open_session(
             _owner_context(tmp_path, 11, tmp_path / "owner.key", tmp_path / "service.pub")
-        )
+        ),
+    ):
+        pass
 
 
 def test_owner_refuses_a_cleartext_message_when_encryption_is_on(tmp_path, task_identity):
@@ -257,10 +265,8 @@ def test_owner_refuses_a_cleartext_message_when_encryption_is_on(tmp_path, task_
     plain = ServiceSecurity("none", 3).seal(
         11, "query.setup", "s", [schema.encode(schema.SETUP, "request", settings={})]
     )
-    with pytest.raises(RejectedError) as exc:
-        OwnerSecurity(ctx).open(
-            Message(plain, dst_node_id=11, message_type="query.setup"), "query.setup"
-        )
+    with pytest.raises(RejectedError) as exc, open_session(ctx) as s:
+        s.security.open(Message(plain, dst_node_id=11, message_type="query.setup"), "query.setup")
     assert exc.value.reason == "malformed"
 
 

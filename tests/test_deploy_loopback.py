@@ -1,6 +1,7 @@
 """A real deployment on 127.0.0.1: flower-superlink with TLS and SuperNode authentication,
-two flower-supernode processes that each hold their own data and keys, `flwr run` of a short
-AZSL job; then the same with one SuperNode restarted mid-run.
+two flower-supernode processes that each hold their own data and keys and run only signed
+apps (`--trusted-entities`), `flwr run` of the signed app for a short AZSL job; an unsigned
+app refused by every owner; then the job with one SuperNode restarted mid-run.
 
 Bounded in time (every subprocess has a timeout) and every process is stopped at the end,
 also on failure (`LocalDeployment.stop`, then anything left with one of its FLWR_HOMEs).
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from simulations.deploy_layout import DATA_FILE, prepare, write_owner_data
-from simulations.deploy_processes import LocalDeployment, results_of
+from simulations.deploy_processes import LocalDeployment, results_of, round_trip_cost
 from simulations.local_superlink import processes_of
 
 # A short job: each deployed round trip costs seconds (HTTP polling, a ClientApp process per
@@ -80,7 +81,23 @@ def test_loopback_deployment_tls_node_auth_two_owners(deployment):
     assert res["teacher"]["h"] > 0.5  # each owner's own data trains a real teacher
     assert res["round_trips"] == 2 + 3  # set-up, 2 generator round trips, verification, evaluation
     assert "teacher (upper bound)" in log and "student" in log
-    print(f"loopback run: {time.monotonic() - t0:.0f}s")
+    assert "run status: finished:completed" in log
+    assert dep.registry is not None and dep.registry.fetched[-1] == dep.app.spec  # signed app
+    print(f"loopback run: {time.monotonic() - t0:.0f}s; {round_trip_cost(res)}")
+
+
+def test_loopback_owners_refuse_an_unsigned_app(deployment):
+    """Whoever can submit runs submits their own app (here: this folder, unsigned): no
+    owner runs it, and the run's real status says so although `flwr run` exits 0."""
+    dep = deployment
+    before = len(results_of(dep.layout))
+    rc, log = dep.run(f"rounds=1 {JOB} max-retries=0", timeout=RUN_TIMEOUT, signed=False)
+    assert rc != 0, _log_tail(dep, log)
+    assert "run status: finished:failed" in log, _log_tail(dep, log)
+    assert len(results_of(dep.layout)) == before
+    for i in (1, 2):
+        text = (dep.layout.logs / f"supernode-{i}.log").read_text(errors="replace")
+        assert "could not be verified" in text or "FAB verification failed" in text
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, RecordDict
 
 from azsl_flower.common.config import ConfigError, parse_run_config
 from azsl_flower.common.models import CosineClassifier
-from azsl_flower.owner.dfzsl import dfzsl_node_settings
 from azsl_flower.owner.evaluation import model_from_weights
+from azsl_flower.owner.policy import OwnerPolicy, PolicyError
 from azsl_flower.service.dfzsl.alignment import RidgeAlignment
 from azsl_flower.service.dfzsl.directions import match_directions, probe_features
 from azsl_flower.service.dfzsl.kappa import (
@@ -112,24 +111,24 @@ def test_alignment_recovers_a_linear_map_and_generalises():
         RidgeAlignment(-1.0)
 
 
-def _context(node_config: dict) -> Context:
-    return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
-
-
 @pytest.mark.parametrize("bad", ["abc", 0, -0.1, "nan", 11])
 def test_bad_teacher_temperature_is_a_clear_error(bad):
-    with pytest.raises(ValueError, match="dfzsl-temperature"):
-        dfzsl_node_settings(_context({"dfzsl-temperature": bad}))
+    with pytest.raises(PolicyError, match="dfzsl-temperature"):
+        OwnerPolicy.from_node_config({"dfzsl-temperature": bad})
     with pytest.raises(ValueError, match="temperature"):
         CosineClassifier(4, 2, temperature=0.0)
 
 
-def test_owner_settings_default_to_not_releasing_the_head():
-    own = dfzsl_node_settings(_context({}))
-    assert not own.release_head and own.temperature > 0
-    assert dfzsl_node_settings(_context({"dfzsl-release-head": "true"})).release_head
-    with pytest.raises(ValueError, match="dfzsl-release-head"):
-        dfzsl_node_settings(_context({"dfzsl-release-head": "maybe"}))
+def test_owner_policy_defaults_to_not_releasing_the_head():
+    own = OwnerPolicy.from_node_config({})
+    assert not own["dfzsl-release-head"] and own["dfzsl-temperature"] > 0
+    assert "dfzsl" not in own["allowed-scenarios"]  # a deployed owner opts in to dfzsl
+    assert OwnerPolicy.from_node_config({"dfzsl-release-head": "true"})["dfzsl-release-head"]
+    with pytest.raises(PolicyError, match="dfzsl-release-head"):
+        OwnerPolicy.from_node_config({"dfzsl-release-head": "maybe"})
+    asked = {"scenario": "dfzsl", "dfzsl-temperature": 9.0}
+    mine = OwnerPolicy.from_node_config({"partition-id": 0, "dfzsl-temperature": 0.1})
+    assert mine.settings(asked, "node-1")["dfzsl-temperature"] == 0.1  # the owner's, not the run's
 
 
 @pytest.mark.parametrize(

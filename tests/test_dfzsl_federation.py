@@ -114,9 +114,11 @@ def test_budget_bounds_the_probes(tmp_path):
 
 
 def test_owner_refuses_probes_outside_dfzsl(tmp_path):
-    """An owner in another scenario does not answer a dfzsl probe (error reply, not data)."""
-    from azsl_flower.owner.handlers import _dfzsl_probe
+    """An owner in another scenario does not answer a dfzsl probe (a policy refusal, no data)."""
+    from azsl_flower.owner.handlers import Job, _dfzsl_probe
+    from azsl_flower.owner.policy import OwnerPolicy
     from azsl_flower.wire import schema
+    from azsl_flower.wire.errors import Refused
 
     grid, cfg = _grid(tmp_path)
     settings = parse_run_config({**cfg, "scenario": "blackbox"}).owner_settings()
@@ -126,8 +128,10 @@ def test_owner_refuses_probes_outside_dfzsl(tmp_path):
         None,
         settings,  # type: ignore[arg-type]
     )
-    with pytest.raises(ValueError, match="outside scenario=dfzsl"):
-        _dfzsl_probe(payload, grid.contexts[1000])
+    policy = OwnerPolicy.from_node_config(grid.contexts[1000].node_config)
+    with pytest.raises(Refused, match="outside scenario=dfzsl") as info:
+        _dfzsl_probe(Job(payload, settings, policy))
+    assert info.value.code == "policy"
 
 
 def test_service_side_dfzsl_imports_no_owner_module():

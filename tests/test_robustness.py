@@ -182,17 +182,19 @@ def test_owner_refuses_queries_over_its_budget(tmp_path):
 
     setup = schema.decode(schema.SETUP, "reply", codec.unbundle(ask(schema.SETUP).content)[0])
     assert setup.scalars["query_budget"] == 100
-    assert not ask(schema.FEEDBACK, 60).has_error() and queries_used(ctx) == 60
-    refused = ask(schema.VERIFY, 50)
-    assert refused.has_error() and refused.error.code == errors.BUDGET_CODE
-    assert errors.parse_budget_refusal(refused.error.code, refused.error.reason) == (100, 60, 50)
-    assert "query-budget" in refused.error.reason
-    assert (
-        errors.parse_rejection(refused.error.code, refused.error.reason) is None
-    )  # not a rejection
+
+    def refusal(reply: Message) -> errors.Refused | None:  # a refusal travels like an answer
+        assert not reply.has_error()
+        return errors.read_refusal(codec.unbundle(reply.content))
+
+    assert refusal(ask(schema.FEEDBACK, 60)) is None and queries_used(ctx) == 60
+    refused = refusal(ask(schema.VERIFY, 50))
+    assert refused is not None and refused.code == "budget"
+    assert (refused.budget, refused.used, refused.asked) == (100, 60, 50)
+    assert "query-budget" in refused.reason
     assert queries_used(ctx) == 60  # a refused request costs nothing
-    assert not ask(schema.VERIFY, 40).has_error() and queries_used(ctx) == 100
-    assert ask(schema.FEEDBACK, 1).error.code == errors.BUDGET_CODE
+    assert refusal(ask(schema.VERIFY, 40)) is None and queries_used(ctx) == 100
+    assert refusal(ask(schema.FEEDBACK, 1)).code == "budget"
     ctx.node_config["query-budget"] = "lots"
     bad = ask(schema.SETUP)
     assert bad.has_error() and "query-budget='lots'" in bad.error.reason
@@ -232,7 +234,7 @@ def test_owner_refuses_bad_calibration_values(tmp_path):
     weights = state_to_numpy(classifier(64, 10))
 
     def evaluate(values: np.ndarray) -> Message:
-        arrays = {"unseen": np.array([7, 8, 9]), "calibration": values.astype(np.float32)}
+        arrays = {"unseen": np.array([2, 5, 9]), "calibration": values.astype(np.float32)}
         part = schema.encode(
             schema.EVALUATE, "request", arrays=arrays, weights=weights, settings=settings
         )
@@ -246,5 +248,5 @@ def test_owner_refuses_bad_calibration_values(tmp_path):
     assert ok.arrays["model_seen_curve"].shape == (2, 10)
     # (NaN never gets this far: the wire format refuses non-finite arrays on both sides)
     for bad in (np.array([-1.0]), np.zeros(MAX_CALIBRATION_VALUES + 1)):
-        reply = evaluate(bad)
-        assert reply.has_error() and "finite values >= 0" in reply.error.reason
+        refused = errors.read_refusal(codec.unbundle(evaluate(bad).content))
+        assert refused is not None and "finite values >= 0" in refused.reason

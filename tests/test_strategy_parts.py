@@ -18,6 +18,7 @@ from azsl_flower.wire import codec, errors, schema
 from azsl_flower.wire.channels import ServiceSecurity
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import AZSLStrategy
+from strategies.checks import ReplyError, check_setup
 from strategies.delivery import Delivery
 from strategies.requests import Request
 from strategies.roster import OwnerError, Roster
@@ -47,6 +48,12 @@ def _error(code: int, reason: str):  # noqa: ANN202
     return lambda msg: Message(Error(code=code, reason=reason), reply_to=msg)
 
 
+def _refusal(budget: int, used: int, asked: int):  # noqa: ANN202
+    """The owner's sealed budget refusal (a payload, unlike an error reply)."""
+    part = errors.refusal_record(errors.budget_refusal(budget, used, asked))
+    return lambda msg: Message(codec.bundle([part]), reply_to=msg)
+
+
 def _silent(msg: Message) -> None:
     return None
 
@@ -64,14 +71,15 @@ def _setup_parts() -> list:
 
 def test_transport_classifies_every_kind_of_reply():
     grid = ScriptedGrid(
-        6,
+        7,
         {
             1000: [_answer(schema.SETUP)],
             1001: [_silent],
             1002: [_error(errors.REJECTED_CODE, errors.rejection("replay", "seq 3"))],
-            1003: [_error(errors.BUDGET_CODE, errors.budget_refusal(100, 90, 20))],
+            1003: [_refusal(100, 90, 20)],
             1004: [_error(ErrorCode.NODE_UNAVAILABLE, "Node unavailable")],
             1005: [_answer(schema.VERIFY)],  # authentic but another kind's schema
+            1006: [_error(4101, "budget exhausted")],  # unsealed: a relay could forge it
         },
     )
     t = _transport()
@@ -81,10 +89,11 @@ def test_transport_classifies_every_kind_of_reply():
     assert out[1002].failure == "rejected" and out[1002].rejection == "replay"
     assert out[1003].failure == "budget" and out[1003].refusal == (100, 90, 20)
     assert out[1004].failure == "offline" and not out[1004].answered
-    assert out[1005].failure == "error" and "malformed answer" in out[1005].reason
-    assert t.traffic.round_trips == 1 and t.traffic.messages == 6
-    assert t.traffic.rejected == {"replay": 1}
-    assert set(t.traffic.received_by_node) == {1000, 1005}  # error replies carry no payload
+    assert out[1005].failure == "rejected" and out[1005].rejection == "malformed"
+    assert out[1006].failure == "error" and out[1006].refusal is None
+    assert t.traffic.round_trips == 1 and t.traffic.messages == 7
+    assert t.traffic.rejected == {"replay": 1, "malformed": 1}
+    assert set(t.traffic.received_by_node) == {1000, 1003}  # counted once accepted
 
 
 # -- roster ---------------------------------------------------------------------------------
@@ -92,8 +101,10 @@ def test_transport_classifies_every_kind_of_reply():
 
 def test_roster_quorum_counts_owners_at_setup_and_names_who_dropped():
     r = Roster(quorum=0.5)
-    r.start([3, 1, 2, 4])
-    assert r.live == [1, 2, 3, 4] and r.required == 2  # 0.5 x 4, not 3
+    r.start([3, 1, 2, 4, 5])
+    r.drop([5], "setup", {5: "not an allow-listed owner"})  # no quorum during set-up
+    r.settle()
+    assert r.live == [1, 2, 3, 4] and r.required == 2  # 0.5 x the 4 that passed, not 3
     r.drop([2], "generator-1", {2: "disk full"})
     r.drop([4], "generator-2", {})
     with pytest.raises(OwnerError) as info:
@@ -143,7 +154,7 @@ def test_delivery_resends_then_drops_and_only_skips_a_budget_refusal():
         {
             1000: [_error(2, "OSError: disk full"), _answer(schema.SETUP)],  # fails once
             1001: [_error(2, "OSError: disk full")] * 3,  # fails every try
-            1002: [_error(errors.BUDGET_CODE, errors.budget_refusal(10, 10, 1))],
+            1002: [_refusal(10, 10, 1)],
         },
     )
     roster = Roster(quorum=0.3)
@@ -172,6 +183,8 @@ def _setup_reply(dim: int = 64, classes: int = 10, covered=range(10), budget: in
         "covered": np.asarray(list(covered), np.int64),
         "seen": np.arange(7, dtype=np.int64),
         "unseen": np.arange(7, 10, dtype=np.int64),
+        "test_seen_counts": np.full(7, 5, np.int64),
+        "test_unseen_counts": np.full(3, 5, np.int64),
     }
     scalars = {"dim": dim, "num_classes": classes, "simulated": True, "query_budget": budget}
     rd = schema.encode(schema.SETUP, "reply", arrays=arrays, scalars=scalars)
@@ -190,8 +203,13 @@ def test_setup_pair_declares_coverage_and_refuses_disagreeing_owners():
     assert declared.coverage.sum(1).tolist() == [5, 10] and s.roster.budget == {1000: 0, 1001: 9}
     with pytest.raises(ValueError, match="different feature dimensions"):
         s.aggregate_setup({1000: _setup_reply(dim=64), 1001: _setup_reply(dim=32)})
-    with pytest.raises(ValueError, match="the service's class list has 10"):
-        s.aggregate_setup({1000: _setup_reply(classes=11)})
+    # a lone owner with another feature size is dropped by the majority, named
+    s.roster.start([1000, 1001, 1002])
+    s.aggregate_setup({n: _setup_reply(dim=32 if n == 1002 else 64) for n in (1000, 1001, 1002)})
+    assert s.roster.live == [1000, 1001] and "32-d" in s.roster.dropped[-1]["reason"]
+    # each reply is checked on its own before aggregation (by the transport)
+    with pytest.raises(ReplyError, match="the service's class list has 10"):
+        check_setup(10, weights=False)(1000, [_setup_reply(classes=11)])
 
 
 def test_verify_pair_keeps_what_the_teachers_agree_with():

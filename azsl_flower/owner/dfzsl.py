@@ -4,69 +4,22 @@ DFZSL (Tang et al., AAAI 2024) needs a teacher whose logits are cosines between 
 L2-normalised feature and one unit direction per class, divided by a temperature. The owner
 trains it at home on its private features; the service only ever sends probe features and
 reads logits (black-box), or reads the directions themselves where the owner releases its
-head. Which of the two, and the temperature, are the owner's choice (node config).
+head. Which of the two, and the temperature, are the owner's choice: its policy
+(``dfzsl-release-head``, ``dfzsl-temperature`` in :mod:`azsl_flower.owner.policy`).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import Context
 
 from azsl_flower.common.models import CosineClassifier, fit
 
-__all__ = [
-    "DEFAULT_TEMPERATURE",
-    "DFZSLOwnerSettings",
-    "dfzsl_node_settings",
-    "probe_logits",
-    "train_cosine_teacher",
-]
-
-DEFAULT_TEMPERATURE = 0.05
-
-
-@dataclass(frozen=True)
-class DFZSLOwnerSettings:
-    """What the owner decides for scenario dfzsl: its teacher's temperature, and whether
-    the service may read the teacher's head (class directions) instead of probing it."""
-
-    temperature: float = DEFAULT_TEMPERATURE
-    release_head: bool = False
-
-
-def dfzsl_node_settings(context: Context) -> DFZSLOwnerSettings:
-    """The owner's dfzsl settings from its node config (``dfzsl-temperature``,
-    ``dfzsl-release-head``); bad values are a clear error, never a silent default.
-
-    TODO(owner policy): to be folded into azsl_flower/owner/policy.py (the owner policy
-    read from the node config) when it lands; this is the one place that reads them.
-    """
-    node = context.node_config
-    raw_t = node.get("dfzsl-temperature", DEFAULT_TEMPERATURE)
-    try:
-        temperature = float(str(raw_t).strip())
-    except ValueError:
-        temperature = math.nan
-    if not (math.isfinite(temperature) and 0 < temperature <= 10):
-        raise ValueError(
-            f"node-config dfzsl-temperature={raw_t!r}: the cosine teacher's temperature, a "
-            f"number in (0, 10] (logits are cosines divided by it; default {DEFAULT_TEMPERATURE})"
-        )
-    raw_r = node.get("dfzsl-release-head", False)
-    text = str(raw_r).strip().lower()
-    if text not in ("true", "false", "1", "0"):
-        raise ValueError(
-            f"node-config dfzsl-release-head={raw_r!r}: true or false (default false: the "
-            "service learns the class directions from logits on probes only)"
-        )
-    return DFZSLOwnerSettings(temperature, text in ("true", "1"))
+__all__ = ["probe_logits", "train_cosine_teacher"]
 
 
 def train_cosine_teacher(

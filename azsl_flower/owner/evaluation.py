@@ -20,7 +20,7 @@ from azsl_flower.common.models import (
 from azsl_flower.owner.data import OwnerData
 from azsl_flower.owner.oracle import FeedbackOracle
 
-__all__ = ["evaluate_model", "model_from_weights"]
+__all__ = ["class_counts", "evaluate_model", "leave_out_small_classes", "model_from_weights"]
 
 
 def evaluate_model(
@@ -86,3 +86,28 @@ def model_from_weights(weights: dict[str, np.ndarray], device: torch.device) -> 
     in_dim = int(weights["0.weight"].shape[1])
     out_dim = int(weights["6.weight"].shape[0])
     return load_numpy_state(classifier(in_dim, out_dim), weights).to(device).eval()
+
+
+def class_counts(y: np.ndarray, num_classes: int, min_count: int = 0) -> np.ndarray:
+    """Test samples per class, 0 for a class with fewer than ``min_count`` (left out)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes).astype(np.int64)
+    if min_count:
+        counts[counts < min_count] = 0
+    return counts
+
+
+def leave_out_small_classes(counts: dict[str, np.ndarray], min_count: int) -> dict[str, np.ndarray]:
+    """Zero every count of a class with fewer than ``min_count`` test samples (node-config
+    ``min-class-count``): counts over one or two samples would tell about those samples."""
+    if not min_count:
+        return counts
+    out = {k: np.array(v, copy=True) for k, v in counts.items()}
+    for split in ("seen", "unseen"):
+        small = out[f"{split}_total"] < min_count
+        for name in (f"{split}_correct", f"{split}_total") + (
+            ("zsl_correct",) if split == "unseen" else ()
+        ):
+            out[name][small] = 0
+        if f"{split}_curve" in out:
+            out[f"{split}_curve"][:, small] = 0
+    return out

@@ -1,14 +1,18 @@
 """The owner's answers to each message kind: open, check, answer, seal.
 
 Each handler gets a sealed request and the node's Flower ``Context`` and returns the sealed
-reply (or a reason-bearing error). Replies carry only quantities computed on *generated*
+reply, a sealed refusal, or (when the request cannot even be opened) a reason-bearing
+error. What the owner agrees to is its policy (:mod:`azsl_flower.owner.policy`, node config
+only); what a run may cost is reserved in its run state before any work
+(:mod:`azsl_flower.owner.budget`). Replies carry only quantities computed on *generated*
 features, or per-class counts; never a real feature row, a label of a real sample, or
-teacher weights (except in the ``weights`` scenario).
+teacher weights (except in the ``weights`` scenario, by the owner's opt-in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
@@ -16,167 +20,209 @@ from flwr.app import Context, Error, Message
 from flwr.common.logger import log
 
 from azsl_flower.common.config import Scenario
-from azsl_flower.common.models import resolve_device
+from azsl_flower.common.models import classifier, resolve_device
 from azsl_flower.owner import budget
-from azsl_flower.owner.dfzsl import dfzsl_node_settings, probe_logits
-from azsl_flower.owner.evaluation import evaluate_model, model_from_weights
-from azsl_flower.owner.state import OwnerState, owner_state, teacher_weights
+from azsl_flower.owner.dfzsl import probe_logits
+from azsl_flower.owner.evaluation import (
+    class_counts,
+    evaluate_model,
+    leave_out_small_classes,
+    model_from_weights,
+)
+from azsl_flower.owner.policy import MAX_CALIBRATION_PER_REQUEST, OwnerPolicy
+from azsl_flower.owner.session import Session, open_session
+from azsl_flower.owner.state import OwnerState, owner_state, prune_teachers, teacher_weights
 from azsl_flower.wire import errors, schema
-from azsl_flower.wire.channels import OwnerSecurity
 from azsl_flower.wire.crypto import RejectedError
+from azsl_flower.wire.errors import Refused
 
 __all__ = ["MAX_CALIBRATION_VALUES", "dfzsl_probe", "evaluate", "feedback", "setup", "verify"]
 
 Answer = dict[str, object]  # keyword arguments of schema.encode for one reply
-MAX_CALIBRATION_VALUES = 256  # values one evaluation may score (each is an argmax per sample)
+MAX_CALIBRATION_VALUES = MAX_CALIBRATION_PER_REQUEST  # values one evaluation may score
+
+
+@dataclass
+class Job:
+    """One payload of a request, with the settings the owner's policy allows for it."""
+
+    payload: schema.Payload
+    settings: dict[str, object]
+    policy: OwnerPolicy
+    _state: OwnerState | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> OwnerState:
+        """This owner's data and teacher (trained once, then cached)."""
+        if self._state is None:
+            self._state = owner_state(self.settings, *self.policy.partition)
+        return self._state
 
 
 def _serve(
     msg: Message,
     context: Context,
     kind: schema.Kind,
-    handle: Callable[[schema.Payload, Context], Answer],
+    handle: Callable[[Job], Answer],
 ) -> Message:
-    """Open the sealed request, answer each payload in it, seal the answers together."""
+    """Open the sealed request, check it against the policy, reserve what it costs, answer
+    each payload in it and seal the answers together; all under this run's lock."""
+    with open_session(context) as session:
+        try:
+            request, parts = session.security.open(msg, kind.message_type)
+        except RejectedError as exc:
+            # Refused before any use; the reply says why but carries nothing else.
+            log(
+                WARNING,
+                "owner %s rejected a %s message: %s",
+                context.node_id,
+                kind.message_type,
+                exc,
+            )
+            return Message(
+                Error(code=errors.REJECTED_CODE, reason=errors.rejection(exc.reason, exc.detail)),
+                reply_to=msg,
+            )
+        try:
+            answers = _answer(session, kind, parts, handle)
+        except Refused as exc:
+            log(
+                WARNING,
+                "owner %s refused a %s request (%s): %s",
+                context.node_id,
+                kind.message_type,
+                exc.code,
+                exc.reason,
+            )
+            answers = [errors.refusal_record(exc)]
+        return Message(session.security.seal(kind.message_type, request, answers), reply_to=msg)
+
+
+def _answer(
+    session: Session, kind: schema.Kind, parts: list, handle: Callable[[Job], Answer]
+) -> list:
     try:
-        security = OwnerSecurity(context)
-        request, parts = security.open(msg, kind.message_type)
-    except RejectedError as exc:
-        # Refused before any use; the reply says why but carries nothing else.
-        log(WARNING, "owner %s rejected a %s message: %s", context.node_id, kind.message_type, exc)
-        return Message(
-            Error(code=errors.REJECTED_CODE, reason=errors.rejection(exc.reason, exc.detail)),
-            reply_to=msg,
-        )
-    payloads = [schema.decode(kind, "request", rd) for rd in parts]
-    asked = sum(kind.queried(p.arrays) for p in payloads)  # queries about service-made rows
-    limit, used = budget.query_budget(context), budget.queries_used(context)
-    if asked and limit and used + asked > limit:
-        # Refused before any work; a distinct error the service treats as "skip me this time".
-        log(
-            WARNING,
-            "owner %s refused a %s request of %d samples: query-budget %d, %d used",
-            context.node_id,
-            kind.message_type,
-            asked,
-            limit,
-            used,
-        )
-        reason = errors.budget_refusal(limit, used, asked)
-        return Message(Error(code=errors.BUDGET_CODE, reason=reason), reply_to=msg)
-    answers = [schema.encode(kind, "reply", **handle(p, context)) for p in payloads]  # type: ignore[arg-type]
-    if asked:
-        budget.record_used(context, used + asked)
-    return Message(security.seal(kind.message_type, request, answers), reply_to=msg)
+        payloads = [schema.decode(kind, "request", rd) for rd in parts]
+    except schema.ProtocolError as exc:
+        raise Refused("policy", f"malformed request: {exc}") from None
+    identity = session.where.identity
+    jobs = [Job(p, session.policy.settings(p.settings, identity), session.policy) for p in payloads]
+    budget.reserve(session.ledger, session.policy, kind, payloads)
+    return [schema.encode(kind, "reply", **handle(job)) for job in jobs]  # type: ignore[arg-type]
 
 
 def _state(payload: schema.Payload, context: Context) -> OwnerState:
-    settings = dict(payload.settings or {})
-    node = context.node_config
-    # A deployed owner names its own data and cache in its node config; they win.
-    for key in ("data-dir", "feature-file", "cache-dir", "device"):
-        if key in node:
-            settings[key] = node[key]
-    if "data-dir" in node and settings.get("dataset") == "digits":
-        settings["dataset"] = "xlsa17"
-    if "partition-id" not in node:
-        # Partitions simulate owners out of one dataset; a deployed owner holds its own data.
-        settings["partition"], settings["owner-classes"] = "iid", ""
-    if settings.get("scenario") == Scenario.DFZSL:  # the owner's temperature, not the service's
-        settings["dfzsl-temperature"] = dfzsl_node_settings(context).temperature
-    pid, nparts = int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
-    return owner_state(settings, pid, nparts)
+    """This owner's state for a payload, as its policy resolves the settings (tests)."""
+    policy = OwnerPolicy.from_node_config(context.node_config)
+    return Job(payload, policy.settings(payload.settings, f"node-{context.node_id}"), policy).state
 
 
-def _setup(payload: schema.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
+def _setup(job: Job) -> Answer:
+    st, policy = job.state, job.policy
+    prune_teachers(st, policy.limit("max-teachers"))
+    data, keep = st.data, policy.limit("min-class-count")
     arrays = {
-        "covered": st.data.covered_classes.astype(np.int64),
-        "seen": st.data.seen_classes.astype(np.int64),
-        "unseen": st.data.unseen_classes.astype(np.int64),
+        "covered": data.covered_classes.astype(np.int64),
+        "seen": data.seen_classes.astype(np.int64),
+        "unseen": data.unseen_classes.astype(np.int64),
+        "test_seen_counts": class_counts(data.test_seen_y, data.num_classes, keep),
+        "test_unseen_counts": class_counts(data.test_unseen_y, data.num_classes, keep),
     }
     weights = None
-    if payload.settings and payload.settings.get("scenario") == Scenario.WEIGHTS:
+    if job.settings.get("scenario") == Scenario.WEIGHTS:  # allowed: the policy checked it
         weights = teacher_weights(st)
         reg = st.oracle.regulariser
         if hasattr(reg, "stats"):
             s = reg.stats()
             arrays |= {"reg_mean": s["mean"], "reg_var": s["var"], "reg_classes": s["classes"]}
-    if payload.settings and payload.settings.get("scenario") == Scenario.DFZSL:
-        own = dfzsl_node_settings(context)
-        arrays["cosine_temperature"] = np.asarray([own.temperature], dtype=np.float32)
-        if own.release_head:  # the owner's choice; by default the service must probe
+    if job.settings.get("scenario") == Scenario.DFZSL:
+        temperature = float(policy["dfzsl-temperature"])
+        arrays["cosine_temperature"] = np.asarray([temperature], dtype=np.float32)
+        if policy["dfzsl-release-head"]:  # the owner's choice; by default the service probes
             head = st.oracle.teacher.directions()  # type: ignore[operator]
             arrays["cosine_head"] = head.cpu().numpy().astype(np.float32)
     scalars = {
-        "dim": st.data.dim,
-        "num_classes": st.data.num_classes,
+        "dim": data.dim,
+        "num_classes": data.num_classes,
         # fault injection is for simulations; a deployed owner has no partition-id
-        "simulated": "partition-id" in context.node_config,
-        "query_budget": budget.query_budget(context),
+        "simulated": policy.simulated,
+        "query_budget": policy.limit("query-budget"),
     }
     return {"arrays": arrays, "scalars": scalars, "weights": weights}
 
 
-def _feedback(payload: schema.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    x, y = payload.arrays["x"], payload.arrays["y"]
+def _feedback(job: Job) -> Answer:
+    st, p, s = job.state, job.payload, job.settings
+    x, y = p.arrays["x"], p.arrays["y"]
     _check_query(x, y, st)
-    s = payload.settings or {}
-    whitebox = Scenario(str(s.get("scenario"))).whitebox
+    batch = int(p.scalars["batch_size"])  # type: ignore[call-overload]
+    if batch < 1:
+        raise Refused("policy", f"batch_size={batch}: must be >= 1")
     out = st.oracle.feedback(
         x,
         y,
-        int(payload.scalars["batch_size"]),
-        whitebox,
-        float(s["alpha"]),
-        lse_grad=bool(payload.scalars["lse_grad"]),
+        batch,
+        Scenario(str(s.get("scenario"))).whitebox,
+        float(s["alpha"]),  # type: ignore[arg-type]
+        lse_grad=bool(p.scalars["lse_grad"]),
     )
     return {"arrays": out}
 
 
-def _verify(payload: schema.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    x, y = payload.arrays["x"], payload.arrays["y"]
+def _verify(job: Job) -> Answer:
+    st = job.state
+    x, y = job.payload.arrays["x"], job.payload.arrays["y"]
     _check_query(x, y, st)
     probs, lse = st.oracle.probs_lse(x)
     probs = probs.astype(np.float32)
     return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs, "lse": lse}}
 
 
-def _dfzsl_probe(payload: schema.Payload, context: Context) -> Answer:
+def _dfzsl_probe(job: Job) -> Answer:
     """Scenario dfzsl: the cosine teacher's logits on the service's probe features."""
-    st = _state(payload, context)
-    if (payload.settings or {}).get("scenario") != Scenario.DFZSL:
-        raise ValueError("a dfzsl probe outside scenario=dfzsl: this owner answers it only there")
-    x = payload.arrays["x"]
+    st = job.state
+    if job.settings.get("scenario") != Scenario.DFZSL:
+        raise Refused("policy", "a dfzsl probe outside scenario=dfzsl: answered only there")
+    x = job.payload.arrays["x"]
     if x.ndim != 2 or x.shape[1] != st.data.dim:
-        raise ValueError(f"probe features are {x.shape}; this owner's features are {st.data.dim}-d")
+        raise Refused(
+            "policy", f"probe features are {x.shape}; this owner's features are {st.data.dim}-d"
+        )
     return {"arrays": {"logits": probe_logits(st.oracle.teacher, x, st.oracle.device)}}
 
 
-def _evaluate(payload: schema.Payload, context: Context) -> Answer:
-    st = _state(payload, context)
-    device = resolve_device(str((payload.settings or {}).get("device", "auto")))
-    model = model_from_weights(payload.weights or {}, device)
-    unseen = payload.arrays["unseen"]
-    gammas = payload.arrays.get("calibration")
+def _evaluate(job: Job) -> Answer:
+    st, p = job.state, job.payload
+    data = st.data
+    _check_model(p.weights or {}, data.dim, data.num_classes)
+    unseen = p.arrays["unseen"]
+    if not np.array_equal(np.sort(unseen), data.unseen_classes):
+        raise Refused(
+            "policy",
+            f"evaluation asks for unseen classes {unseen.tolist()[:20]}; this owner's unseen "
+            f"classes are {data.unseen_classes.tolist()[:20]}",
+        )
+    gammas = p.arrays.get("calibration")
     if gammas is not None and (
         gammas.size > MAX_CALIBRATION_VALUES or not np.all(np.isfinite(gammas) & (gammas >= 0))
     ):
-        raise ValueError(
+        raise Refused(
+            "policy",
             f"calibration: up to {MAX_CALIBRATION_VALUES} finite values >= 0 to score, got "
-            f"{gammas.size} (min {np.min(gammas) if gammas.size else None})"
+            f"{gammas.size} (min {np.min(gammas) if gammas.size else None})",
         )
-    scored = evaluate_model(model, st.data, unseen, device, calibration=gammas)
-    out = {f"model_{k}": v for k, v in scored.items()}
-    teacher = evaluate_model(None, st.data, unseen, device, oracle=st.oracle)
-    out |= {f"teacher_{k}": v for k, v in teacher.items()}
+    device = resolve_device(str(job.settings.get("device", "auto")))
+    model = model_from_weights(p.weights or {}, device)
+    scored = evaluate_model(model, data, unseen, device, calibration=gammas)
+    teacher = evaluate_model(None, data, unseen, device, oracle=st.oracle)
+    keep = job.policy.limit("min-class-count")
+    out = {f"model_{k}": v for k, v in leave_out_small_classes(scored, keep).items()}
+    out |= {f"teacher_{k}": v for k, v in leave_out_small_classes(teacher, keep).items()}
     return {"arrays": {k: v.astype(np.int64) for k, v in out.items()}}
 
 
 def setup(msg: Message, context: Context) -> Message:
-    """Declare feature size and class coverage (weights scenario: also the teacher)."""
+    """Declare feature size, class coverage and test counts (weights: also the teacher)."""
     return _serve(msg, context, schema.SETUP, _setup)
 
 
@@ -203,9 +249,25 @@ def evaluate(msg: Message, context: Context) -> Message:
 def _check_query(x: np.ndarray, y: np.ndarray, st: OwnerState) -> None:
     data = st.data
     if x.shape[1] != data.dim or x.shape[0] != y.size:
-        raise ValueError(
+        raise Refused(
+            "policy",
             f"query features are {x.shape} for {y.size} labels; this owner's features are "
-            f"{data.dim}-d: the generator's output size must match the owners' features"
+            f"{data.dim}-d: the generator's output size must match the owners' features",
         )
     if y.size and (y.min() < 0 or y.max() >= data.num_classes):
-        raise ValueError(f"query labels outside 0..{data.num_classes - 1}")
+        raise Refused("policy", f"query labels outside 0..{data.num_classes - 1}")
+
+
+def _check_model(weights: dict[str, np.ndarray], dim: int, num_classes: int) -> None:
+    """Only a classifier over this owner's features and classes is scored (the MLP of AZSL,
+    or DFZSL's cosine classifier): a bounded amount of work, and nothing the owner did not
+    agree to run on its test split."""
+    mlp = {n: tuple(t.shape) for n, t in classifier(dim, num_classes).state_dict().items()}
+    cosine = {"weight": (num_classes, dim), "temperature": (1,)}
+    got = {n: tuple(np.shape(w)) for n, w in weights.items()}
+    if got != mlp and got != cosine:
+        raise Refused(
+            "policy",
+            f"the model to evaluate is not a classifier of {dim}-d features over "
+            f"{num_classes} classes (this owner scores nothing else)",
+        )

@@ -23,13 +23,14 @@ from azsl_flower.owner.data import OwnerData, load_owner_data
 from azsl_flower.owner.dfzsl import train_cosine_teacher
 from azsl_flower.owner.oracle import FeedbackOracle, make_regulariser
 
-__all__ = ["OwnerState", "owner_state", "teacher_weights"]
+__all__ = ["OwnerState", "owner_state", "prune_teachers", "teacher_weights"]
 
 
 @dataclass
 class OwnerState:
     data: OwnerData
     oracle: FeedbackOracle
+    teacher_file: Path | None = None
 
 
 _STATE: dict[str, OwnerState] = {}
@@ -89,7 +90,7 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
     oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)
     while len(_STATE) >= 8:  # a simulation process may serve several owners: bound memory
         _STATE.pop(next(iter(_STATE)))
-    _STATE[state_key] = OwnerState(data, oracle)
+    _STATE[state_key] = OwnerState(data, oracle, path)
     return _STATE[state_key]
 
 
@@ -123,8 +124,28 @@ def _teacher(
         seed=seed,
         weight_decay=1e-5,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(teacher.state_dict(), tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:  # owner-readable only: a teacher is private too
+        torch.save(teacher.state_dict(), fh)
     os.replace(tmp, path)  # atomic: a concurrent owner never reads half a file
     return teacher
+
+
+def prune_teachers(state: OwnerState, keep: int) -> None:
+    """Keep the ``keep`` most recently used teacher files of this cache (0: keep all).
+
+    Every new teacher setting a run asks for (epochs, learning rate, split) leaves a file;
+    a bounded cache keeps that from filling the owner's disk. The teacher in use stays."""
+    if not keep or state.teacher_file is None:
+        return
+    current = state.teacher_file
+    if current.exists():
+        os.utime(current)  # most recently used
+    files = sorted(
+        current.parent.glob("teacher-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+    for old in files[keep:]:
+        if old != current:
+            old.unlink(missing_ok=True)

@@ -5,6 +5,9 @@ azsl-flower keys fingerprint DIR/owner-1.pub          # what operators compare b
 azsl-flower tls generate --out DIR --host 127.0.0.1 --host superlink.example.org
 azsl-flower node-auth generate --out DIR --name owner-1   # owner-1.node.key / .node.pub
 azsl-flower connection add --name azsl --address 127.0.0.1:9093 --root-certificates DIR/ca.pem
+azsl-flower app keys --out DIR --name reviewer    # Ed25519 signing key + trusted-entities.yaml
+azsl-flower app sign --key DIR/reviewer.sign.key --name reviewer --out APPS   # sign this app
+azsl-flower app serve --apps APPS --port 9095     # a local app registry for the SuperLink
 """
 
 from __future__ import annotations
@@ -76,6 +79,47 @@ def _connection(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app_keys(args: argparse.Namespace) -> int:
+    from azsl_flower.tools.signing import generate_signing_key
+
+    key, pub, trusted = generate_signing_key(args.out, args.name)
+    print(f"signing key:      {key} (keep it with whoever reviews and signs the app)")
+    print(f"public key:       {pub}")
+    print(f"trusted entities: {trusted} (each owner: flower-supernode --trusted-entities)")
+    return 0
+
+
+def _app_sign(args: argparse.Namespace) -> int:
+    from azsl_flower.tools.signing import sign_app
+
+    app = sign_app(args.app, args.key, args.name, args.out)
+    print(f"signed {app.spec}: {app.fab} ({app.fab.stat().st_size} bytes)")
+    print(f"run it with: flwr run {app.spec} <connection> (its SuperLink fetches it signed)")
+    return 0
+
+
+def _app_serve(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from azsl_flower.tools.signing import AppRegistry, SignedApp, app_spec
+
+    apps = []
+    for ver in sorted(Path(args.apps).glob("*.verifications.json")):
+        fab = ver.with_name(ver.name.replace(".verifications.json", ".fab"))
+        app_id, version = app_spec(args.app)
+        apps.append(SignedApp(fab, app_id, version, json.loads(ver.read_text())))
+    with AppRegistry(apps, args.host, args.port) as reg:
+        print(f"serving {[a.spec for a in apps]} at {reg.url}; start flower-superlink with")
+        print(f"  FLWR_SUPERGRID_API_URL={reg.url}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="azsl-flower", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
@@ -135,10 +179,31 @@ def main(argv: list[str] | None = None) -> int:
     cadd.add_argument("--flwr-home", help="default: $FLWR_HOME, else ~/.flwr")
     cadd.set_defaults(func=_connection)
 
+    app = sub.add_parser("app", help="signed apps: only code the owners trust runs at them")
+    asub = app.add_subparsers(dest="command", required=True)
+    akeys = asub.add_parser(
+        "keys", help="NAME.sign.key (Ed25519, OpenSSH), NAME.sign.pub, trusted-entities.yaml"
+    )
+    akeys.add_argument("--out", required=True)
+    akeys.add_argument("--name", required=True, help="the signer's name (public_key_id)")
+    akeys.set_defaults(func=_app_keys)
+    asign = asub.add_parser("sign", help="build this app's FAB and sign it")
+    asign.add_argument("--key", required=True, help="NAME.sign.key")
+    asign.add_argument("--name", required=True, help="the signer's name, as in trusted-entities")
+    asign.add_argument("--out", required=True, help="folder for the .fab and its signatures")
+    asign.add_argument("--app", default=".", help="the app folder (holds pyproject.toml)")
+    asign.set_defaults(func=_app_sign)
+    aserve = asub.add_parser("serve", help="serve signed apps to a SuperLink (Flower Hub's API)")
+    aserve.add_argument("--apps", required=True, help="folder written by `app sign`")
+    aserve.add_argument("--app", default=".", help="the app folder the FABs were built from")
+    aserve.add_argument("--host", default="127.0.0.1")
+    aserve.add_argument("--port", type=int, default=9095)
+    aserve.set_defaults(func=_app_serve)
+
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (KeyFileError, DeployError) as exc:
+    except (KeyFileError, DeployError, ValueError, FileExistsError) as exc:
         print(f"azsl-flower: {exc}", file=sys.stderr)
         return 2
 

@@ -22,17 +22,17 @@ for the rest of the run.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Message, RecordDict
 
-from azsl_flower.common.config import DEFAULTS, resolve_cache_dir
+from azsl_flower.common.config import resolve_cache_dir
 from azsl_flower.wire import codec, schema
 from azsl_flower.wire.crypto import (
     Channel,
@@ -51,12 +51,14 @@ __all__ = [
     "CryptoStats",
     "ServiceSecurity",
     "OwnerSecurity",
+    "StateStore",
+    "owner_keys",
     "simulation_key_dir",
     "provision_simulation_keys",
 ]
 
 SERVICE = "service"  # the service's name in headers; owners are named by their node id
-_STATE_KEY = "azsl.channel"
+_STATE_KEY = "channel"  # section of the owner's run state
 
 
 def simulation_key_dir(cache_dir: object, run_id: int) -> Path:
@@ -169,44 +171,51 @@ class ServiceSecurity:
         self._expected.pop(node, None)
         self.stats.plaintext_bytes += len(plaintext)
         self.stats.ciphertext_bytes += len(header) + len(body)
-        out = _unbundle(codec.from_bytes(plaintext))
+        out = _unbundle(_from_bytes(plaintext))
         self.stats.seconds += time.perf_counter() - t
         return out
 
 
-class OwnerSecurity:
-    """An owner's end: its key, the pinned service key and its channel state in the Context."""
+class StateStore(Protocol):
+    """Where an owner keeps its end of the session between messages (its run ledger)."""
 
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        node, run = context.node_config, dict(context.run_config)
-        # the owner's own setting wins; $AZSL_ENCRYPTION serves launchers without a run config
-        self.suite = str(
-            node.get("encryption")
-            or run.get("encryption")
-            or os.environ.get("AZSL_ENCRYPTION")
-            or DEFAULTS["encryption"]
-        )
-        self.name = str(context.node_id)
+    def get(self, section: str) -> Any: ...
+
+    def put(self, section: str, value: Any) -> None: ...
+
+
+class OwnerSecurity:
+    """An owner's end: its key, the pinned service key, and its channel state in ``store``.
+
+    ``store`` is the owner's run state on its own disk, held exclusively while one message
+    is handled (:class:`azsl_flower.owner.ledger.RunLedger`); nothing lives in Flower's
+    Context, whose copies a SuperNode hands to concurrent tasks.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        run_id: int,
+        suite: str,
+        keys: tuple[X25519PrivateKey, X25519PublicKey] | None,
+        store: StateStore,
+    ) -> None:
+        self.name, self.suite, self.store = node, suite, store
         self.channel: Channel | None = None
-        if self.suite == "none":
+        if suite == "none":
             return
-        me, service = _owner_keys(node, run, context.run_id)
-        # Flower keeps node state in the SuperNode's memory; a copy on the owner's disk lets
-        # a restarted SuperNode go on with the same session (same replay window, no re-key).
-        self._file = (
-            resolve_cache_dir(node.get("cache-dir") or run.get("cache-dir", ""))
-            / "channels"
-            / f"run-{context.run_id}-{fingerprint(me.public_key())}-{fingerprint(service)}.json"
-        )
-        saved = context.state.config_records.get(_STATE_KEY)
-        state = _load_state(saved) if saved is not None else _read_state_file(self._file)
-        if state is not None and state.get("peer") != fingerprint(service):
-            state = None  # a new service key: start a new session
+        if keys is None:
+            raise KeyFileError("encryption needs this owner's key and the pinned service key")
+        me, service = keys
+        saved = store.get(_STATE_KEY)
+        state = _load_state(saved) if saved is not None else None
+        if state is not None and state["peer"] != fingerprint(service):
+            state = None  # a new service key: a new session
+        self.fresh = state is None
         self.channel = (
-            Channel.from_state(me, service, context.run_id, self.suite, state["channel"])
+            Channel.from_state(me, service, run_id, suite, state["channel"])
             if state is not None
-            else Channel(me, service, context.run_id, self.suite)
+            else Channel(me, service, run_id, suite)
         )
 
     def open(self, msg: Message, kind: str) -> tuple[Header | None, list[RecordDict]]:
@@ -221,8 +230,15 @@ class OwnerSecurity:
             )
         header, body = mine[0]
         h, plaintext = self.channel.open(header, body, kind, SERVICE, self.name)
+        if self.fresh and kind != schema.SETUP.message_type:
+            # No state for this run: lost (cache deleted) or never had any. Only a set-up
+            # starts a session, so a relay cannot replay older requests of this run to it.
+            raise RejectedError(
+                "no-session",
+                "this owner has no state for this run; only a set-up request starts one",
+            )
         self._save()
-        return h, _unbundle(codec.from_bytes(plaintext))
+        return h, _unbundle(_from_bytes(plaintext))
 
     def seal(self, kind: str, request: Header | None, parts: list[RecordDict]) -> RecordDict:
         """Seal the answer to ``request`` (bound to its phase and seq)."""
@@ -238,24 +254,21 @@ class OwnerSecurity:
     def _save(self) -> None:
         assert self.channel is not None
         st = self.channel.state()
-        record = {
-            "peer": self.channel.peer_key,
-            "send_salt": str(st["send_salt"]),
-            "send_seq": int(st["send_seq"]),  # type: ignore[arg-type]
-            "recv_salt": str(st["recv_salt"]),
-            "recv_last": int(st["recv_last"]),  # type: ignore[arg-type]
-            "recv_seen": ",".join(str(s) for s in st["recv_seen"]),  # type: ignore[attr-defined]
-        }
-        self.context.state[_STATE_KEY] = ConfigRecord(record)  # type: ignore[arg-type]
-        _write_state_file(self._file, record)
+        self.store.put(_STATE_KEY, {"peer": self.channel.peer_key, "channel": st})
+        self.fresh = False
 
 
 _KEYS: dict[tuple[str, ...], tuple[X25519PrivateKey, X25519PublicKey]] = {}
 
 
-def _owner_keys(node: dict, run: dict, run_id: int) -> tuple[X25519PrivateKey, X25519PublicKey]:
+def owner_keys(
+    node: Mapping[str, object], run: Mapping[str, object], run_id: int
+) -> tuple[X25519PrivateKey, X25519PublicKey]:
     """The owner's private key and the pinned service key, read from disk once per process
-    and run (a SuperNode serving many messages in one process does not re-read them)."""
+    and run (a SuperNode serving many messages in one process does not re-read them).
+
+    Deployed: ``owner-key`` and ``service-pub`` from the node config. Simulated (a
+    ``partition-id`` and no keys of its own): this run's per-run keys."""
     if "owner-key" in node or "service-pub" in node:
         if not ("owner-key" in node and "service-pub" in node):
             raise KeyFileError("set both owner-key and service-pub in this SuperNode's node config")
@@ -263,7 +276,7 @@ def _owner_keys(node: dict, run: dict, run_id: int) -> tuple[X25519PrivateKey, X
     elif "partition-id" in node:
         folder = simulation_key_dir(run.get("cache-dir", ""), run_id)
         paths = (
-            str(folder / f"owner-{int(node['partition-id'])}.key"),
+            str(folder / f"owner-{int(node['partition-id'])}.key"),  # type: ignore[call-overload]
             str(folder / "service.pub"),
         )
     else:
@@ -296,41 +309,23 @@ def _stamp(path: str) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}"
 
 
-def _write_state_file(path: Path, record: dict[str, object]) -> None:
-    """Atomically (temp file + rename), owner-readable only: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, path)
-
-
-def _read_state_file(path: Path) -> dict[str, object] | None:
-    """The session saved by an earlier process of this SuperNode, or None (a new session)."""
+def _load_state(rec: object) -> dict[str, Any]:
+    """A saved channel state, checked field by field (a damaged file is refused clearly)."""
     try:
-        return _load_state(json.loads(path.read_text()))  # type: ignore[arg-type]
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        assert isinstance(rec, dict)
+        ch = rec["channel"]
+        state = {
+            "send_seq": int(ch["send_seq"]),
+            "recv_last": int(ch["recv_last"]),
+            "recv_seen": [int(s) for s in ch["recv_seen"]],
+        }
+        return {"peer": str(rec["peer"]), "channel": state}
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
         raise KeyFileError(
-            f"unreadable channel state {path} ({exc}); delete it to start a new session "
-            "(the service then drops and reports this owner for this run)"
+            f"unreadable channel state ({exc!r}); delete this run's state file in the owner's "
+            "cache-dir (runs/) to start a new session (the service then drops and reports "
+            "this owner for this run)"
         ) from None
-
-
-def _load_state(rec: ConfigRecord | dict[str, object]) -> dict[str, object]:
-    seen = str(rec["recv_seen"])
-    return {
-        "peer": rec["peer"],
-        "channel": {
-            "send_salt": str(rec["send_salt"]),
-            "send_seq": int(rec["send_seq"]),  # type: ignore[arg-type]
-            "recv_salt": str(rec["recv_salt"]),
-            "recv_last": int(rec["recv_last"]),  # type: ignore[arg-type]
-            "recv_seen": [int(s) for s in seen.split(",") if s],
-        },
-    }
 
 
 def _recipient_key(header: bytes) -> str | None:
@@ -343,6 +338,13 @@ def _recipient_key(header: bytes) -> str | None:
 def _envelope_parts(content: RecordDict) -> list[tuple[bytes, bytes]]:
     try:
         return codec.open_envelope(content)
+    except schema.ProtocolError as exc:
+        raise RejectedError("malformed", str(exc)) from None
+
+
+def _from_bytes(plaintext: bytes) -> RecordDict:
+    try:
+        return codec.from_bytes(plaintext)
     except schema.ProtocolError as exc:
         raise RejectedError("malformed", str(exc)) from None
 

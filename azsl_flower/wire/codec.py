@@ -93,28 +93,70 @@ def to_bytes(rd: RecordDict) -> bytes:
 
 
 def from_bytes(raw: bytes) -> RecordDict:
-    """Inverse of :func:`to_bytes`; ProtocolError on anything it did not write."""
+    """Inverse of :func:`to_bytes`; ProtocolError on anything it did not write.
+
+    Strict, because the other end may be hostile: every table-of-contents entry is checked
+    for its types before it is used, and no input raises anything but ProtocolError.
+    """
     try:
         n = int.from_bytes(raw[:8], "big")
+        if n > len(raw) - 8:
+            raise ValueError("truncated table of contents")
         toc = json.loads(raw[8 : 8 + n].decode())
+        if not isinstance(toc, list):
+            raise ValueError("the table of contents is not a list")
         view, offset, rd = memoryview(raw), 8 + n, RecordDict()
         for entry in toc:
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                raise ValueError("a table-of-contents entry is not a keyed object")
             if "arrays" in entry:
                 arrays = {}
-                for name, dtype, shape, stype, size in entry["arrays"]:
+                for item in _items(entry["arrays"]):
+                    name, dtype, shape, stype, size = item
                     if offset + size > len(raw):
                         raise ValueError("truncated")
                     data = bytes(view[offset : offset + size])
                     offset += size
                     arrays[name] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=data)
                 rd[entry["key"]] = ArrayRecord(arrays)
-            else:
+            elif isinstance(entry.get("config"), dict):
                 rd[entry["key"]] = ConfigRecord(entry["config"])
+            else:
+                raise ValueError("a table-of-contents entry is neither arrays nor config")
         if offset != len(raw):
             raise ValueError(f"{len(raw) - offset} trailing bytes")
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"payload is not a serialised RecordDict: {exc}") from None
+    except ProtocolError:
+        raise
+    except Exception as exc:  # hostile input: nothing but ProtocolError leaves
+        raise ProtocolError(
+            f"payload is not a serialised RecordDict: {type(exc).__name__}: {exc}"[:300]
+        ) from None
     return rd
+
+
+def _items(items: object) -> list[tuple[str, str, list[int], str, int]]:
+    """Array entries of a table of contents, each checked for its types."""
+    if not isinstance(items, list):
+        raise ValueError("arrays entry is not a list")
+    out = []
+    for item in items:
+        ok = isinstance(item, list) and len(item) == 5
+        if ok:
+            name, dtype, shape, stype, size = item
+            ok = (
+                isinstance(name, str)
+                and isinstance(dtype, str)
+                and isinstance(stype, str)
+                and isinstance(shape, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+                and isinstance(size, int)
+                and not isinstance(size, bool)
+                and size >= 0
+            )
+        if not ok:
+            raise ValueError("an array entry is not [name, dtype, shape, stype, size]")
+        out.append(tuple(item))
+    return out  # type: ignore[return-value]
 
 
 def _raw(data: bytes) -> Array:

@@ -9,19 +9,21 @@ Keys. Every node has a long-term X25519 key pair in PEM files (``azsl-flower key
 generate``). The static-static shared secret authenticates both ends implicitly: only the
 holders of the two private keys can derive it.
 
-One key per sender session. The sender draws a 16-byte random ``salt`` when its session
-starts; the AEAD key is HKDF-SHA256(shared secret, salt, info = protocol version, suite,
-run id, sender key → recipient key). Keys therefore differ per run, per direction and per
-sender session, and within one key the 96-bit nonce is the sender's message counter
-(``seq``), which only ever increases: a nonce never repeats under one key. A sender that
-lost its state starts a new session (new salt, new key) instead of reusing counters.
+One key per message. The sender draws a fresh 16-byte random ``salt`` for every message;
+the AEAD key is HKDF-SHA256(shared secret, salt, info = protocol version, suite, run id,
+sender key → recipient key). Keys therefore differ per run and per direction, and two
+messages share a key only if they drew the same 128-bit salt (probability 2^-128 per
+pair), so a nonce can never repeat under one key, not even when two processes seal with
+copies of one state (a SuperNode runs every message in its own process with a copy of the
+node's Context). The 96-bit nonce is the sender's message counter ``seq``.
 
 Associated data is the whole clear-text header: suite, run id, message kind, phase,
 sender and receiver node, both key fingerprints, salt, ``seq`` and the ``seq`` it answers.
 A receiver checks the header against what it expects, rejects any ``seq`` not above the
-last one it accepted from that session (replay, reordering), and commits its state only
-after the tag verified. A rejected message raises :class:`RejectedError` with a reason; it is
-never decrypted to anything usable.
+last one it accepted (replay, reordering), and commits its state only after the tag
+verified. A rejected message raises :class:`RejectedError` with a reason; it is never
+decrypted to anything usable. Headers are parsed strictly (size, JSON depth, every field's
+type), so a hostile relay gets a rejection, never an exception in the receiver.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import stat
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -43,17 +47,20 @@ __all__ = [
     "REASONS",
     "RejectedError",
     "KeyFileError",
+    "KeyModeWarning",
     "Header",
     "Channel",
     "fingerprint",
+    "fresh_salt",
     "generate_keypair",
     "write_keypair",
+    "write_new_file",
     "load_private_key",
     "load_public_key",
     "load_public_keys",
 ]
 
-VERSION = "azsl-flower/1"
+VERSION = "azsl-flower/2"  # 2: a fresh HKDF salt per message
 _AEADS = {"aes-256-gcm": AESGCM, "chacha20-poly1305": ChaCha20Poly1305}
 SUITES = (*_AEADS, "none")
 REASONS = (
@@ -63,11 +70,14 @@ REASONS = (
     "wrong-key",  # not addressed to this end point's key
     "unknown-sender",  # sender key not on the allow-list (or not the one bound to this node)
     "misrouted",  # kind, sender or receiver node differ from what the transport says
-    "session-changed",  # the sender's session salt changed within a run
+    "no-session",  # an owner without state for this run accepts only a set-up request
     "replay",  # this seq was already accepted
     "out-of-order",  # seq below the last accepted one
     "authentication-failed",  # AEAD tag mismatch: tampered, or sealed under another key
+    "invalid-reply",  # authentic, but not an answer to what was asked (shapes, ranges, ids)
 )
+MAX_HEADER_BYTES = 4096  # a header is ~400 bytes; anything larger is not ours
+_SALT_BYTES = 16
 
 
 class RejectedError(Exception):
@@ -101,8 +111,9 @@ def generate_keypair() -> X25519PrivateKey:
 
 def write_new_file(path: Path, data: bytes, mode: int) -> None:
     """Create ``path`` with ``mode`` from the start (no window where a key is world-readable);
-    fails if it exists, so nothing is ever overwritten."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    fails if it exists, also as a dangling symlink (O_EXCL never follows one), so nothing is
+    ever overwritten and nothing is written outside the folder asked for."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, mode)  # umask may have narrowed it; private keys must be exactly 0600
@@ -116,7 +127,7 @@ def write_keypair(out_dir: str | Path, name: str, key: X25519PrivateKey | None =
     out.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
     for p in (priv_path, pub_path):
-        if p.exists():
+        if p.exists() or p.is_symlink():  # a dangling symlink would lead outside --out
             raise KeyFileError(
                 f"{p} already exists; choose another --name or --out (keys are never overwritten)"
             )
@@ -126,12 +137,14 @@ def write_keypair(out_dir: str | Path, name: str, key: X25519PrivateKey | None =
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_new_file(priv_path, pem, 0o600)
-    pub_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    try:
+        write_new_file(priv_path, pem, 0o600)
+        write_new_file(pub_path, public, 0o644)
+    except FileExistsError as exc:  # appeared between the check and the write
+        raise KeyFileError(f"{exc.filename} already exists; keys are never overwritten") from None
     return priv_path
 
 
@@ -143,13 +156,26 @@ def _read(path: str | Path, what: str) -> bytes:
 
 
 def load_private_key(path: str | Path) -> X25519PrivateKey:
+    """An X25519 private key; warns when others than its owner may read or change it."""
     try:
         key = serialization.load_pem_private_key(_read(path, "private key"), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, X25519PrivateKey):
         raise KeyFileError(f"{path} holds a {type(key).__name__}; AZSL needs an X25519 key")
+    mode = stat.S_IMODE(Path(path).expanduser().stat().st_mode)
+    if mode & 0o077:
+        warnings.warn(
+            f"private key {path} has mode {mode:04o}: others on this machine can read it; "
+            f"`chmod 600 {path}`",
+            KeyModeWarning,
+            stacklevel=2,
+        )
     return key
+
+
+class KeyModeWarning(UserWarning):
+    """A private key file others can read (it still loads: the operator decides)."""
 
 
 def load_public_key(path: str | Path) -> X25519PublicKey:
@@ -204,32 +230,56 @@ class Header:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Header:
+        """Parse strictly: any deviation is a ``malformed`` rejection, never another error."""
+        if len(raw) > MAX_HEADER_BYTES:
+            raise RejectedError("malformed", f"header of {len(raw)} bytes")
         try:
             d = json.loads(raw.decode())
-            h = cls(**d)
-            ok = isinstance(h.seq, int) and isinstance(h.run, int) and isinstance(h.reply_to, int)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise RejectedError("malformed", f"unreadable header ({exc})") from None
-        if not ok or not all(isinstance(v, str) for v in (h.suite, h.kind, h.salt, h.phase)):
-            raise RejectedError("malformed", "header fields have the wrong types")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise RejectedError("malformed", f"unreadable header ({type(exc).__name__})") from None
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise RejectedError("malformed", "header fields are not the expected ones")
+        ints = ("run", "seq", "reply_to")
+        for name in names:
+            value = d[name]
+            if name in ints:
+                ok = isinstance(value, int) and not isinstance(value, bool) and -1 <= value < 2**64
+            else:
+                ok = isinstance(value, str) and len(value) <= 256
+            if not ok:
+                raise RejectedError("malformed", f"header field {name!r} has the wrong type")
+        h = cls(**d)
+        if h.seq < 1 or not _is_hex(h.salt, _SALT_BYTES):
+            raise RejectedError("malformed", "header sequence number or salt is invalid")
         return h
+
+
+def _is_hex(text: str, nbytes: int) -> bool:
+    try:
+        return len(bytes.fromhex(text)) == nbytes
+    except ValueError:
+        return False
+
+
+def fresh_salt() -> str:
+    """A new random HKDF salt: one per sealed message (tests replace it to pin keys)."""
+    return os.urandom(_SALT_BYTES).hex()
 
 
 @dataclass
 class Channel:
     """One end point's conversation with one peer key during one run.
 
-    ``state()``/``from_state`` let an owner keep it in Flower's node ``Context`` between
-    messages (a SuperNode may start a fresh ClientApp process for each one).
+    ``state()``/``from_state`` let an owner keep it on its disk between messages (a
+    SuperNode starts a fresh ClientApp process for each one).
     """
 
     me: X25519PrivateKey
     peer: X25519PublicKey
     run: int
     suite: str
-    send_salt: str = field(default_factory=lambda: os.urandom(16).hex())
     send_seq: int = 0
-    recv_salt: str = ""
     recv_last: int = 0
     recv_seen: list[int] = field(default_factory=list)
 
@@ -238,17 +288,14 @@ class Channel:
             raise ValueError(f"encryption={self.suite!r}; choose one of {', '.join(SUITES)}")
         self.my_key, self.peer_key = fingerprint(self.me.public_key()), fingerprint(self.peer)
         self._shared = self.me.exchange(self.peer)
-        self._aeads: dict[tuple[str, str], object] = {}
 
     def _aead(self, salt: str, sender_key: str, recipient_key: str):  # noqa: ANN202
-        cached = self._aeads.get((salt, sender_key))
-        if cached is None:
-            info = f"{VERSION}|{self.suite}|run={self.run}|{sender_key}>{recipient_key}"
-            key = HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(salt), info=info.encode()
-            ).derive(self._shared)
-            cached = self._aeads[(salt, sender_key)] = _AEADS[self.suite](key)
-        return cached
+        """The AEAD of one message: its key is bound to run, suite, direction and salt."""
+        info = f"{VERSION}|{self.suite}|run={self.run}|{sender_key}>{recipient_key}"
+        key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(salt), info=info.encode()
+        ).derive(self._shared)
+        return _AEADS[self.suite](key)
 
     def seal(
         self,
@@ -259,11 +306,11 @@ class Channel:
         plaintext: bytes,
         reply_to: int = -1,
     ) -> tuple[bytes, bytes]:
-        """Encrypt under this session's key; returns (header, ciphertext)."""
+        """Encrypt under a key of its own (fresh salt); returns (header, ciphertext)."""
         self.send_seq += 1
         h = Header(
             self.suite, self.run, kind, phase, sender, recipient, self.my_key, self.peer_key,
-            self.send_salt, self.send_seq, reply_to,
+            fresh_salt(), self.send_seq, reply_to,
         )  # fmt: skip
         ad = h.to_bytes()
         if self.suite == "none":
@@ -294,8 +341,6 @@ class Channel:
                 f"header says {h.kind} {h.sender}->{h.recipient}, transport says "
                 f"{kind} {sender}->{recipient}",
             )
-        if self.recv_salt and h.salt != self.recv_salt:
-            raise RejectedError("session-changed", "the sender's session changed within this run")
         if h.seq <= self.recv_last:
             reason = "replay" if h.seq in self.recv_seen else "out-of-order"
             raise RejectedError(reason, f"seq {h.seq}, last accepted {self.recv_last}")
@@ -307,15 +352,13 @@ class Channel:
                 plaintext = aead.decrypt(h.seq.to_bytes(12, "big"), body, header)  # type: ignore[attr-defined]
             except (InvalidTag, ValueError, OverflowError):
                 raise RejectedError("authentication-failed", "AEAD tag mismatch") from None
-        self.recv_salt, self.recv_last = h.salt, h.seq
+        self.recv_last = h.seq
         self.recv_seen = [*self.recv_seen[-255:], h.seq]
         return h, plaintext
 
     def state(self) -> dict[str, object]:
         return {
-            "send_salt": self.send_salt,
             "send_seq": self.send_seq,
-            "recv_salt": self.recv_salt,
             "recv_last": self.recv_last,
             "recv_seen": list(self.recv_seen),
         }

@@ -74,7 +74,15 @@ SETUP = Kind(
     "query.setup",
     request=Spec(arrays={}, settings=True),
     reply=Spec(
-        arrays={"covered": (I64, 1), "seen": (I64, 1), "unseen": (I64, 1)},
+        arrays={
+            "covered": (I64, 1),
+            "seen": (I64, 1),
+            "unseen": (I64, 1),
+            # per-class test samples it will score (after its min-class-count): evaluation
+            # counts are checked against them
+            "test_seen_counts": (I64, 1),
+            "test_unseen_counts": (I64, 1),
+        },
         scalars={
             "dim": int,
             "num_classes": int,
@@ -220,6 +228,22 @@ class Payload:
     settings: dict[str, object] | None
 
 
+def _numpy(where: str, record: ArrayRecord | None) -> dict[str, np.ndarray]:
+    """The arrays of a record; any array numpy cannot read (unknown dtype, object arrays,
+    a bad header) is a ProtocolError, never another exception."""
+    if record is None:
+        raise ProtocolError(f"{where}: expected an array record")
+    out = {}
+    for name, arr in record.items():
+        try:
+            out[name] = arr.numpy()
+        except Exception as exc:  # hostile input: nothing but ProtocolError leaves
+            raise ProtocolError(
+                f"{where}: array {name!r} is unreadable ({type(exc).__name__})"
+            ) from None
+    return out
+
+
 def decode(kind: Kind, direction: str, rd: RecordDict) -> Payload:
     """Unpack and validate a RecordDict; raises ProtocolError naming the bad field."""
     spec, where = _spec(kind, direction), f"{kind.message_type} {direction}"
@@ -228,13 +252,17 @@ def decode(kind: Kind, direction: str, rd: RecordDict) -> Payload:
         raise ProtocolError(f"{where}: unknown records {sorted(set(rd.keys()) - known)}")
     if "arrays" not in rd or "scalars" not in rd:
         raise ProtocolError(f"{where}: missing 'arrays' or 'scalars' record")
-    raw = {n: a.numpy() for n, a in rd.array_records["arrays"].items()}
+    raw = _numpy(where, rd.array_records.get("arrays"))
     allowed = {**spec.arrays, **spec.optional_arrays}
     if set(raw) - set(allowed) or set(spec.arrays) - set(raw):
         raise ProtocolError(
             f"{where}: arrays {sorted(raw)} do not match the schema {sorted(spec.arrays)}"
         )
     arrays = {n: _check_array(where, n, a, *allowed[n]) for n, a in raw.items()}
+    if "scalars" not in rd.config_records or (
+        "settings" in rd and "settings" not in rd.config_records
+    ):
+        raise ProtocolError(f"{where}: 'scalars' and 'settings' must be config records")
     scalars = dict(rd.config_records["scalars"])
     if set(scalars) != set(spec.scalars):
         raise ProtocolError(f"{where}: scalars {sorted(scalars)}, expected {sorted(spec.scalars)}")
@@ -248,7 +276,7 @@ def decode(kind: Kind, direction: str, rd: RecordDict) -> Payload:
     if "weights" in rd:
         if spec.weights == "none":
             raise ProtocolError(f"{where}: unexpected model weights")
-        weights = {n: a.numpy() for n, a in rd.array_records["weights"].items()}
+        weights = _numpy(where, rd.array_records.get("weights"))
         for n, w in weights.items():
             if w.dtype.kind != "f" or not np.isfinite(w).all():
                 raise ProtocolError(f"{where}: weight {n!r} must be finite floats")

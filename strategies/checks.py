@@ -1,0 +1,234 @@
+"""Is an owner's authentic reply an answer to what was asked? Checked before any use.
+
+The schema (:mod:`azsl_flower.wire.schema`) checks dtypes, dimensions and finiteness; here
+each reply is checked against its request and against what its owner declared at set-up:
+shapes (one row per generated sample, one column per class), value ranges (probabilities
+in [0, 1] that sum to 1 over the classes the owner covers, class ids in range, magnitudes
+that cannot overflow a sum), and evaluation counts no larger than the test samples the
+owner declared. A reply that fails raises :class:`ReplyError`; the transport counts it as
+``invalid-reply`` and the delivery re-sends, then drops that owner: one broken or hostile
+owner never stops the run.
+
+What cannot be checked is whether an owner answers honestly within those bounds (a
+teacher that says what it likes, counts that claim a perfect score): the README's threat
+model states that trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from azsl_flower.common.models import classifier
+from azsl_flower.wire import schema
+
+__all__ = [
+    "MAX_MAGNITUDE",
+    "Check",
+    "ReplyError",
+    "check_evaluate",
+    "check_feedback",
+    "check_probe",
+    "check_setup",
+    "check_verify",
+]
+
+Check = Callable[[int, list[schema.Payload]], None]  # (node, its answers) -> raises ReplyError
+MAX_MAGNITUDE = 1e20  # |value| of a gradient, loss or log-sum-exp: sums over owners stay finite
+MAX_DIM = 1 << 20
+_TOL = 1e-3
+
+
+class ReplyError(ValueError):
+    """An authentic reply that does not answer the request (shape, range, class id, count)."""
+
+
+def _shape(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
+    if a.shape != shape:
+        raise ReplyError(f"{name} has shape {a.shape}, expected {shape}")
+
+
+def _bounded(name: str, a: np.ndarray, lo: float = -MAX_MAGNITUDE) -> None:
+    if a.size and (float(a.min()) < lo or float(np.abs(a).max()) > MAX_MAGNITUDE):
+        raise ReplyError(f"{name} holds values outside [{lo:g}, {MAX_MAGNITUDE:g}]")
+
+
+def _classes(name: str, a: np.ndarray, num_classes: int) -> None:
+    if a.size and (a.min() < 0 or a.max() >= num_classes):
+        raise ReplyError(f"{name} names classes outside 0..{num_classes - 1}")
+    if np.unique(a).size != a.size:
+        raise ReplyError(f"{name} names a class twice")
+
+
+def _probs(name: str, p: np.ndarray, covered: np.ndarray | None) -> None:
+    if p.size and (float(p.min()) < 0 or float(p.max()) > 1 + _TOL):
+        raise ReplyError(f"{name} holds values outside [0, 1]")
+    if p.size and not np.allclose(p.sum(1), 1.0, atol=_TOL):
+        raise ReplyError(f"{name} rows do not sum to 1")
+    if covered is not None:
+        outside = np.ones(p.shape[1], dtype=bool)
+        outside[covered] = False
+        if p.size and float(np.abs(p[:, outside]).max(initial=0.0)) > _TOL:
+            raise ReplyError(f"{name} gives probability to classes its owner does not cover")
+
+
+def check_setup(num_classes: int, weights: bool) -> Check:
+    """Set-up declarations: class ids in range, the service's class count, a sane feature
+    size, per-class test counts; in scenario ``weights`` a teacher of the declared shape."""
+
+    def check(node: int, answers: list[schema.Payload]) -> None:
+        for r in answers:
+            if int(r.scalars["num_classes"]) != num_classes:  # type: ignore[call-overload]
+                raise ReplyError(
+                    f"declared {r.scalars['num_classes']} classes, the service's class list "
+                    f"has {num_classes}; use the same att_splits.mat on both sides"
+                )
+            dim = int(r.scalars["dim"])  # type: ignore[call-overload]
+            if not 1 <= dim <= MAX_DIM:
+                raise ReplyError(f"declared feature size {dim}")
+            if int(r.scalars["query_budget"]) < 0:  # type: ignore[call-overload]
+                raise ReplyError("declared a negative query budget")
+            for key in ("covered", "seen", "unseen"):
+                _classes(key, r.arrays[key], num_classes)
+            if not r.arrays["covered"].size:
+                raise ReplyError("declared no class its teacher covers")
+            if np.intersect1d(r.arrays["seen"], r.arrays["unseen"]).size:
+                raise ReplyError("declared classes both seen and unseen")
+            for key in ("test_seen_counts", "test_unseen_counts"):
+                _shape(key, r.arrays[key], (num_classes,))
+                _bounded(key, r.arrays[key], lo=0)
+            if weights:
+                _check_teacher(r, dim, num_classes)
+            if "cosine_temperature" in r.arrays:  # scenario dfzsl
+                _check_cosine(r, dim)
+
+    return check
+
+
+def _check_cosine(r: schema.Payload, dim: int) -> None:
+    t = r.arrays["cosine_temperature"]
+    if t.size != 1 or not 0 < float(t.ravel()[0]) <= MAX_MAGNITUDE:
+        raise ReplyError("cosine_temperature must be one number > 0")
+    if "cosine_head" in r.arrays:
+        _shape("cosine_head", r.arrays["cosine_head"], (r.arrays["covered"].size, dim))
+        _bounded("cosine_head", r.arrays["cosine_head"])
+
+
+def check_probe(samples: int, covered: Mapping[int, np.ndarray]) -> Check:
+    """Scenario dfzsl: one logit per probe and per class the owner covers, bounded."""
+
+    def check(node: int, answers: list[schema.Payload]) -> None:
+        for r in answers:
+            _shape("logits", r.arrays["logits"], (samples, covered[node].size))
+            _bounded("logits", r.arrays["logits"])
+
+    return check
+
+
+def _check_teacher(r: schema.Payload, dim: int, num_classes: int) -> None:
+    if r.weights is None:
+        raise ReplyError("scenario weights: the owner sent no teacher weights")
+    covered = r.arrays["covered"]
+    want = {n: tuple(t.shape) for n, t in classifier(dim, covered.size).state_dict().items()}
+    if {n: tuple(w.shape) for n, w in r.weights.items()} != want:
+        raise ReplyError(f"teacher weights are not a classifier of {dim}-d features")
+    for w in r.weights.values():
+        _bounded("teacher weights", w)
+    if "reg_mean" in r.arrays:
+        k = r.arrays["reg_classes"]
+        _classes("reg_classes", k, num_classes)
+        for key in ("reg_mean", "reg_var"):
+            _shape(key, r.arrays[key], (k.size, dim))
+            _bounded(key, r.arrays[key])
+        if r.arrays["reg_var"].size and float(r.arrays["reg_var"].min()) <= 0:
+            raise ReplyError("reg_var must be > 0")
+
+
+def check_feedback(
+    samples: int,
+    batch_size: int,
+    dim: int,
+    num_classes: int,
+    covered: Mapping[int, np.ndarray],
+    whitebox: bool,
+    lse_grad: bool,
+) -> Check:
+    """Feedback on one pool of ``samples`` generated features."""
+    batches = -(-samples // batch_size)
+
+    def check(node: int, answers: list[schema.Payload]) -> None:
+        for r in answers:
+            a = r.arrays
+            _shape("probs", a["probs"], (samples, num_classes))
+            _probs("probs", a["probs"], covered.get(node))
+            _shape("grad", a["grad"], (samples, dim))
+            _shape("lse", a["lse"], (samples,))
+            _shape("ce", a["ce"], (batches,))
+            _shape("reg", a["reg"], (batches,))
+            _bounded("ce", a["ce"], lo=0)
+            for key in ("grad", "lse", "reg"):
+                _bounded(key, a[key])
+            want_lse = whitebox and lse_grad
+            if ("grad_lse" in a) != want_lse:
+                raise ReplyError("grad_lse " + ("missing" if want_lse else "not asked for"))
+            if want_lse:
+                _shape("grad_lse", a["grad_lse"], (samples, dim))
+                _bounded("grad_lse", a["grad_lse"])
+
+    return check
+
+
+def check_verify(samples: int, num_classes: int, covered: Mapping[int, np.ndarray]) -> Check:
+    """Verification answers for ``samples`` generated features."""
+
+    def check(node: int, answers: list[schema.Payload]) -> None:
+        for r in answers:
+            a = r.arrays
+            _shape("pred", a["pred"], (samples,))
+            _shape("probs", a["probs"], (samples, num_classes))
+            _shape("lse", a["lse"], (samples,))
+            if a["pred"].size and (a["pred"].min() < 0 or a["pred"].max() >= num_classes):
+                raise ReplyError("pred names classes outside the label space")
+            _probs("probs", a["probs"], covered.get(node))
+            _bounded("lse", a["lse"])
+
+    return check
+
+
+def check_evaluate(
+    num_classes: int,
+    values: int,
+    declared: Mapping[int, tuple[np.ndarray, np.ndarray]],
+) -> Check:
+    """Per-class counts of each model (and the owner's teacher): the shapes asked for, and
+    totals equal to the test samples the owner declared at set-up, correct <= total."""
+
+    def check(node: int, answers: list[schema.Payload]) -> None:
+        seen, unseen = declared[node]
+        for r in answers:
+            a = r.arrays
+            for name, arr in a.items():
+                want = (values, num_classes) if name.endswith("_curve") else (num_classes,)
+                _shape(name, arr, want)
+                if arr.size and arr.min() < 0:
+                    raise ReplyError(f"{name} holds negative counts")
+            for who in ("model", "teacher"):
+                if not np.array_equal(a[f"{who}_seen_total"], seen) or not np.array_equal(
+                    a[f"{who}_unseen_total"], unseen
+                ):
+                    raise ReplyError(f"{who} totals differ from the test counts declared at set-up")
+                for part, total in (("seen", seen), ("unseen", unseen)):
+                    if np.any(a[f"{who}_{part}_correct"] > total):
+                        raise ReplyError(f"{who}_{part}_correct exceeds the declared test counts")
+                if np.any(a[f"{who}_zsl_correct"] > unseen):
+                    raise ReplyError(f"{who}_zsl_correct exceeds the declared test counts")
+            curves = {k for k in a if k.endswith("_curve")}
+            if (values > 1) != bool(curves) or (curves and len(curves) != 2):
+                raise ReplyError("calibration curves missing or not asked for")
+            for part, total in (("seen", seen), ("unseen", unseen)):
+                key = f"model_{part}_curve"
+                if key in a and np.any(a[key] > total[None, :]):
+                    raise ReplyError(f"{key} exceeds the declared test counts")
+
+    return check
