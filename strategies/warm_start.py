@@ -114,6 +114,7 @@ def warm_start(
         "virtual_generated": int(keep.size),
         "scale": scale,
         "scale_pass_rate": rates,
+        "scale_queries": int(ys.size),
         "unseen_features": int(unseen),
         "fitted_samples": fit.samples,
         "loss_before": fit.loss_before,
