@@ -1,4 +1,5 @@
-"""docs/results.md from archived runs: the paper's Tables 3, 4, 5 and Fig. 3 on Caltech-101.
+"""docs/results.md from archived runs: the paper's Tables 3, 4, 5 and Fig. 3 on Caltech-101,
+then the DFZSL section (simulations/dfzsl_page.py, from docs/benchmarks/dfzsl-caltech.json).
 
     python -m simulations.paper                                   # rebuild docs/results.md
     python -m simulations.paper --archive outputs/multirun/<name>  # file new runs, then rebuild
@@ -18,11 +19,13 @@ this file renders the page and Fig. 3.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
+from simulations import dfzsl_page
 from simulations.collect import (
     METRICS,
     CollectError,
@@ -192,6 +195,7 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
         plot_fig3(panels, out_dir / "fig3.png")
         rel = os.path.relpath(out_dir / "fig3.png", page.parent)
         parts.append(f"\n![Fig. 3]({Path(rel).as_posix()})\n")
+    parts.append(dfzsl_page.section(json.loads(Path(dfzsl_page.DEFAULT_JSON).read_text()), level=2))
     parts.append(_selection(runs))
     text = "\n".join(parts)
     page.parent.mkdir(parents=True, exist_ok=True)
