@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", action="store_true", help="only draw the PNG from --out")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    command = " ".join(["python -m simulations.hybrid_curve", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {"runs": []}
@@ -255,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
                 arm_extra["calibration"] = cal
             for seed in [int(s) for s in args.seeds.split(",")]:
                 row = run_arm(data_dir, arm, args.split, seed, eval_at, arm_extra)
+                row["command"] = command
                 key = (arm, args.split, seed)
                 doc["runs"] = [r for r in doc["runs"] if (r["arm"], r["split"], r["seed"]) != key]
                 doc["runs"].append(row)
@@ -268,6 +271,10 @@ def main(argv: list[str] | None = None) -> None:
                     f"{arm} {args.split} seed {seed}: round trips:H {' '.join(shown)}", flush=True
                 )
     if doc["runs"]:
+        doc["plot_command"] = (
+            f"python -m simulations.hybrid_curve --plot --out {out} --png {args.png}"
+        )
+        out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         print(f"wrote {plot(doc, Path(args.png))}")
 
 

@@ -158,3 +158,36 @@ def test_bad_regression_inputs_are_named():
         fit_generator(gen, sem, np.zeros((4, 5), np.float32), y, epochs=1, seed=0)
     with pytest.raises(ValueError, match="feature scale"):
         as_features(x, float("nan"))
+
+
+# -- the curve script ------------------------------------------------------------------------
+
+
+def test_hybrid_curve_scores_both_arms_at_their_round_trips(tmp_path):
+    """simulations/hybrid_curve.py on digits: each arm scored at rounds 0, 1 and its last;
+    a point's round trips are what a run stopped there would have used, so the hybrid's
+    points sit its warm start's round trips to the right; a test split needs val first."""
+    import json
+
+    from simulations.hybrid_curve import main
+
+    out, png = tmp_path / "curve.json", tmp_path / "curve.png"
+    tiny = "dataset=digits,teacher=inductive,rounds=2,steps-per-round=2,student-epochs=2,"
+    tiny += "samples-per-class=30,teacher-epochs=3,dfzsl-kappa=dfzsl,dfzsl-probes=200,"
+    tiny += f"dfzsl-samples=40,cache-dir={tmp_path / 'cache'}"
+    with pytest.raises(SystemExit, match="on --split val first"):
+        main(["--split", "test", "--set", tiny, "--out", str(out), "--png", str(png)])
+    main(["--set", tiny, "--eval-at", "0,1", "--out", str(out), "--png", str(png)])
+    doc = json.loads(out.read_text())
+    runs = {r["arm"]: r for r in doc["runs"]}
+    assert set(runs) == {"azsl", "hybrid"} and png.is_file()
+    for run in runs.values():
+        assert [p["round"] for p in run["points"]] == [0, 1, 2]
+        trips = [p["round_trips"] for p in run["points"]]
+        # the run itself also spent two round trips (verification, evaluation) per earlier point
+        assert trips == sorted(trips) and trips[-1] == run["round_trips"] - 2 * 2
+        assert run["command"].startswith("python -m simulations.hybrid_curve --set dataset=digits")
+    azsl, hybrid = runs["azsl"]["points"], runs["hybrid"]["points"]
+    # set-up, verification, evaluation; the hybrid adds its set-up, probes, two verifications
+    assert azsl[0]["round_trips"] == 3 and hybrid[0]["round_trips"] == 3 + 4
+    assert runs["hybrid"]["warm_start"]["fitted_samples"] > 0 and runs["azsl"]["warm_start"] is None
