@@ -44,7 +44,7 @@ from strategies.sources import FeedbackSource
 __all__ = ["ARMS", "CurveStrategy", "plot", "run_arm"]
 
 DEFAULT_OUT = "docs/benchmarks/hybrid-caltech.json"
-DEFAULT_PNG = "docs/hybrid-caltech.png"
+DEFAULT_PNG = "docs/benchmarks/hybrid-caltech.png"
 ARMS: dict[str, dict[str, Any]] = {
     "azsl": {"warm-start": "none"},
     "hybrid": {"warm-start": "dfzsl"},
