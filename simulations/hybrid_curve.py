@@ -210,7 +210,8 @@ def plot(doc: dict[str, Any], out: Path) -> Path:
             ax.plot(xs, ys, style.replace("-", ":"), alpha=0.6, label=f"{label}: ZSL T1")
         seeds = sorted({r["seed"] for r in doc["runs"] if r["split"] == split})
         cal = "best calibration per point" if split == "val" else "calibration chosen on val"
-        ax.set_title(f"Caltech-101 inductive, {split} classes ({len(seeds)} seed(s), {cal})")
+        title = f"Caltech-101 inductive, {split} classes\n{len(seeds)} seed(s), {cal}"
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("round trips (set-up to evaluation)")
         ax.set_ylabel("%")
         ax.grid(alpha=0.3)
