@@ -9,6 +9,8 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+from azsl_flower.common.modes import parse_teacher_answer
+
 __all__ = [
     "ConfigError",
     "DEFAULTS",
@@ -112,6 +114,11 @@ DEFAULTS: dict[str, Any] = {
     "dirichlet-beta": 0.5,
     "owner-classes": "",
     "ensemble-weighting": "coverage",
+    # response modes the service asks owners for (an owner refuses more than its node
+    # config allows): teacher answer logits | probs | topk:K | label; regulariser answer
+    # gradient | value | none (blackbox without gradient: outputs only)
+    "teacher-answer": "logits",
+    "regulariser-answer": "gradient",
     "quorum": 0.5,
     "checkpoint-dir": "",
     "checkpoint-every": 1,
@@ -133,6 +140,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ensemble-weighting": tuple(Weighting),
     "resume": ("auto", "never"),
     "split": ("test", "val"),
+    "regulariser-answer": ("none", "value", "gradient"),
 }
 
 # What an owner's teacher depends on (with its data's fingerprint): its cache key.
@@ -155,6 +163,8 @@ OWNER_KEYS = (
     "regulariser",
     "alpha",
     "scenario",
+    "teacher-answer",
+    "regulariser-answer",
     "device",
     "cache-dir",
 )
@@ -223,6 +233,8 @@ class RunConfig:
     dirichlet_beta: float
     owner_classes: str
     ensemble_weighting: Weighting
+    teacher_answer: str
+    regulariser_answer: str
     quorum: float
     checkpoint_dir: str
     checkpoint_every: int
@@ -305,6 +317,15 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(
             "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
             "use kl or none"
+        )
+    try:
+        merged["teacher-answer"] = str(parse_teacher_answer(merged["teacher-answer"]))
+    except ValueError as exc:
+        raise ConfigError(f"run-config {exc}") from None
+    if merged["ensemble-weighting"] == "joint" and merged["teacher-answer"] != "logits":
+        raise ConfigError(
+            "ensemble-weighting=joint needs every owner's logits (teacher-answer=logits); "
+            f"with teacher-answer={merged['teacher-answer']} use coverage or confidence"
         )
     if not (math.isfinite(merged["calibration"]) and merged["calibration"] >= 0):
         raise ConfigError(

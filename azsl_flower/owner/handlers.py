@@ -8,6 +8,7 @@ teacher weights (except in the ``weights`` scenario).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from logging import WARNING
 
@@ -18,7 +19,9 @@ from flwr.common.logger import log
 from azsl_flower.common.config import Scenario
 from azsl_flower.common.models import resolve_device
 from azsl_flower.owner import budget
+from azsl_flower.owner.answers import feedback_answer, verify_answer
 from azsl_flower.owner.evaluation import evaluate_model, model_from_weights
+from azsl_flower.owner.privacy import ModeRefusedError, OwnerPrivacy, owner_privacy
 from azsl_flower.owner.state import OwnerState, owner_state, teacher_weights
 from azsl_flower.wire import errors, schema
 from azsl_flower.wire.channels import OwnerSecurity
@@ -64,13 +67,26 @@ def _serve(
         )
         reason = errors.budget_refusal(limit, used, asked)
         return Message(Error(code=errors.BUDGET_CODE, reason=reason), reply_to=msg)
-    answers = [schema.encode(kind, "reply", **handle(p, context)) for p in payloads]  # type: ignore[arg-type]
+    try:
+        answers = [schema.encode(kind, "reply", **handle(p, context)) for p in payloads]  # type: ignore[arg-type]
+    except ModeRefusedError as exc:
+        # The node config does not allow the mode asked: refused before any answer.
+        log(WARNING, "owner %s refused a %s request: %s", context.node_id, kind.message_type, exc)
+        return Message(Error(code=errors.MODE_REFUSED_CODE, reason=str(exc)), reply_to=msg)
     if asked:
         budget.record_used(context, used + asked)
     return Message(security.seal(kind.message_type, request, answers), reply_to=msg)
 
 
+def _policy(payload: schema.Payload, context: Context) -> OwnerPrivacy:
+    """This owner's privacy policy (node config); refuses modes it does not allow."""
+    policy = owner_privacy(context.node_config)
+    policy.check(dict(payload.settings or {}))
+    return policy
+
+
 def _state(payload: schema.Payload, context: Context) -> OwnerState:
+    policy = _policy(payload, context)
     settings = dict(payload.settings or {})
     node = context.node_config
     # A deployed owner names its own data and cache in its node config; they win.
@@ -83,7 +99,7 @@ def _state(payload: schema.Payload, context: Context) -> OwnerState:
         # Partitions simulate owners out of one dataset; a deployed owner holds its own data.
         settings["partition"], settings["owner-classes"] = "iid", ""
     pid, nparts = int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
-    return owner_state(settings, pid, nparts)
+    return owner_state(settings, pid, nparts, policy)
 
 
 def _setup(payload: schema.Payload, context: Context) -> Answer:
@@ -94,18 +110,30 @@ def _setup(payload: schema.Payload, context: Context) -> Answer:
         "unseen": st.data.unseen_classes.astype(np.int64),
     }
     weights = None
-    if payload.settings and payload.settings.get("scenario") == Scenario.WEIGHTS:
+    settings = dict(payload.settings or {})
+    if settings.get("scenario") == Scenario.WEIGHTS:
         weights = teacher_weights(st)
         reg = st.oracle.regulariser
-        if hasattr(reg, "stats"):
+        if hasattr(reg, "stats") and settings.get("regulariser-answer", "gradient") != "none":
             s = reg.stats()
             arrays |= {"reg_mean": s["mean"], "reg_var": s["var"], "reg_classes": s["classes"]}
+    spend = st.spend(settings)
+    privacy = {
+        "teacher_answer": str(st.privacy.teacher_answer),
+        "regulariser_answer": st.privacy.regulariser_answer,
+        "allow_whitebox": st.privacy.allow_whitebox,
+        "answer_decimals": st.privacy.answer_decimals,
+        **spend.to_json(),
+    }
     scalars = {
         "dim": st.data.dim,
         "num_classes": st.data.num_classes,
         # fault injection is for simulations; a deployed owner has no partition-id
         "simulated": "partition-id" in context.node_config,
         "query_budget": budget.query_budget(context),
+        "epsilon": -1.0 if spend.epsilon is None else spend.epsilon,
+        "delta": spend.delta,
+        "privacy": json.dumps(privacy),
     }
     return {"arrays": arrays, "scalars": scalars, "weights": weights}
 
@@ -114,14 +142,13 @@ def _feedback(payload: schema.Payload, context: Context) -> Answer:
     st = _state(payload, context)
     x, y = payload.arrays["x"], payload.arrays["y"]
     _check_query(x, y, st)
-    s = payload.settings or {}
-    whitebox = Scenario(str(s.get("scenario"))).whitebox
-    out = st.oracle.feedback(
+    out = feedback_answer(
+        st.oracle,
         x,
         y,
         int(payload.scalars["batch_size"]),
-        whitebox,
-        float(s["alpha"]),
+        dict(payload.settings or {}),
+        st.privacy,
         lse_grad=bool(payload.scalars["lse_grad"]),
     )
     return {"arrays": out}
@@ -131,9 +158,7 @@ def _verify(payload: schema.Payload, context: Context) -> Answer:
     st = _state(payload, context)
     x, y = payload.arrays["x"], payload.arrays["y"]
     _check_query(x, y, st)
-    probs, lse = st.oracle.probs_lse(x)
-    probs = probs.astype(np.float32)
-    return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs, "lse": lse}}
+    return {"arrays": verify_answer(st.oracle, x, dict(payload.settings or {}), st.privacy)}
 
 
 def _evaluate(payload: schema.Payload, context: Context) -> Answer:

@@ -68,6 +68,9 @@ class GeneratorSettings:
     feature_step: float
     seed: int
     surrogate: bool  # black-box: learn through a surrogate of the teachers
+    # strict black-box (no gradient from the owners): the surrogate probability of y the
+    # generator aims at, instead of pushing it to 1 (features far off any real ones)
+    target_confidence: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> GeneratorSettings:
@@ -187,32 +190,48 @@ class GeneratorTrainer:
 
     # -- generator updates from feedback ---------------------------------------------------
 
-    def apply_feedback(self, pool: Pool, probs: np.ndarray, grad: np.ndarray) -> dict[str, float]:
+    def apply_feedback(
+        self, pool: Pool, probs: np.ndarray, grad: np.ndarray | None
+    ) -> dict[str, float]:
         """Use one round trip's answers for several generator updates.
 
         White-box: each batch is regenerated from its (z, y) with the current generator and
         the owners' input gradient is back-propagated into it (x̃.backward(g)); the gradient
         is a little stale after the first update, the price of few round trips.
         Black-box: the answers train a surrogate of the teachers; the generator learns
-        through the surrogate (Eq. 5) plus the owners' regulariser gradient.
+        through the surrogate (Eq. 5) plus the owners' regulariser gradient, when they send
+        one (``grad`` None: a strict black-box, outputs only).
         """
-        g_all = torch.from_numpy(grad).to(self.device)
         p_all = torch.from_numpy(probs).to(self.device)
         stats: dict[str, float] = {}
         if self.surrogate is not None:
             self.buffer.add(torch.from_numpy(pool.x).to(self.device), p_all)
             stats["surrogate_loss"] = self._train_surrogate()
-        target = self._targets(torch.from_numpy(pool.x).to(self.device), g_all, pool.batch_size)
+        target = None
+        if grad is not None:
+            g_all = torch.from_numpy(grad).to(self.device)
+            x0 = torch.from_numpy(pool.x).to(self.device)
+            target = self._targets(x0, g_all, pool.batch_size)
         b, losses = pool.batch_size, []
         order = [k for _ in range(self.settings.pool_epochs) for k in range(len(pool.y))]
         for k in order:
             y, z = pool.y[k], pool.z[k]
             x = self._generate(y, z)
-            # Move x̃ toward x̃0 - step * g (a descent step on the owners' loss taken in feature
-            # space): unlike x̃.backward(g), a fixed target cannot be overshot however stale.
-            loss = 0.5 * (x - target[k * b : k * b + y.numel()]).pow(2).sum(1).mean()
+            loss = x.new_zeros(())
+            if target is not None:
+                # Move x̃ toward x̃0 - step * g (a descent step on the owners' loss taken in
+                # feature space): unlike x̃.backward(g), a fixed target is never overshot.
+                loss = 0.5 * (x - target[k * b : k * b + y.numel()]).pow(2).sum(1).mean()
             if self.surrogate is not None:
-                ce = F.cross_entropy(self.surrogate(x), y.to(self.device))
+                yd = y.to(self.device)
+                conf = self.settings.target_confidence if target is None else 1.0
+                if conf < 1.0:
+                    logp = F.log_softmax(self.surrogate(x), 1)
+                    rest = (1.0 - conf) / max(logp.shape[1] - 1, 1)
+                    q = torch.full_like(logp, rest).scatter_(1, yd[:, None], conf)
+                    ce = -(q * logp).sum(1).mean()
+                else:
+                    ce = F.cross_entropy(self.surrogate(x), yd)
                 loss = loss + ce
                 losses.append(float(ce.detach()))
             self.g_opt.zero_grad(set_to_none=True)

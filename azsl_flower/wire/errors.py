@@ -9,6 +9,7 @@ __all__ = [
     "BUDGET_CODE",
     "budget_refusal",
     "parse_budget_refusal",
+    "MODE_REFUSED_CODE",
 ]
 
 
@@ -51,3 +52,8 @@ def parse_budget_refusal(code: int, text: str) -> tuple[int, int, int] | None:
     except ValueError:
         return None
     return budget, used, asked
+
+
+# An owner refusing a response mode its node config does not allow (azsl_flower/owner/
+# privacy.py); the reason names the mode asked and what the owner gives instead.
+MODE_REFUSED_CODE = 4102
