@@ -107,8 +107,8 @@ def budget_split(epsilon: float, delta: float, n: int, stats: bool) -> float:
 
     def total(s: float) -> float:
         sigma = dp.teacher_sgd_noise(s, delta, n, DP_BATCH, DP_EPOCHS)
-        q = min(DP_BATCH, n) / n
-        steps = DP_EPOCHS * math.ceil(n / min(DP_BATCH, n))
+        batches = math.ceil(n / min(DP_BATCH, n))  # Opacus: sample rate 1 / batches
+        q, steps = 1.0 / batches, DP_EPOCHS * batches
         z = dp.stats_noise_multiplier(s, delta)
         return dp.epsilon_of(
             [dp.Mechanism("t", sigma, q, steps), dp.Mechanism("s", z, 1.0, 1)], delta

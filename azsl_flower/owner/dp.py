@@ -247,7 +247,7 @@ def teacher_sgd_noise(epsilon: float, delta: float, n: int, batch_size: int, epo
             get_noise_multiplier(
                 target_epsilon=epsilon,
                 target_delta=delta,
-                sample_rate=min(batch_size, n) / n,
+                sample_rate=1.0 / math.ceil(n / min(batch_size, n)),  # as Opacus samples
                 epochs=epochs,
                 accountant="rdp",
             )
