@@ -257,7 +257,7 @@ def extract(
         torch.from_numpy(queries),
         torch.from_numpy(target),
         soft_ce,
-        epochs=10,
+        epochs=5,
         lr=1e-3,
         seed=seed,
     )
@@ -291,6 +291,7 @@ def audit_mode(
     generated: tuple[np.ndarray, np.ndarray] | None,
     seed: int,
     value_classes: int,
+    per_class: int = 100,
 ) -> dict[str, Any]:
     """Every attack of the audit against one owner in one mode."""
     policy.check(settings)  # the service only asks what the owner allows
@@ -318,7 +319,7 @@ def audit_mode(
             out["prototype_h"] = _h(model, st)["h"] if model is not None else None
             candidates["recovered statistics"] = rec["mean"]
             std = np.sqrt(np.clip(np.nan_to_num(rec["var"]), 0, None))
-            y = np.repeat(np.arange(cls.size), 200)
+            y = np.repeat(np.arange(cls.size), per_class)
             x = rec["mean"][y] + std[y] * rng.standard_normal((y.size, st.data.dim))
             queries.append(np.clip(x, 0, None).astype(np.float32))
         else:
@@ -405,6 +406,13 @@ def main() -> None:
     ap.add_argument("--value-classes", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=50.0)
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--steps-per-round", type=int, default=10)
+    ap.add_argument("--samples-per-class", type=int, default=400)
+    ap.add_argument("--student-epochs", type=int, default=30)
+    ap.add_argument("--teacher-epochs", type=int, default=40)
+    ap.add_argument(
+        "--extract-per-class", type=int, default=100, help="extraction queries per class"
+    )
     ap.add_argument("--cache-dir", default="outputs/audit-cache")
     ap.add_argument("--output-dir", default="outputs/audit")
     ap.add_argument("--out", default="docs/benchmarks/privacy-audit.json")
@@ -413,7 +421,9 @@ def main() -> None:
     if args.markdown:
         from simulations.privacy_doc import render
 
-        Path(args.markdown).write_text(render(json.loads(Path(args.out).read_text())))
+        page = Path(args.markdown)
+        previous = page.read_text() if page.is_file() else ""
+        page.write_text(render(json.loads(Path(args.out).read_text()), previous))
         print(f"wrote {args.markdown} from {args.out}")
         return
     out = Path(args.out)
@@ -424,6 +434,10 @@ def main() -> None:
         "feature-file": args.feature_file,
         "alpha": args.alpha,
         "rounds": args.rounds,
+        "steps-per-round": args.steps_per_round,
+        "samples-per-class": args.samples_per_class,
+        "student-epochs": args.student_epochs,
+        "teacher-epochs": args.teacher_epochs,
         "cache-dir": str(Path(args.cache_dir).resolve()),
         "tensorboard": False,
         "checkpoint-every": 0,
@@ -453,7 +467,7 @@ def main() -> None:
                 if args.queries_from
                 else (Path(runs[0]["output_dir"]) if runs else None)
             )
-            generated = _generated(qdir, st, cfg_raw["data-dir"], 200, seeds[0])
+            generated = _generated(qdir, st, cfg_raw["data-dir"], args.extract_per_class, seeds[0])
             row = {
                 "mode": name,
                 "wire": wire,
@@ -462,7 +476,13 @@ def main() -> None:
                 "owner_node_config": node,
                 "declared": st.spend(settings).to_json(),
                 "attacks": audit_mode(
-                    st, policy, settings, generated, seeds[0], args.value_classes
+                    st,
+                    policy,
+                    settings,
+                    generated,
+                    seeds[0],
+                    args.value_classes,
+                    args.extract_per_class,
                 ),
                 "runs": runs,
                 "queries_from": str(qdir) if qdir else None,
@@ -478,6 +498,9 @@ def main() -> None:
                 "dp_epochs": DP_EPOCHS,
                 "dp_batch": DP_BATCH,
                 "training_images": n,
+                "protocol": f"{args.steps_per_round} batches of 256 per round trip, "
+                f"{args.samples_per_class} verified samples per class, "
+                f"{args.student_epochs} student epochs, {args.teacher_epochs} teacher epochs",
             }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(saved, indent=1, default=float) + "\n")

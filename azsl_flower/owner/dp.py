@@ -132,7 +132,9 @@ def train_dp_teacher(
         batch_size=min(batch_size, n),
         generator=torch.Generator().manual_seed(seed),
     )
-    opt = torch.optim.Adam(teacher.parameters(), lr=lr)
+    # SGD with momentum, not Adam: Adam rescales every coordinate to unit size, and under
+    # DP noise most coordinates carry noise only, which it would amplify
+    opt = torch.optim.SGD(teacher.parameters(), lr=lr, momentum=0.9)
     engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # secure_mode / RNG notices: simulation-grade noise
@@ -166,7 +168,13 @@ def train_dp_teacher(
         float(noise),
         float(rate),
         int(steps),
-        {"max_grad_norm": max_grad_norm, "epochs": epochs, "expected_batch": batch_size},
+        {
+            "max_grad_norm": max_grad_norm,
+            "epochs": epochs,
+            "expected_batch": batch_size,
+            "lr": lr,
+            "optimizer": "sgd, momentum 0.9",
+        },
     )
 
 

@@ -90,6 +90,7 @@ class OwnerPrivacy:
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound
     dp_batch_size: int = 256  # DP-SGD expected batch (Poisson sampling)
     dp_epochs: int = 0  # DP-SGD passes; 0: the run's teacher-epochs
+    dp_lr: float = 0.2  # DP-SGD learning rate (SGD, momentum 0.9)
 
     @property
     def dp_teacher(self) -> bool:
@@ -162,6 +163,7 @@ NODE_KEYS = (
     "dp-clip",
     "dp-batch-size",
     "dp-epochs",
+    "dp-lr",
 )
 
 
@@ -210,4 +212,5 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
         dp_clip=dp_clip,
         dp_batch_size=_int(node, "dp-batch-size", default.dp_batch_size, 1),
         dp_epochs=_int(node, "dp-epochs", 0, 0),
+        dp_lr=_float(node, "dp-lr", default.dp_lr),
     )

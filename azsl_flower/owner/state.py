@@ -198,7 +198,7 @@ def _teacher(
             epochs=privacy.dp_epochs or epochs,
             batch_size=privacy.dp_batch_size,
             max_grad_norm=privacy.dp_clip,
-            lr=lr,
+            lr=privacy.dp_lr,
             seed=secrets.randbits(63),  # DP noise and sampling: never the service's seed
         )
     else:

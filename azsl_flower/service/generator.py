@@ -68,9 +68,6 @@ class GeneratorSettings:
     feature_step: float
     seed: int
     surrogate: bool  # black-box: learn through a surrogate of the teachers
-    # strict black-box (no gradient from the owners): the surrogate probability of y the
-    # generator aims at, instead of pushing it to 1 (features far off any real ones)
-    target_confidence: float = 1.0
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> GeneratorSettings:
@@ -223,15 +220,7 @@ class GeneratorTrainer:
                 # feature space): unlike x̃.backward(g), a fixed target is never overshot.
                 loss = 0.5 * (x - target[k * b : k * b + y.numel()]).pow(2).sum(1).mean()
             if self.surrogate is not None:
-                yd = y.to(self.device)
-                conf = self.settings.target_confidence if target is None else 1.0
-                if conf < 1.0:
-                    logp = F.log_softmax(self.surrogate(x), 1)
-                    rest = (1.0 - conf) / max(logp.shape[1] - 1, 1)
-                    q = torch.full_like(logp, rest).scatter_(1, yd[:, None], conf)
-                    ce = -(q * logp).sum(1).mean()
-                else:
-                    ce = F.cross_entropy(self.surrogate(x), yd)
+                ce = F.cross_entropy(self.surrogate(x), y.to(self.device))
                 loss = loss + ce
                 losses.append(float(ce.detach()))
             self.g_opt.zero_grad(set_to_none=True)
