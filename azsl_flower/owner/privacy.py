@@ -88,9 +88,9 @@ class OwnerPrivacy:
     stats_epsilon: float = math.inf
     stats_clip: float = 0.0  # per-record L2 bound of the features for the statistics release
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound
-    dp_batch_size: int = 256  # DP-SGD expected batch (Poisson sampling)
+    dp_batch_size: int = 2048  # DP-SGD expected batch (Poisson sampling): large is better
     dp_epochs: int = 0  # DP-SGD passes; 0: the run's teacher-epochs
-    dp_lr: float = 0.2  # DP-SGD learning rate (SGD, momentum 0.9)
+    dp_lr: float = 1.0  # DP-SGD learning rate (SGD, momentum 0.9)
 
     @property
     def dp_teacher(self) -> bool:
