@@ -147,9 +147,11 @@ def test_strict_blackbox_replies_carry_no_gradient(tmp_path):
     assert feedback and all(f == {"probs", "ce"} for f in feedback), feedback
     verify = _reply_fields(grid, "query.verify")
     assert verify and all(f == {"pred", "probs"} for f in verify)
-    # the same run asking for regulariser gradients gets them: the check can fail
+    # the default black-box asks for regulariser gradients and gets them (the check can
+    # fail), but no logits: teacher-answer=auto asks probs unless joint weighting needs them
     _, grid = _run(tmp_path / "b", scenario="blackbox", encryption="none")
-    assert all("grad" in f and "lse" in f for f in _reply_fields(grid, "query.feedback"))
+    feedback = _reply_fields(grid, "query.feedback")
+    assert feedback and all(f == {"probs", "ce", "reg", "grad"} for f in feedback), feedback
 
 
 def test_strict_blackbox_generator_still_trains(tmp_path):

@@ -117,7 +117,8 @@ DEFAULTS: dict[str, Any] = {
     # response modes the service asks owners for (an owner refuses more than its node
     # config allows): teacher answer logits | probs | topk:K | label; regulariser answer
     # gradient | value | none (blackbox without gradient: outputs only)
-    "teacher-answer": "logits",
+    # auto: the least the run needs (logits for ensemble-weighting=joint, else probs)
+    "teacher-answer": "auto",
     "regulariser-answer": "gradient",
     "quorum": 0.5,
     "checkpoint-dir": "",
@@ -247,9 +248,16 @@ class RunConfig:
         """The run config as plain values (enums as their strings), keyed as on the command line."""
         return {f.name.replace("_", "-"): _plain(getattr(self, f.name)) for f in fields(self)}
 
+    @property
+    def asked_teacher_answer(self) -> str:
+        """The teacher answer asked of owners; ``auto``: the least the run can use."""
+        if self.teacher_answer != "auto":
+            return self.teacher_answer
+        return "logits" if self.ensemble_weighting is Weighting.JOINT else "probs"
+
     def owner_settings(self) -> dict[str, Any]:
         """What an owner needs to rebuild its state; sent with every request."""
-        d = self.as_dict()
+        d = self.as_dict() | {"teacher-answer": self.asked_teacher_answer}
         return {k: d[k] for k in OWNER_KEYS}
 
 
@@ -318,11 +326,15 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
             "use kl or none"
         )
-    try:
-        merged["teacher-answer"] = str(parse_teacher_answer(merged["teacher-answer"]))
-    except ValueError as exc:
-        raise ConfigError(f"run-config {exc}") from None
-    if merged["ensemble-weighting"] == "joint" and merged["teacher-answer"] != "logits":
+    if merged["teacher-answer"] != "auto":
+        try:
+            merged["teacher-answer"] = str(parse_teacher_answer(merged["teacher-answer"]))
+        except ValueError as exc:
+            raise ConfigError(f"run-config {exc} (or auto)") from None
+    if merged["ensemble-weighting"] == "joint" and merged["teacher-answer"] not in (
+        "logits",
+        "auto",
+    ):
         raise ConfigError(
             "ensemble-weighting=joint needs every owner's logits (teacher-answer=logits); "
             f"with teacher-answer={merged['teacher-answer']} use coverage or confidence"
