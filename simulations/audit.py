@@ -267,7 +267,11 @@ def extract(
     )
     x = np.concatenate([st.data.test_seen_x, st.data.test_unseen_x])
     agree = predict_logits(model, torch.from_numpy(x)).argmax(1).numpy() == _teacher_pred(st, x)
-    return {"agreement": float(agree.mean()), "h": _h(model, st)["h"], "queries": int(len(x))}
+    return {
+        "agreement": float(agree.mean()),
+        "h": _h(model, st)["h"],
+        "queries": int(queries.shape[0]),
+    }
 
 
 def _generated(run_dir: Path | None, st: OwnerState, data_dir: str, per_class: int, seed: int):
@@ -334,8 +338,10 @@ def audit_mode(
         queries.append(gx)
         keep = _teacher_pred(st, gx) == gy
         means = np.stack(
-            [gx[(gy == c) & keep].mean(0) if ((gy == c) & keep).any() else gx[gy == c].mean(0)]
-            for c in classes
+            [
+                gx[(gy == c) & keep].mean(0) if ((gy == c) & keep).any() else gx[gy == c].mean(0)
+                for c in classes
+            ]
         )
         candidates["verified generated features"] = means
     if queries:
@@ -395,6 +401,11 @@ def main() -> None:
     ap.add_argument("--epsilons", default="inf", help="owner's total ε per row, e.g. inf,8,4,1")
     ap.add_argument("--seeds", default="0", help="student runs per row (attacks use the first)")
     ap.add_argument("--no-runs", action="store_true", help="attacks only (no student H)")
+    ap.add_argument(
+        "--runs-from",
+        default="",
+        help="comma list of run folders (results.json) of this row, instead of running",
+    )
     ap.add_argument(
         "--queries-from",
         default="",
@@ -460,8 +471,12 @@ def main() -> None:
             t0 = time.monotonic()
             node = dp_node_config(eps, asked, n, args.stats_clip)
             raw = {**cfg_raw, **asked}
-            runs = []
-            if not args.no_runs:
+            runs = [
+                _summary(json.loads((Path(f) / "results.json").read_text()))
+                for f in args.runs_from.split(",")
+                if f
+            ]
+            if not args.no_runs and not runs:
                 for seed in seeds:
                     runs.append(_summary(run_job(raw, node, seed, args.output_dir)))
                     print(
