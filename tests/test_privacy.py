@@ -114,7 +114,9 @@ def test_bad_node_config_is_a_clear_error():
 
 def test_owner_refuses_a_mode_its_node_config_does_not_allow(tmp_path):
     with pytest.raises(OwnerError, match="refuses.*teacher-answer=logits"):
-        _run(tmp_path, node={"teacher-answer": "probs"}, scenario="blackbox")
+        _run(
+            tmp_path, node={"teacher-answer": "probs"}, scenario="blackbox", teacher_answer="logits"
+        )
     # what the owner allows runs
     results, _ = _run(
         tmp_path,
