@@ -116,13 +116,9 @@ class DFZSLStrategy(OwnerPhases):
         if not replies:
             raise OwnerError(f"no owner answered {phase}; see the failures above")
         self.roster.contributors[phase] = list(replies)
-        answers = VerifyAnswers(
-            list(replies),
-            x,
-            y,
-            [a[0].arrays["probs"] for a in replies.values()],
-            [a[0].arrays["lse"] for a in replies.values()],
-        )
+        arrays = [a[0].arrays for a in replies.values()]
+        lse = [a["lse"] for a in arrays] if all("lse" in a for a in arrays) else None
+        answers = VerifyAnswers(list(replies), x, y, [a["probs"] for a in arrays], lse)
         return self.aggregate_verify(answers, np.unique(y))
 
     # -- the run ----------------------------------------------------------------------------

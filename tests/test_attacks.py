@@ -18,6 +18,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
 
 from azsl_flower.common.models import classifier, state_to_numpy
+from azsl_flower.common.modes import TeacherAnswer, feedback_fields
 from azsl_flower.owner.budget import queries_used
 from azsl_flower.owner.session import open_session
 from azsl_flower.tools.cli import main as cli
@@ -25,7 +26,6 @@ from azsl_flower.wire import codec, errors, schema
 from azsl_flower.wire.channels import ServiceSecurity
 from azsl_flower.wire.crypto import KeyModeWarning, RejectedError, load_private_key, write_keypair
 from simulations.deploy_local import DATA_FILE, write_owner_data
-from azsl_flower.common.modes import TeacherAnswer, feedback_fields
 from strategies.checks import check_evaluate, check_feedback, check_setup
 from strategies.transport import Transport
 from tests.hostile import Owner, envelope_of, evaluate_payload, query_payload
