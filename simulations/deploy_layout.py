@@ -166,8 +166,11 @@ class Layout:
     def node_pub(self, i: int) -> Path:
         return self.owner(i) / "auth" / f"owner-{i}.node.pub"
 
-    def node_config(self, i: int, device: str = "cpu", query_budget: int = 0) -> str:
-        """The ``--node-config`` string of owner i (TOML values, space separated)."""
+    def node_config(
+        self, i: int, device: str = "cpu", query_budget: int = 0, extra: str = ""
+    ) -> str:
+        """The ``--node-config`` string of owner i (TOML values, space separated); ``extra``:
+        more policy keys in the same form (response modes, differential privacy)."""
         o = self.owner(i)
         pairs = {
             "data-dir": o / "data",
@@ -178,7 +181,8 @@ class Layout:
             "device": device,
         }
         text = " ".join(f"{k}='{v}'" for k, v in pairs.items())
-        return text + (f" query-budget={int(query_budget)}" if query_budget else "")
+        text += f" query-budget={int(query_budget)}" if query_budget else ""
+        return f"{text} {extra.strip()}" if extra.strip() else text
 
     def run_config(self) -> str:
         """The deployment keys of ``flwr run --run-config`` (add the job's own keys)."""

@@ -48,7 +48,8 @@ def _demo(args: argparse.Namespace) -> int:
     lay = prepare(args.work, args.owners)
     print(f"work folder: {lay.work} (logs in {lay.logs})")
     restarted = threading.Event()
-    with LocalDeployment(lay, port=args.port, device=args.device) as dep:
+    dep = LocalDeployment(lay, port=args.port, device=args.device, node_config=args.node_config)
+    with dep:
         dep.up(args.query_budget)
         print(f"SuperLink https://{HOST}:{dep.port}, nodes online: {dep.node_ids}")
 
@@ -96,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default="cpu", help="owners' device: auto, cpu, cuda[:N]")
     demo.add_argument("--query-budget", type=int, default=0)
     demo.add_argument("--run-config", default="", help="extra flwr run --run-config keys")
+    demo.add_argument(
+        "--node-config",
+        default="",
+        help="extra node-config keys for every owner, e.g. \"teacher-answer='probs' "
+        "regulariser-answer='none' teacher-epsilon=8\"",
+    )
     demo.add_argument("--timeout", type=float, default=1800, help="seconds for flwr run")
     demo.add_argument("--restart-owner", type=int, default=0, help="crash+restart this owner")
     demo.add_argument("--restart-after", type=int, default=1, help="...at this generator round")

@@ -55,6 +55,7 @@ class LocalDeployment:
     node_ports: dict[int, int] = field(default_factory=dict)
     restarts: list[tuple[int, str, float]] = field(default_factory=list)
     budgets: dict[int, int] = field(default_factory=dict)
+    node_config: str = ""  # more node-config keys for every owner ("teacher-answer='probs'")
     app: SignedApp | None = None  # the signed app the SuperLink fetches from the registry
     registry: AppRegistry | None = None
 
@@ -221,7 +222,7 @@ class LocalDeployment:
                 "--trusted-entities",  # runs only apps signed by these keys
                 str(lay.trusted(i)),
                 "--node-config",
-                lay.node_config(i, self.device, self.budgets.get(i, 0)),
+                lay.node_config(i, self.device, self.budgets.get(i, 0), self.node_config),
                 "--host",
                 HOST,
                 "--port",

@@ -29,7 +29,8 @@ class InProcessGrid(Grid):
     config and ``run_config`` as its run config, as Flower's simulation gives them. The
     run id is random unless given, as Flower's are: per-run simulation keys live under
     ``keys/run-<id>/``, so two runs in parallel (a sweep split over processes) must not
-    share one. Pass ``grid.run_id`` to ``run_azsl``.
+    share one. Pass ``grid.run_id`` to ``run_azsl``. ``node_config``: more node-config
+    keys for every owner (an owner's own policy: response modes, differential privacy).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class InProcessGrid(Grid):
         num_nodes: int,
         run_config: dict | None = None,
         run_id: int | None = None,
+        node_config: dict | None = None,
     ) -> None:
         self.app = client_app
         self.run_id = run_id if run_id is not None else secrets.randbelow(2**63 - 1) + 1
@@ -46,7 +48,11 @@ class InProcessGrid(Grid):
             1000 + i: Context(
                 run_id=self.run_id,
                 node_id=1000 + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": num_nodes,
+                    **(node_config or {}),
+                },
                 state=RecordDict(),
                 run_config=dict(run_config or {}),
             )

@@ -25,7 +25,9 @@ from azsl_flower.common.config import (
     TeacherSetting,
     Weighting,
 )
+from azsl_flower.common.modes import feedback_fields, parse_teacher_answer
 from azsl_flower.service import ensemble
+from azsl_flower.service.baseline import KLStatsFit, class_means, ncm_classifier
 from azsl_flower.service.generator import GeneratorSettings, GeneratorTrainer, Pool
 from azsl_flower.service.results import RunResult
 from azsl_flower.service.student import StudentSettings, train_models
@@ -41,9 +43,17 @@ from strategies.warm_start import warm_start
 __all__ = ["AZSLStrategy", "OwnerError"]
 
 
+def _per_batch(values: list[np.ndarray | None]) -> np.ndarray:
+    """Owners' per-batch values averaged; NaN where no owner sent them (its mode says no)."""
+    sent = [v for v in values if v is not None]
+    return np.mean(sent, 0) if sent else np.full(1, np.nan, dtype=np.float32)
+
+
 class AZSLStrategy(OwnerPhases):
     """Runs AZSL over a Flower Grid for any number of owners (set-up, verification and
     evaluation are :class:`~strategies.phases.OwnerPhases`')."""
+
+    _fit: KLStatsFit | None = None  # the closed-form fit of what the regulariser revealed
 
     # -- generator feedback -----------------------------------------------------------------
 
@@ -60,14 +70,18 @@ class AZSLStrategy(OwnerPhases):
             "arrays": {"x": pool.x, "y": pool.labels},
             "scalars": {"batch_size": pool.batch_size, "lse_grad": self.lse_grad},
         }
+        teacher = parse_teacher_answer(self.cfg.asked_teacher_answer)
+        fields = feedback_fields(
+            teacher, self.cfg.regulariser_answer, self.cfg.scenario.whitebox, self.lse_grad
+        )
         check = check_feedback(
             int(pool.labels.size),
             pool.batch_size,
             self.roster.dim,
             self.classes.num_classes,
             self.roster.covered,
-            self.cfg.scenario.whitebox,
-            self.lse_grad,
+            fields,
+            full=teacher.kind in ("logits", "probs"),
         )
         return Request(schema.FEEDBACK, phase, [payload], nodes, check)
 
@@ -77,22 +91,25 @@ class AZSLStrategy(OwnerPhases):
         """Combine the answering owners' feedback on one pool by ``ensemble-weighting``."""
         coverage = self.roster.declarations(list(answers)).coverage
         arrays = list(answers.values())
-        probs, lse = [a["probs"] for a in arrays], [a["lse"] for a in arrays]
-        grads = [a["grad"] for a in arrays]
+        probs = [a["probs"] for a in arrays]
+        lse = [a["lse"] for a in arrays] if all("lse" in a for a in arrays) else None
+        # strict black-box (or regulariser-answer without gradient): no gradient on the wire
+        grads = [a.get("grad", np.zeros((y.size, 0), np.float32)) for a in arrays]
         mode = self.cfg.ensemble_weighting
         if mode is Weighting.JOINT:
             sent = all("grad_lse" in a for a in arrays)
             if self.lse_grad and not sent and len(arrays) > 1:
                 raise OwnerError("ensemble-weighting=joint: an owner sent no grad_lse")
             grads_lse = [a["grad_lse"] for a in arrays] if sent else None
-            grad = ensemble.joint_gradient(grads, grads_lse, probs, lse, coverage, y)
+            grad = ensemble.joint_gradient(grads, grads_lse, probs, lse, coverage, y)  # type: ignore[arg-type]
         else:
             grad = ensemble.combine(grads, coverage, y, probs, mode, lse)
+        combined = ensemble.combine(probs, coverage, y, probs, mode, lse)
         return Feedback(
-            probs=ensemble.combine(probs, coverage, y, probs, mode, lse),
-            grad=grad,
-            ce=np.mean([a["ce"] for a in arrays], 0),
-            reg=np.mean([a["reg"] for a in arrays], 0),
+            probs=combined,
+            grad=grad if grad.shape[1] else None,
+            ce=_per_batch([a.get("ce") for a in arrays]),
+            reg=_per_batch([a.get("reg") for a in arrays]),
         )
 
     # -- Algorithm 1 ------------------------------------------------------------------------
@@ -137,6 +154,7 @@ class AZSLStrategy(OwnerPhases):
         models = self._train_models(trainer, verified, declared, events)
         phases["student"] = time.monotonic() - t
         t = time.monotonic()
+        models |= self._baselines(source, verified)
         request = self.configure_evaluate(models, declared.unseen)
         replies = self.delivery.ask(grid, request)
         evaluation = self.aggregate_evaluate(replies, list(models))
@@ -192,6 +210,7 @@ class AZSLStrategy(OwnerPhases):
                     continue
                 answered |= set(answers)
                 fb = self.aggregate_feedback(answers, pool.labels)
+                self._fit_released(pool, fb.grad, list(answers))
                 stats = trainer.apply_feedback(pool, fb.probs, fb.grad) | fb.stats(pool.labels)
             if not answered:
                 log(WARNING, "generator round %d: no owner answered; no update", r)
@@ -207,6 +226,57 @@ class AZSLStrategy(OwnerPhases):
             events.round_done(r, cfg.rounds, stats, self._owner_totals())
         roster.contributors["generator"] = sorted(roster.generator_answers)
         return history, resumed
+
+    # -- the nearest-class-mean baseline -----------------------------------------------------
+
+    @property
+    def released(self) -> str:
+        """What the owners' answers in this run's mode release about their class statistics."""
+        cfg = self.cfg
+        if cfg.regulariser != "kl" or cfg.regulariser_answer == "none":
+            return "none"
+        dp = any(
+            d.get("mechanisms") and any("statistics" in str(m.get("name")) for m in d["mechanisms"])
+            for d in self.privacy.values()
+        )  # type: ignore[union-attr]
+        kind = "DP statistics" if dp else "exact statistics"
+        if cfg.scenario is Scenario.WEIGHTS:
+            return f"{kind}, sent at set-up"
+        if cfg.regulariser_answer != "gradient":
+            return "none"  # the value alone needs many crafted queries (see the audit)
+        if cfg.scenario is Scenario.BLACKBOX:
+            return f"{kind}, recovered from the regulariser gradient (closed-form fit)"
+        return f"{kind} mixed with the teacher's gradient (naive closed-form fit)"
+
+    def _fit_released(self, pool: Pool, grad: np.ndarray | None, nodes: list[int]) -> None:
+        """Feed the closed-form fit with what this pool's answers revealed (if anything)."""
+        if grad is None or "recover" not in self.released and "naive" not in self.released:
+            return
+        if self._fit is None:
+            self._fit = KLStatsFit(self.classes.num_classes, pool.x.shape[1])
+        covered = np.unique(np.concatenate([self.roster.covered[n] for n in nodes]))
+        self._fit.add(pool.x, pool.labels, grad, self.cfg.alpha, pool.batch_size, covered)
+
+    def _baselines(self, source: FeedbackSource, verified: Verified) -> dict[str, torch.nn.Module]:
+        """NCM on the released statistics (if any) and on the verified generated means."""
+        num_classes, out = self.classes.num_classes, {}
+        stats = None
+        if isinstance(source, LocalTeachers):
+            stats = source.released_means()
+        elif self._fit is not None:
+            mean, _, classes = self._fit.estimate()
+            stats = (mean, classes) if classes.size else None
+        if stats is not None:
+            model = ncm_classifier(stats[0], stats[1], num_classes)
+            if model is not None:
+                out["ncm-released"] = model.to(self.device)
+        keep = verified.keep
+        if keep.any():
+            means, classes = class_means(verified.x[keep], verified.y[keep], num_classes)
+            model = ncm_classifier(means, classes, num_classes)
+            if model is not None:
+                out["ncm-generated"] = model.to(self.device)
+        return out
 
     def _train_models(
         self,
@@ -244,4 +314,6 @@ class AZSLStrategy(OwnerPhases):
     ) -> RunResult:
         main = next(iter(models))
         saved = {"generator": trainer.generator, "student": models[main]}
-        return self.run_result(evaluation, models, verified.report, history, phases, saved)
+        result = self.run_result(evaluation, models, verified.report, history, phases, saved)
+        result.baseline = {"released": self.released}
+        return result

@@ -16,6 +16,8 @@ model states that trust.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -38,6 +40,8 @@ Check = Callable[[int, list[schema.Payload]], None]  # (node, its answers) -> ra
 MAX_MAGNITUDE = 1e20  # |value| of a gradient, loss or log-sum-exp: sums over owners stay finite
 MAX_DIM = 1 << 20
 _TOL = 1e-3
+_MAX_DECLARATION = 65536
+_ROUNDING = 0.05  # row sums of probabilities an owner rounded (its answer-decimals)
 
 
 class ReplyError(ValueError):
@@ -61,10 +65,13 @@ def _classes(name: str, a: np.ndarray, num_classes: int) -> None:
         raise ReplyError(f"{name} names a class twice")
 
 
-def _probs(name: str, p: np.ndarray, covered: np.ndarray | None) -> None:
+def _probs(name: str, p: np.ndarray, covered: np.ndarray | None, full: bool = True) -> None:
+    """Probabilities: in [0, 1]; rows sum to 1 for a whole softmax (``full``), to at most 1
+    for top-K or a label; an owner's answer-decimals rounding moves sums a little."""
     if p.size and (float(p.min()) < 0 or float(p.max()) > 1 + _TOL):
         raise ReplyError(f"{name} holds values outside [0, 1]")
-    if p.size and not np.allclose(p.sum(1), 1.0, atol=_TOL):
+    sums = p.sum(1)
+    if p.size and (sums.max() > 1 + _ROUNDING or (full and sums.min() < 1 - _ROUNDING)):
         raise ReplyError(f"{name} rows do not sum to 1")
     if covered is not None:
         outside = np.ones(p.shape[1], dtype=bool)
@@ -102,8 +109,27 @@ def check_setup(num_classes: int, weights: bool) -> Check:
                 _check_teacher(r, dim, num_classes)
             if "cosine_temperature" in r.arrays:  # scenario dfzsl
                 _check_cosine(r, dim)
+            privacy_declaration(r)
 
     return check
+
+
+def privacy_declaration(reply: schema.Payload) -> dict[str, object]:
+    """What an owner declared at set-up about its answers and their differential privacy
+    (results.json ``privacy``); ReplyError when it is not a JSON object of sane size."""
+    text = str(reply.scalars["privacy"])
+    try:
+        declared = json.loads(text) if len(text) <= _MAX_DECLARATION else None
+    except (ValueError, RecursionError):
+        declared = None
+    if not isinstance(declared, dict):
+        raise ReplyError("the privacy declaration is not a JSON object (of at most 64 KiB)")
+    eps, delta = float(reply.scalars["epsilon"]), float(reply.scalars["delta"])  # type: ignore[arg-type]
+    if not (math.isfinite(eps) and math.isfinite(delta) and 0 <= delta < 1):
+        raise ReplyError("epsilon and delta must be finite numbers, delta in [0, 1)")
+    declared["epsilon"] = None if eps < 0 else eps
+    declared["delta"] = delta
+    return declared
 
 
 def _check_cosine(r: schema.Payload, dim: int) -> None:
@@ -151,47 +177,60 @@ def check_feedback(
     dim: int,
     num_classes: int,
     covered: Mapping[int, np.ndarray],
-    whitebox: bool,
-    lse_grad: bool,
+    fields: frozenset[str],
+    full: bool = True,
 ) -> Check:
-    """Feedback on one pool of ``samples`` generated features."""
+    """Feedback on one pool of ``samples`` generated features: exactly the arrays of the
+    asked response mode (:func:`azsl_flower.common.modes.feedback_fields`); ``full``: the
+    mode answers a whole softmax (not top-K or a label)."""
     batches = -(-samples // batch_size)
+    shapes = {
+        "probs": (samples, num_classes),
+        "grad": (samples, dim),
+        "grad_lse": (samples, dim),
+        "lse": (samples,),
+        "ce": (batches,),
+        "reg": (batches,),
+    }
 
     def check(node: int, answers: list[schema.Payload]) -> None:
         for r in answers:
             a = r.arrays
-            _shape("probs", a["probs"], (samples, num_classes))
-            _probs("probs", a["probs"], covered.get(node))
-            _shape("grad", a["grad"], (samples, dim))
-            _shape("lse", a["lse"], (samples,))
-            _shape("ce", a["ce"], (batches,))
-            _shape("reg", a["reg"], (batches,))
-            _bounded("ce", a["ce"], lo=0)
-            for key in ("grad", "lse", "reg"):
-                _bounded(key, a[key])
-            want_lse = whitebox and lse_grad
-            if ("grad_lse" in a) != want_lse:
-                raise ReplyError("grad_lse " + ("missing" if want_lse else "not asked for"))
-            if want_lse:
-                _shape("grad_lse", a["grad_lse"], (samples, dim))
-                _bounded("grad_lse", a["grad_lse"])
+            if set(a) != fields:
+                raise ReplyError(f"feedback holds {sorted(a)}; the mode asked for {sorted(fields)}")
+            for key in fields:
+                _shape(key, a[key], shapes[key])
+                _bounded(key, a[key], **({"lo": 0} if key == "ce" else {}))
+            _probs("probs", a["probs"], covered.get(node), full=full)
 
     return check
 
 
-def check_verify(samples: int, num_classes: int, covered: Mapping[int, np.ndarray]) -> Check:
-    """Verification answers for ``samples`` generated features."""
+def check_verify(
+    samples: int,
+    num_classes: int,
+    covered: Mapping[int, np.ndarray],
+    fields: frozenset[str] = frozenset({"pred", "probs", "lse"}),
+    full: bool = True,
+) -> Check:
+    """Verification answers for ``samples`` generated features, in the asked mode
+    (``full``: a whole softmax, not top-K or a label)."""
 
     def check(node: int, answers: list[schema.Payload]) -> None:
         for r in answers:
             a = r.arrays
+            if set(a) != fields:
+                raise ReplyError(
+                    f"verification holds {sorted(a)}; the mode asked for {sorted(fields)}"
+                )
             _shape("pred", a["pred"], (samples,))
             _shape("probs", a["probs"], (samples, num_classes))
-            _shape("lse", a["lse"], (samples,))
             if a["pred"].size and (a["pred"].min() < 0 or a["pred"].max() >= num_classes):
                 raise ReplyError("pred names classes outside the label space")
-            _probs("probs", a["probs"], covered.get(node))
-            _bounded("lse", a["lse"])
+            _probs("probs", a["probs"], covered.get(node), full=full)
+            if "lse" in fields:
+                _shape("lse", a["lse"], (samples,))
+                _bounded("lse", a["lse"])
 
     return check
 

@@ -28,6 +28,7 @@ from azsl_flower.common.config import (
 )
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.common.models import state_to_numpy
+from azsl_flower.common.modes import parse_teacher_answer, verify_fields
 from azsl_flower.common.semantics import ClassSide
 from azsl_flower.service import ensemble
 from azsl_flower.service.checkpoint import Checkpointer
@@ -35,7 +36,7 @@ from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import OwnerTotals
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
-from strategies.checks import check_evaluate, check_setup, check_verify
+from strategies.checks import check_evaluate, check_setup, check_verify, privacy_declaration
 from strategies.delivery import Delivery
 from strategies.faults import FaultInjector
 from strategies.requests import Evaluation, Request, Verified, sum_counts
@@ -63,6 +64,7 @@ class OwnerPhases:
         self.roster = Roster(cfg.quorum)
         self.delivery = Delivery(self.transport, self.roster, self.settings, cfg.max_retries)
         self.checkpoint = Checkpointer(cfg)
+        self.privacy: dict[int, dict[str, object]] = {}  # what each owner declared at set-up
 
     # -- set-up -----------------------------------------------------------------------------
 
@@ -96,6 +98,7 @@ class OwnerPhases:
             self.roster.drop(list(odd), "setup", odd)
         answers = {n: r for n, r in answers.items() if n in self.roster.live}
         replies = list(answers.values())
+        self.privacy = {n: privacy_declaration(r) for n, r in answers.items()}
         faults = self.transport.faults
         if faults is not None:
             if not all(bool(r.scalars["simulated"]) for r in replies):
@@ -125,7 +128,14 @@ class OwnerPhases:
     def configure_verify(
         self, x: np.ndarray, y: np.ndarray, nodes: list[int], phase: str = "verification"
     ) -> Request:
-        check = check_verify(int(y.size), self.classes.num_classes, self.roster.covered)
+        teacher = parse_teacher_answer(self.cfg.asked_teacher_answer)
+        check = check_verify(
+            int(y.size),
+            self.classes.num_classes,
+            self.roster.covered,
+            verify_fields(teacher),
+            full=teacher.kind in ("logits", "probs"),
+        )
         return Request(schema.VERIFY, phase, [{"arrays": {"x": x, "y": y}}], nodes, check)
 
     def aggregate_verify(self, answers: VerifyAnswers, trainable: np.ndarray) -> Verified:
@@ -169,13 +179,9 @@ class OwnerPhases:
         if not replies:
             raise OwnerError(f"no owner answered {phase}; see the failures above")
         self.roster.contributors[phase] = list(replies)
-        answers = VerifyAnswers(
-            list(replies),
-            x,
-            y,
-            [a[0].arrays["probs"] for a in replies.values()],
-            [a[0].arrays["lse"] for a in replies.values()],
-        )
+        arrays = [a[0].arrays for a in replies.values()]
+        lse = [a["lse"] for a in arrays] if all("lse" in a for a in arrays) else None
+        answers = VerifyAnswers(list(replies), x, y, [a["probs"] for a in arrays], lse)
         return self.aggregate_verify(answers, np.unique(y))
 
     # -- evaluation -------------------------------------------------------------------------
@@ -277,4 +283,5 @@ class OwnerPhases:
             wall_seconds=0.0,
             resumed_from_round=None,
             models=saved,
+            privacy={str(n): d for n, d in self.privacy.items()},
         )

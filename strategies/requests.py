@@ -36,16 +36,16 @@ class Feedback:
     """One pool's answers combined over the owners: what the generator update uses."""
 
     probs: np.ndarray
-    grad: np.ndarray
-    ce: np.ndarray
+    grad: np.ndarray | None  # None: the owners' mode sends no gradient (strict black-box)
+    ce: np.ndarray  # NaN where the owners' mode sends none
     reg: np.ndarray
 
     def stats(self, y: np.ndarray) -> dict[str, float]:
-        return {
-            "teacher_ce": float(np.mean(self.ce)),
-            "regulariser": float(np.mean(self.reg)),
-            "agreement": float(np.mean(self.probs.argmax(1) == y)),
-        }
+        out = {"agreement": float(np.mean(self.probs.argmax(1) == y))}
+        for name, values in (("teacher_ce", self.ce), ("regulariser", self.reg)):
+            if np.isfinite(values).all():
+                out[name] = float(np.mean(values))
+        return out
 
 
 @dataclass

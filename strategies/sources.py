@@ -45,7 +45,7 @@ class VerifyAnswers:
     x: np.ndarray
     y: np.ndarray
     probs: list[np.ndarray]
-    lse: list[np.ndarray]
+    lse: list[np.ndarray] | None  # None: owners answer without logits (teacher-answer)
 
 
 class FeedbackSource(Protocol):
@@ -126,7 +126,8 @@ class RemoteOwners:
             for node in list(asked):
                 if node in replies:
                     probs[node].append(replies[node][0].arrays["probs"])
-                    lse[node].append(replies[node][0].arrays["lse"])
+                    if "lse" in replies[node][0].arrays:
+                        lse[node].append(replies[node][0].arrays["lse"])
                 else:  # failed, dropped or refused: its other chunks are of no use
                     asked.remove(node)
             if not asked:
@@ -135,12 +136,13 @@ class RemoteOwners:
                     f"no owner answered verification: {why}; see the owners' logs, or raise "
                     "query-budget if they refused for budget"
                 )
+        with_lse = all(lse[n] for n in asked)
         return VerifyAnswers(
             asked,
             x,
             y,
             [np.concatenate(probs[n]) for n in asked],
-            [np.concatenate(lse[n]) for n in asked],
+            [np.concatenate(lse[n]) for n in asked] if with_lse else None,
         )
 
 
@@ -179,6 +181,21 @@ class LocalTeachers:
                 teacher.to(device).eval(), covered, num_classes, reg, device
             )
         return cls(oracles, cfg, lse_grad)
+
+    def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The class means the owners sent with their teachers (averaged where several
+        cover a class), or None when none sent statistics."""
+        sums: dict[int, list[np.ndarray]] = {}
+        for oracle in self.oracles.values():
+            reg = oracle.regulariser
+            if isinstance(reg, KLRegulariser):
+                s = reg.stats()
+                for c, m in zip(s["classes"], s["mean"], strict=True):
+                    sums.setdefault(int(c), []).append(m)
+        if not sums:
+            return None
+        classes = np.array(sorted(sums))
+        return np.stack([np.mean(sums[c], 0) for c in classes]), classes
 
     def feedback_round(self, trainer: GeneratorTrainer, r: int) -> Iterator[tuple[Pool, Answers]]:
         """``steps-per-round`` one-batch pools, each answered on the current generator."""

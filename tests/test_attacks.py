@@ -18,6 +18,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, RecordDict
 
 from azsl_flower.common.models import classifier, state_to_numpy
+from azsl_flower.common.modes import TeacherAnswer, feedback_fields
 from azsl_flower.owner.budget import queries_used
 from azsl_flower.owner.session import open_session
 from azsl_flower.tools.cli import main as cli
@@ -289,7 +290,8 @@ def test_bad_set_up_declarations_are_that_owners_failure(tmp_path, change, reaso
 
 def _feedback_answer(owner: Owner, n: int = 8) -> schema.Payload:
     assert owner.ask(schema.SETUP).answers
-    [fb] = owner.ask(schema.FEEDBACK, [query_payload(schema.FEEDBACK, n)]).answers
+    asked = [query_payload(schema.FEEDBACK, n)]
+    [fb] = owner.ask(schema.FEEDBACK, asked, teacher_answer="logits").answers
     return fb
 
 
@@ -307,7 +309,8 @@ def _feedback_answer(owner: Owner, n: int = 8) -> schema.Payload:
 def test_feedback_off_the_request_is_rejected(tmp_path, field, value, reason):
     owner = Owner(tmp_path)
     fb = _feedback_answer(owner)
-    check = check_feedback(8, 8, 64, 10, {owner.node: np.arange(10)}, True, False)
+    fields = feedback_fields(TeacherAnswer("logits"), "gradient", whitebox=True, lse_grad=False)
+    check = check_feedback(8, 8, 64, 10, {owner.node: np.arange(10)}, fields)
     check(owner.node, [fb])  # the honest answer passes
     fb.arrays[field] = value(fb.arrays[field])
     with pytest.raises(ValueError, match=reason):

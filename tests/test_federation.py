@@ -157,6 +157,9 @@ def test_service_imports_no_feature_loader():
         "azsl_flower.owner.evaluation",
         "azsl_flower.owner.partition",
         "azsl_flower.owner.budget",
+        "azsl_flower.owner.privacy",
+        "azsl_flower.owner.answers",
+        "azsl_flower.owner.dp",
         "azsl_flower.client_app",
     ]
     code = (

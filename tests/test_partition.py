@@ -325,7 +325,9 @@ def _ctx(node_config: dict) -> Context:
 
 def test_simulated_owner_gets_its_partition_and_deployed_owner_its_whole_data(monkeypatch):
     calls = []
-    monkeypatch.setattr(handlers, "owner_state", lambda s, p, n: calls.append((s, p, n)))
+    monkeypatch.setattr(
+        handlers, "owner_state", lambda s, p, n, privacy=None: calls.append((s, p, n))
+    )
     payload = SimpleNamespace(
         settings={"dataset": "digits", "partition": "explicit", "owner-classes": "0-4;5-9"}
     )

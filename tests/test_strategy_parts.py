@@ -187,6 +187,7 @@ def _setup_reply(dim: int = 64, classes: int = 10, covered=range(10), budget: in
         "test_unseen_counts": np.full(3, 5, np.int64),
     }
     scalars = {"dim": dim, "num_classes": classes, "simulated": True, "query_budget": budget}
+    scalars |= {"epsilon": -1.0, "delta": 1e-5, "privacy": "{}"}
     rd = schema.encode(schema.SETUP, "reply", arrays=arrays, scalars=scalars)
     return schema.decode(schema.SETUP, "reply", rd)
 

@@ -9,6 +9,8 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
+from azsl_flower.common.modes import parse_teacher_answer
+
 __all__ = [
     "ConfigError",
     "DEFAULTS",
@@ -115,6 +117,12 @@ DEFAULTS: dict[str, Any] = {
     "dirichlet-beta": 0.5,
     "owner-classes": "",
     "ensemble-weighting": "coverage",
+    # response modes the service asks owners for (an owner refuses more than its node
+    # config allows): teacher answer logits | probs | topk:K | label; regulariser answer
+    # gradient | value | none (blackbox without gradient: outputs only)
+    # auto: the least the run needs (logits for ensemble-weighting=joint, else probs)
+    "teacher-answer": "auto",
+    "regulariser-answer": "gradient",
     "quorum": 0.5,
     "checkpoint-dir": "",
     "checkpoint-every": 1,
@@ -160,6 +168,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dfzsl-alignment": ("ridge", "none"),
     "dfzsl-generator": ("vmf", "cvae"),
     "warm-start": ("none", "dfzsl"),
+    "regulariser-answer": ("none", "value", "gradient"),
 }
 
 # What an owner's teacher depends on (with its data's fingerprint): its cache key.
@@ -182,6 +191,8 @@ OWNER_KEYS = (
     "regulariser",
     "alpha",
     "scenario",
+    "teacher-answer",
+    "regulariser-answer",
     "device",
     "cache-dir",
 )
@@ -256,6 +267,8 @@ class RunConfig:
     dirichlet_beta: float
     owner_classes: str
     ensemble_weighting: Weighting
+    teacher_answer: str
+    regulariser_answer: str
     quorum: float
     checkpoint_dir: str
     checkpoint_every: int
@@ -279,9 +292,16 @@ class RunConfig:
         """The run config as plain values (enums as their strings), keyed as on the command line."""
         return {f.name.replace("_", "-"): _plain(getattr(self, f.name)) for f in fields(self)}
 
+    @property
+    def asked_teacher_answer(self) -> str:
+        """The teacher answer asked of owners; ``auto``: the least the run can use."""
+        if self.teacher_answer != "auto":
+            return self.teacher_answer
+        return "logits" if self.ensemble_weighting is Weighting.JOINT else "probs"
+
     def owner_settings(self) -> dict[str, Any]:
         """What an owner needs to rebuild its state; sent with every request."""
-        d = self.as_dict()
+        d = self.as_dict() | {"teacher-answer": self.asked_teacher_answer}
         return {k: d[k] for k in OWNER_KEYS}
 
 
@@ -349,6 +369,19 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(
             "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
             "use kl or none"
+        )
+    if merged["teacher-answer"] != "auto":
+        try:
+            merged["teacher-answer"] = str(parse_teacher_answer(merged["teacher-answer"]))
+        except ValueError as exc:
+            raise ConfigError(f"run-config {exc} (or auto)") from None
+    if merged["ensemble-weighting"] == "joint" and merged["teacher-answer"] not in (
+        "logits",
+        "auto",
+    ):
+        raise ConfigError(
+            "ensemble-weighting=joint needs every owner's logits (teacher-answer=logits); "
+            f"with teacher-answer={merged['teacher-answer']} use coverage or confidence"
         )
     if not (math.isfinite(merged["calibration"]) and merged["calibration"] >= 0):
         raise ConfigError(

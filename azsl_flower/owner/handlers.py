@@ -11,6 +11,7 @@ teacher weights (except in the ``weights`` scenario, by the owner's opt-in).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -22,6 +23,7 @@ from flwr.common.logger import log
 from azsl_flower.common.config import Scenario
 from azsl_flower.common.models import classifier, resolve_device
 from azsl_flower.owner import budget
+from azsl_flower.owner.answers import feedback_answer, rounded, verify_answer
 from azsl_flower.owner.dfzsl import probe_logits
 from azsl_flower.owner.evaluation import (
     class_counts,
@@ -55,7 +57,7 @@ class Job:
     def state(self) -> OwnerState:
         """This owner's data and teacher (trained once, then cached)."""
         if self._state is None:
-            self._state = owner_state(self.settings, *self.policy.partition)
+            self._state = owner_state(self.settings, *self.policy.partition, self.policy.privacy)
         return self._state
 
 
@@ -132,7 +134,7 @@ def _setup(job: Job) -> Answer:
     if job.settings.get("scenario") == Scenario.WEIGHTS:  # allowed: the policy checked it
         weights = teacher_weights(st)
         reg = st.oracle.regulariser
-        if hasattr(reg, "stats"):
+        if hasattr(reg, "stats") and job.settings.get("regulariser-answer", "gradient") != "none":
             s = reg.stats()
             arrays |= {"reg_mean": s["mean"], "reg_var": s["var"], "reg_classes": s["classes"]}
     if job.settings.get("scenario") == Scenario.DFZSL:
@@ -141,12 +143,22 @@ def _setup(job: Job) -> Answer:
         if policy["dfzsl-release-head"]:  # the owner's choice; by default the service probes
             head = st.oracle.teacher.directions()  # type: ignore[operator]
             arrays["cosine_head"] = head.cpu().numpy().astype(np.float32)
+    spend = st.spend(job.settings)
+    privacy = {
+        "teacher_answer": str(st.privacy.teacher_answer),
+        "regulariser_answer": st.privacy.regulariser_answer,
+        "answer_decimals": st.privacy.answer_decimals,
+        **spend.to_json(),
+    }
     scalars = {
         "dim": data.dim,
         "num_classes": data.num_classes,
         # fault injection is for simulations; a deployed owner has no partition-id
         "simulated": policy.simulated,
         "query_budget": policy.limit("query-budget"),
+        "epsilon": -1.0 if spend.epsilon is None else spend.epsilon,
+        "delta": spend.delta,
+        "privacy": json.dumps(privacy),
     }
     return {"arrays": arrays, "scalars": scalars, "weights": weights}
 
@@ -158,13 +170,8 @@ def _feedback(job: Job) -> Answer:
     batch = int(p.scalars["batch_size"])  # type: ignore[call-overload]
     if batch < 1:
         raise Refused("policy", f"batch_size={batch}: must be >= 1")
-    out = st.oracle.feedback(
-        x,
-        y,
-        batch,
-        Scenario(str(s.get("scenario"))).whitebox,
-        float(s["alpha"]),  # type: ignore[arg-type]
-        lse_grad=bool(p.scalars["lse_grad"]),
+    out = feedback_answer(
+        st.oracle, x, y, batch, s, st.privacy, lse_grad=bool(p.scalars["lse_grad"])
     )
     return {"arrays": out}
 
@@ -173,9 +180,7 @@ def _verify(job: Job) -> Answer:
     st = job.state
     x, y = job.payload.arrays["x"], job.payload.arrays["y"]
     _check_query(x, y, st)
-    probs, lse = st.oracle.probs_lse(x)
-    probs = probs.astype(np.float32)
-    return {"arrays": {"pred": probs.argmax(1).astype(np.int64), "probs": probs, "lse": lse}}
+    return {"arrays": verify_answer(st.oracle, x, job.settings, st.privacy)}
 
 
 def _dfzsl_probe(job: Job) -> Answer:
@@ -188,7 +193,8 @@ def _dfzsl_probe(job: Job) -> Answer:
         raise Refused(
             "policy", f"probe features are {x.shape}; this owner's features are {st.data.dim}-d"
         )
-    return {"arrays": {"logits": probe_logits(st.oracle.teacher, x, st.oracle.device)}}
+    logits = probe_logits(st.oracle.teacher, x, st.oracle.device)
+    return {"arrays": rounded({"logits": logits}, st.privacy.answer_decimals)}
 
 
 def _evaluate(job: Job) -> Answer:

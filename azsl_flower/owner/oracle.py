@@ -151,11 +151,15 @@ class FeedbackOracle:
         whitebox: bool,
         alpha: float,
         lse_grad: bool = False,
+        regulariser: str = "gradient",
     ) -> dict[str, np.ndarray]:
         """Per batch: teacher softmax, CE and R values, and the gradient w.r.t. x̃.
 
         White-box: grad of CE(T(x̃), y) + alpha*R(x̃). Black-box: grad of alpha*R(x̃) only,
         which depends on the owner's feature statistics and never on the teacher.
+        ``regulariser``: ``gradient`` as above; ``value``: R's value but no R in any
+        gradient; ``none``: R is not computed. Without a gradient to give (black-box and
+        not ``gradient``) the answer has no ``grad`` at all.
         Always also ``lse``, the log-sum-exp of the teacher's logits per sample (how
         strongly it claims x̃ for *some* of its classes), and with ``lse_grad`` in
         white-box its input gradient (same 1/batch scaling as CE): what the service
@@ -178,29 +182,39 @@ class FeedbackOracle:
                 if known.any()
                 else xb.sum() * 0.0
             )
-            reg = self.regulariser(xb, yb)
+            if regulariser == "none":
+                reg = xb.new_zeros(())
+            elif regulariser == "value":
+                with torch.no_grad():
+                    reg = self.regulariser(xb.detach(), yb)
+            else:
+                reg = self.regulariser(xb, yb)
             lse = logits.logsumexp(1)
             if whitebox and lse_grad:
                 (gl,) = torch.autograd.grad(lse.sum() / xb.shape[0], xb, retain_graph=True)
                 lse_grads.append(gl.detach())
+            g = None
             if whitebox:
-                (g,) = torch.autograd.grad(ce + alpha * reg, xb)
-            elif reg.requires_grad:
-                (g,) = torch.autograd.grad(alpha * reg, xb)
-            else:
-                g = torch.zeros_like(xb)
+                loss = ce + alpha * reg if reg.requires_grad else ce
+                g = torch.autograd.grad(loss, xb)[0] if loss.requires_grad else None
+                g = torch.zeros_like(xb) if g is None else g
+            elif regulariser == "gradient":
+                g = torch.autograd.grad(alpha * reg, xb)[0] if reg.requires_grad else None
+                g = torch.zeros_like(xb) if g is None else g
             probs.append(self._global_probs(logits.detach()))
-            grads.append(g.detach())
+            if g is not None:
+                grads.append(g.detach())
             ces.append(float(ce.detach()))
             regs.append(float(reg.detach()))
             lses.append(lse.detach())
         out = {
             "probs": torch.cat(probs).cpu().numpy().astype(np.float32),
-            "grad": torch.cat(grads).cpu().numpy().astype(np.float32),
             "ce": np.asarray(ces, dtype=np.float32),
             "reg": np.asarray(regs, dtype=np.float32),
             "lse": torch.cat(lses).cpu().numpy().astype(np.float32),
         }
+        if grads:
+            out["grad"] = torch.cat(grads).cpu().numpy().astype(np.float32)
         if lse_grads:
             out["grad_lse"] = torch.cat(lse_grads).cpu().numpy().astype(np.float32)
         return out

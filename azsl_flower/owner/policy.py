@@ -28,6 +28,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from azsl_flower.common.config import CHOICES, DEFAULTS, Scenario, resolve_cache_dir
+from azsl_flower.owner.privacy import NODE_KEYS as PRIVACY_KEYS
+from azsl_flower.owner.privacy import OwnerPrivacy, owner_privacy
 from azsl_flower.wire.errors import Refused
 
 __all__ = ["KEYS", "RUN", "OwnerPolicy", "PolicyError", "PolicyKey", "markdown_table"]
@@ -313,6 +315,69 @@ KEYS: tuple[PolicyKey, ...] = (
         "`query-budget` (about one probe per feature dimension pins a linear head down)",
     ),
     PolicyKey(
+        "teacher-answer",
+        "logits",
+        "logits",
+        _text,
+        "the most revealing teacher answer given: `logits` > `probs` > `topk:K` > `label`",
+        "what the service learns about the teacher per query (docs/privacy.md: extraction)",
+    ),
+    PolicyKey(
+        "regulariser-answer",
+        "gradient",
+        "gradient",
+        _text,
+        "the most revealing regulariser answer: `gradient` > `value` > `none`; a black-box "
+        "without `gradient` answers outputs only",
+        "`gradient` lets the service solve for every class's feature mean and variance "
+        "(docs/privacy.md); `none` keeps them home",
+    ),
+    PolicyKey(
+        "answer-decimals",
+        -1,
+        -1,
+        _text,
+        "round every number answered to this many decimals (-1: exact)",
+        "less precision per answer",
+    ),
+    PolicyKey(
+        "teacher-epsilon",
+        "",
+        "",
+        _text,
+        "train the teacher with DP-SGD (Opacus) to this ε (empty, 0 or `inf`: not private)",
+        "every answer is post-processing of a DP model: the bound holds for any number of queries",
+    ),
+    PolicyKey(
+        "teacher-delta",
+        "",
+        "",
+        _text,
+        "δ of every mechanism (empty or 0: 1/(10 n), n the training images)",
+        "-",
+    ),
+    PolicyKey(
+        "stats-epsilon",
+        "",
+        "",
+        _text,
+        "release the regulariser's class statistics once with the Gaussian mechanism at this ε "
+        "(composed with the teacher's by Opacus's accountant; needs `stats-clip`)",
+        "the class means and variances the regulariser answers about are noisy",
+    ),
+    PolicyKey(
+        "stats-clip",
+        "",
+        "",
+        _text,
+        "per-record L2 bound for the statistics release (choose it without looking at the data)",
+        "one image's influence on the statistics",
+    ),
+    PolicyKey("dp-clip", 1.0, 1.0, _text, "DP-SGD per-sample gradient norm bound", "-"),
+    PolicyKey("dp-batch-size", 2048, 2048, _text, "DP-SGD expected batch (Poisson)", "-"),
+    PolicyKey("dp-epochs", 0, 0, _text, "DP-SGD passes (0: the run's teacher-epochs)", "-"),
+    PolicyKey("dp-lr", 1.0, 1.0, _text, "DP-SGD learning rate (SGD, momentum 0.9)", "-"),
+    PolicyKey(
         "partition-id",
         None,
         None,
@@ -368,7 +433,17 @@ class OwnerPolicy:
                 "node-config encryption='none' with owner-key set: an owner with keys never "
                 "answers in clear text; remove encryption or choose a cipher suite"
             )
-        return cls(values, simulated, frozenset(node_config))
+        policy = cls(values, simulated, frozenset(node_config))
+        try:
+            policy.privacy  # noqa: B018 - read once here: a bad combination stops the owner
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
+        return policy
+
+    @property
+    def privacy(self) -> OwnerPrivacy:
+        """Response modes and differential privacy, from the keys this node config sets."""
+        return owner_privacy({k: self.values[k] for k in PRIVACY_KEYS if k in self.explicit})
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
@@ -449,6 +524,7 @@ class OwnerPolicy:
             )
         except PolicyError as exc:
             raise Refused("policy", str(exc)) from None
+        self.privacy.check(s)  # response modes: no more than this owner gives
         s["teacher-epochs"] = self._teacher_epochs(s.get("teacher-epochs"))
         s["lr-teacher"] = self._lr_teacher(s.get("lr-teacher"))
         if scenario == Scenario.DFZSL:  # the owner's temperature, never the service's

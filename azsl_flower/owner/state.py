@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import secrets
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,12 @@ import torch.nn.functional as F
 
 from azsl_flower.common.config import TEACHER_KEYS, resolve_cache_dir
 from azsl_flower.common.models import classifier, fit, resolve_device, state_to_numpy
+from azsl_flower.owner import dp
 from azsl_flower.owner.data import OwnerData, load_owner_data
 from azsl_flower.owner.dfzsl import train_cosine_teacher
-from azsl_flower.owner.oracle import FeedbackOracle, make_regulariser
+from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser, make_regulariser
+from azsl_flower.owner.privacy import OwnerPrivacy
+from azsl_flower.wire.errors import Refused
 
 __all__ = ["OwnerState", "owner_state", "prune_teachers", "teacher_weights"]
 
@@ -31,13 +35,45 @@ class OwnerState:
     data: OwnerData
     oracle: FeedbackOracle
     teacher_file: Path | None = None
+    privacy: OwnerPrivacy = field(default_factory=OwnerPrivacy)
+    # DP releases behind the teacher and the statistics (empty: not private)
+    mechanisms: dict[str, dp.Mechanism] = field(default_factory=dict)
+
+    def spend(self, settings: dict) -> dp.PrivacySpend:
+        """The (ε, δ) of everything this run's answers are computed from (set-up declares it)."""
+        reg_used = (
+            str(settings.get("regulariser-answer", "gradient")) != "none"
+            or str(settings.get("scenario")) == "weights"
+        )
+        reg = self.oracle.regulariser
+        not_covered = []
+        if "teacher" not in self.mechanisms:
+            not_covered.append("teacher (trained without DP)")
+        if reg_used and type(reg) is not Regulariser and "stats" not in self.mechanisms:
+            not_covered.append(f"{settings.get('regulariser', 'kl')} regulariser statistics")
+        return dp.PrivacySpend(
+            delta=self.privacy.delta(int(self.data.train_y.size)),
+            mechanisms=list(self.mechanisms.values()),
+            covered=not not_covered,
+            not_covered=not_covered,
+        )
 
 
 _STATE: dict[str, OwnerState] = {}
 
 
-def owner_state(settings: dict, partition_id: int, num_partitions: int) -> OwnerState:
-    """Load this owner's data and teacher (train it once; reuse from memory or disk cache)."""
+def owner_state(
+    settings: dict,
+    partition_id: int,
+    num_partitions: int,
+    privacy: OwnerPrivacy | None = None,
+) -> OwnerState:
+    """Load this owner's data and teacher (train it once; reuse from memory or disk cache).
+
+    ``privacy`` (the owner's node config): a DP-SGD teacher and/or DP statistics, each
+    made once and kept in the cache with what it spent, so a restarted owner never
+    releases again with fresh noise."""
+    privacy = privacy or OwnerPrivacy()
     data = load_owner_data(
         str(settings["dataset"]),
         str(settings.get("data-dir", "")),
@@ -55,23 +91,39 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
     cosine = str(settings.get("scenario")) == "dfzsl"  # DFZSL's cosine teacher, not the MLP
     if cosine:  # only then in the key: cached MLP teachers keep their keys
         teacher_cfg["cosine-temperature"] = float(settings["dfzsl-temperature"])
+    fp = privacy.fingerprint()
+    dp_teacher = {k: fp[k] for k in fp if k.startswith(("teacher_e", "teacher_d", "dp_"))}
+    if privacy.dp_teacher:
+        teacher_cfg["dp"] = dp_teacher
     key = hashlib.sha256(
         json.dumps([data.fingerprint, teacher_cfg, partition_id], sort_keys=True).encode()
     ).hexdigest()[:24]
     reg_name = str(settings.get("regulariser", "kl"))
-    state_key = f"{key}-{reg_name}"
+    stats_cfg = f"{privacy.stats_epsilon}-{privacy.stats_clip}-{privacy.teacher_delta}"
+    state_key = f"{key}-{reg_name}-{stats_cfg if privacy.dp_stats else 'exact'}"
     if state_key in _STATE:
-        return _STATE[state_key]
+        cached = _STATE[state_key]
+        if cached.privacy == privacy:
+            return cached
     device = resolve_device(str(settings.get("device", "auto")))
     classes = data.covered_classes
     seed = int(settings.get("seed", 0)) + 7919 * partition_id
-    path = resolve_cache_dir(settings.get("cache-dir")) / f"teacher-{key}.pt"
+    cache = resolve_cache_dir(settings.get("cache-dir"))
+    path = cache / f"teacher-{key}.pt"
+    mechanisms: dict[str, dp.Mechanism] = {}
     # The teacher's initial weights and dropout draw from a generator seeded here, not from
     # whatever the process ran before: the same teacher under `flwr run`, the Python
     # launchers and in-process tests, and the process's own RNG left as it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        spent = None
         if cosine:
+            if privacy.dp_teacher:
+                raise Refused(
+                    "policy",
+                    "scenario dfzsl's cosine teacher has no DP-SGD training yet; an owner with "
+                    "teacher-epsilon answers the AZSL scenarios",
+                )
             teacher = train_cosine_teacher(
                 data.train_x,
                 np.searchsorted(classes, data.train_y),
@@ -84,14 +136,57 @@ def owner_state(settings: dict, partition_id: int, num_partitions: int) -> Owner
                 seed=seed,
             )
         else:
-            teacher = _teacher(data, classes, device, path, settings, seed)
+            teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy)
+    if spent is not None:
+        mechanisms["teacher"] = spent
     teacher.eval()
-    reg = make_regulariser(reg_name, data.train_x, data.train_y, int(settings.get("seed", 0)))
+    if privacy.dp_stats and reg_name != "none":
+        if reg_name != "kl":
+            raise ValueError(
+                f"regulariser={reg_name} keeps real samples and has no DP release; an owner "
+                "with stats-epsilon answers regulariser=kl (or none)"
+            )
+        reg, mechanisms["stats"] = _dp_statistics(data, cache, state_key, privacy)
+    else:
+        reg = make_regulariser(reg_name, data.train_x, data.train_y, int(settings.get("seed", 0)))
     oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)
     while len(_STATE) >= 8:  # a simulation process may serve several owners: bound memory
         _STATE.pop(next(iter(_STATE)))
-    _STATE[state_key] = OwnerState(data, oracle, path)
+    _STATE[state_key] = OwnerState(data, oracle, path, privacy, mechanisms)
     return _STATE[state_key]
+
+
+def _dp_statistics(
+    data: OwnerData, cache: Path, state_key: str, privacy: OwnerPrivacy
+) -> tuple[KLRegulariser, dp.Mechanism]:
+    """The KL regulariser's statistics released once with the Gaussian mechanism.
+
+    The noise comes from the operating system, never from the run's seed (the service
+    knows it), and the release is kept on disk: the owner answers from the same noisy
+    statistics for good instead of releasing again.
+    """
+    path = cache / f"dpstats-{hashlib.sha256(state_key.encode()).hexdigest()[:24]}.npz"
+    delta = privacy.delta(int(data.train_y.size))
+    if path.is_file():
+        saved = np.load(path)
+        mean, var = saved["mean"], saved["var"]
+        mech = dp.Mechanism(**json.loads(str(saved["mechanism"])))
+    else:
+        z = dp.stats_noise_multiplier(privacy.stats_epsilon, delta)
+        rng = np.random.default_rng(secrets.randbits(128))
+        mean, var, mech = dp.gaussian_class_stats(
+            data.train_x, data.train_y, data.covered_classes, privacy.stats_clip, z, rng
+        )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, mean=mean, var=var, mechanism=np.array(json.dumps(asdict(mech))))
+        os.replace(tmp, path)
+    reg = KLRegulariser(
+        torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(data.covered_classes)
+    )
+    return reg, mech
 
 
 def teacher_weights(state: OwnerState) -> dict[str, np.ndarray]:
@@ -105,32 +200,56 @@ def _teacher(
     path: Path,
     settings: dict,
     seed: int,
-) -> torch.nn.Module:
-    """The owner's teacher from its disk cache, or trained on its data and cached."""
+    privacy: OwnerPrivacy,
+) -> tuple[torch.nn.Module, dp.Mechanism | None]:
+    """The owner's teacher from its disk cache, or trained on its data and cached; with
+    ``teacher-epsilon``, trained with DP-SGD (Opacus), and what it spent beside it."""
     teacher = classifier(data.dim, classes.size).to(device)
-    if path.is_file():
+    spent_path = path.with_suffix(".dp.json")
+    if path.is_file() and (not privacy.dp_teacher or spent_path.is_file()):
         teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        return teacher
+        if not privacy.dp_teacher:
+            return teacher, None
+        return teacher, dp.Mechanism(**json.loads(spent_path.read_text()))
     local = np.searchsorted(classes, data.train_y)
     x = torch.from_numpy(data.train_x).to(device)
-    fit(
-        teacher,
-        x,
-        torch.from_numpy(local).to(device),
-        F.cross_entropy,
-        epochs=int(settings.get("teacher-epochs", 40)),
-        lr=float(settings.get("lr-teacher", 1e-3)),
-        batch_size=128,
-        seed=seed,
-        weight_decay=1e-5,
-    )
+    epochs = int(settings.get("teacher-epochs", 40))
+    lr = float(settings.get("lr-teacher", 1e-3))
+    spent = None
+    if privacy.dp_teacher:
+        spent = dp.train_dp_teacher(
+            teacher,
+            x,
+            torch.from_numpy(local).to(device),
+            epsilon=privacy.teacher_epsilon,
+            delta=privacy.delta(int(local.size)),
+            epochs=privacy.dp_epochs or epochs,
+            batch_size=privacy.dp_batch_size,
+            max_grad_norm=privacy.dp_clip,
+            lr=privacy.dp_lr,
+            seed=secrets.randbits(63),  # DP noise and sampling: never the service's seed
+        )
+    else:
+        fit(
+            teacher,
+            x,
+            torch.from_numpy(local).to(device),
+            F.cross_entropy,
+            epochs=epochs,
+            lr=lr,
+            batch_size=128,
+            seed=seed,
+            weight_decay=1e-5,
+        )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as fh:  # owner-readable only: a teacher is private too
         torch.save(teacher.state_dict(), fh)
+    if spent is not None:
+        spent_path.write_text(json.dumps(asdict(spent)))
     os.replace(tmp, path)  # atomic: a concurrent owner never reads half a file
-    return teacher
+    return teacher, spent
 
 
 def prune_teachers(state: OwnerState, keep: int) -> None:

@@ -120,6 +120,10 @@ class RunResult:
     models: dict[str, torch.nn.Module]  # saved beside results.json (generator, student)
     # what a method adds (scenario dfzsl: kappa, alignment misfit, ...); results.json "method"
     method: dict[str, Any] = field(default_factory=dict)
+    # per owner: its response modes and (ε, δ), DP mechanisms and spend, as declared
+    privacy: dict[str, dict[str, object]] = field(default_factory=dict)
+    # the nearest-class-mean baseline: what it was built from (other_models ncm-*)
+    baseline: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         cfg = self.config
@@ -158,6 +162,8 @@ class RunResult:
             "federation": self.federation.to_json(),
             "history": self.history,
             "resumed_from_round": self.resumed_from_round,
+            "privacy": self.privacy,
+            "baseline": self.baseline,
             "config": cfg.as_dict(),
         } | ({"method": self.method} if self.method else {})
 
@@ -217,7 +223,11 @@ def format_table(results: dict[str, Any]) -> str:
     for col in ("model", "ZSL T1", "u", "s", "H"):
         table.add_column(col, justify="right" if col != "model" else "left")
     rows = [("teacher (upper bound)", results["teacher"]), ("student", results["student"])]
-    rows += [(name, m) for name, m in results.get("other_models", {}).items()]
+    labels = {
+        "ncm-released": "NCM on released statistics (baseline)",
+        "ncm-generated": "NCM on generated class means",
+    }
+    rows += [(labels.get(name, name), m) for name, m in results.get("other_models", {}).items()]
     for name, m in rows:
         table.add_row(name, *(f"{100 * m[k]:.1f}" for k in ("zsl", "u", "s", "h")))
     console = Console(width=100, record=True, file=io.StringIO(), force_terminal=False)
@@ -228,6 +238,16 @@ def format_table(results: dict[str, Any]) -> str:
         f"received={results['bytes_received'] / 1e6:.1f} MB "
         f"wall={results['wall_seconds']:.1f} s"
     )
+    base = results.get("baseline") or {}
+    if base.get("released"):
+        footer += f"\nowners released: {base['released']}"
+    for node, p in (results.get("privacy") or {}).items():
+        eps = p.get("epsilon")
+        dp = f"(ε={eps:.2f}, δ={p.get('delta'):.1e})-DP" if eps is not None else "no DP guarantee"
+        footer += (
+            f"\nowner {node}: allows teacher-answer {p.get('teacher_answer')}, "
+            f"regulariser-answer {p.get('regulariser_answer')}; {dp}"
+        )
     cal = results.get("calibration") or {}
     if cal.get("curve"):  # a split=val run: the value to use in the test run
         best = next(p for p in cal["curve"] if p["calibration"] == cal["selected"])

@@ -89,6 +89,12 @@ SETUP = Kind(
             "simulated": bool,
             # generated samples (feedback + verification) it answers per run; 0 = unlimited
             "query_budget": int,
+            # differential privacy of everything it answers: composed (epsilon, delta), or
+            # epsilon -1 when some answer carries no guarantee
+            "epsilon": float,
+            "delta": float,
+            # JSON: its response modes, rounding and DP mechanisms (azsl_flower/owner/dp.py)
+            "privacy": str,
         },
         # weights scenario only: the teacher and the KL regulariser's per-class statistics;
         # dfzsl only: the cosine teacher's temperature, and its head (unit class directions,
@@ -111,22 +117,27 @@ FEEDBACK = Kind(
         scalars={"batch_size": int, "lse_grad": bool},
         settings=True,
     ),
+    # what else comes depends on the response mode asked (azsl_flower/owner/answers.py):
+    # strict black-box replies hold no gradient array at all
     reply=Spec(
-        arrays={
-            "probs": (F32, 2),
-            "grad": (F32, 2),
-            "ce": (F32, 1),
-            "reg": (F32, 1),
-            "lse": (F32, 1),  # log-sum-exp of the teacher's logits, per sample
+        arrays={"probs": (F32, 2)},  # softmax, or its top-K / one-hot argmax
+        optional_arrays={
+            "grad": (F32, 2),  # white-box, or regulariser-answer=gradient
+            "ce": (F32, 1),  # per batch; teacher-answer logits/probs or white-box
+            "reg": (F32, 1),  # per batch; regulariser-answer value/gradient
+            "lse": (F32, 1),  # log-sum-exp of the teacher's logits per sample; logits only
+            "grad_lse": (F32, 2),  # asked with lse_grad, white-box with logits only
         },
-        optional_arrays={"grad_lse": (F32, 2)},  # asked with lse_grad, white-box only
     ),
     metered=True,
 )
 VERIFY = Kind(
     "query.verify",
     request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, settings=True),
-    reply=Spec(arrays={"pred": (I64, 1), "probs": (F32, 2), "lse": (F32, 1)}),
+    reply=Spec(
+        arrays={"pred": (I64, 1), "probs": (F32, 2)},
+        optional_arrays={"lse": (F32, 1)},  # teacher-answer=logits only
+    ),
     metered=True,
 )
 # dfzsl: the cosine teacher's logits (cosine / temperature, one column per covered class)

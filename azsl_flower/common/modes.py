@@ -1,0 +1,85 @@
+"""Response modes: what an owner's answer about a generated feature may reveal.
+
+Shared by the service (what it asks, in its run config) and the owners (what they allow,
+in their node config); parsing only, no owner state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "REGULARISER_ANSWERS",
+    "TEACHER_ANSWERS",
+    "TeacherAnswer",
+    "feedback_fields",
+    "parse_teacher_answer",
+    "verify_fields",
+]
+
+# Least revealing first: a later entry tells the service strictly more.
+TEACHER_ANSWERS = ("label", "topk", "probs", "logits")
+REGULARISER_ANSWERS = ("none", "value", "gradient")
+
+
+@dataclass(frozen=True)
+class TeacherAnswer:
+    """``label`` (argmax only), ``topk:K`` (K largest probabilities, the rest 0), ``probs``
+    (the softmax), ``logits`` (softmax and log-sum-exp of the logits: the logits exactly)."""
+
+    kind: str
+    k: int = 0
+
+    def __str__(self) -> str:
+        return f"topk:{self.k}" if self.kind == "topk" else self.kind
+
+    def rank(self) -> tuple[int, int]:
+        """Order by what is revealed: kind first, then K."""
+        return TEACHER_ANSWERS.index(self.kind), self.k
+
+    def allows(self, asked: TeacherAnswer) -> bool:
+        """Whether an owner giving at most ``self`` may answer ``asked``."""
+        return asked.rank() <= self.rank()
+
+
+def parse_teacher_answer(text: object, where: str = "teacher-answer") -> TeacherAnswer:
+    """``logits``, ``probs``, ``topk:K`` (K >= 1) or ``label``; a clear error otherwise."""
+    raw = str(text).strip().lower()
+    kind, _, k = raw.partition(":")
+    if kind == "topk":
+        try:
+            kk = int(k)
+        except ValueError:
+            kk = 0
+        if kk >= 1:
+            return TeacherAnswer("topk", kk)
+    elif kind in TEACHER_ANSWERS and not k:
+        return TeacherAnswer(kind)
+    raise ValueError(
+        f"{where}={text!r}: choose logits, probs, topk:K (K >= 1, the K largest probabilities) "
+        "or label (the argmax only)"
+    )
+
+
+def feedback_fields(
+    teacher: TeacherAnswer, regulariser: str, whitebox: bool, lse_grad: bool
+) -> frozenset[str]:
+    """The arrays of a feedback reply in a mode: the owner sends exactly these, the service
+    accepts nothing else (one rule for both ends of the wire)."""
+    fields = {"probs"}
+    if teacher.kind == "logits":
+        fields.add("lse")
+        if lse_grad and whitebox:
+            fields.add("grad_lse")
+    if whitebox or teacher.kind in ("logits", "probs"):
+        fields.add("ce")  # it follows from the softmax (or the gradient) anyway
+    if regulariser != "none":
+        fields.add("reg")
+    if whitebox or regulariser == "gradient":
+        fields.add("grad")
+    return frozenset(fields)
+
+
+def verify_fields(teacher: TeacherAnswer) -> frozenset[str]:
+    """The arrays of a verification reply in a mode."""
+    return frozenset({"pred", "probs", "lse"} if teacher.kind == "logits" else {"pred", "probs"})
