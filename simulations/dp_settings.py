@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sys
 import time
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["val_seen_top1"] + r["val_unseen_top1"])
     doc = {
-        "command": "python -m simulations.dp_settings " + " ".join(argv or []),
+        "command": "python -m simulations.dp_settings "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "split": "val",
         "epsilon_target": args.epsilon,
         "delta": delta,
