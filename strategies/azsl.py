@@ -118,9 +118,7 @@ class AZSLStrategy(OwnerPhases):
         """Set-up, generator rounds, verification, student (and classifier C), evaluation."""
         events = events or RunEvents()
         t0, phases = time.monotonic(), {}
-        setup = {n: r[0] for n, r in self.delivery.ask(grid, self.configure_setup(grid)).items()}
-        declared = self.aggregate_setup(setup)
-        self.roster.contributors["setup"] = list(setup)
+        setup, declared = self.setup(grid)
         trainer = GeneratorTrainer(
             GeneratorSettings.from_config(self.cfg), self.classes.semantics, declared, self.device
         )

@@ -130,9 +130,7 @@ class DFZSLStrategy(OwnerPhases):
         """Set-up, directions, concentration, virtual features, learning, evaluation."""
         events = events or RunEvents()
         t0, phases = time.monotonic(), {}
-        setup = {n: r[0] for n, r in self.delivery.ask(grid, self.configure_setup(grid)).items()}
-        declared = self.aggregate_setup(setup)
-        self.roster.contributors["setup"] = list(setup)
+        setup, declared = self.setup(grid)
         heads = self.read_cosine_setup(setup)
         learner = DFZSLLearner(
             DFZSLSettings.from_config(self.cfg),

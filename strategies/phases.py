@@ -77,6 +77,13 @@ class OwnerPhases:
         check = check_setup(self.classes.num_classes, self.cfg.scenario is Scenario.WEIGHTS)
         return Request(schema.SETUP, "setup", [{}], nodes, check)
 
+    def setup(self, grid: Grid) -> tuple[dict[int, schema.Payload], ensemble.Declarations]:
+        """The set-up round trip of any method: each owner's answer and what they declared."""
+        setup = {n: r[0] for n, r in self.delivery.ask(grid, self.configure_setup(grid)).items()}
+        declared = self.aggregate_setup(setup)
+        self.roster.contributors["setup"] = list(setup)
+        return setup, declared
+
     def aggregate_setup(self, answers: dict[int, schema.Payload]) -> ensemble.Declarations:
         """Agree on the feature size, record coverage, test counts and query budgets.
 

@@ -6,6 +6,10 @@ helpers from ``tests.conftest``, never from each other."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,3 +234,46 @@ class FlakyGrid(InProcessGrid):
                 return None
             return Message(Error(code=2, reason=self.CRASH), reply_to=msg)
         return super().deliver(msg)
+
+
+def flwr_run(tmp_path: Path, run_config: str) -> tuple[dict, str]:
+    """One real ``flwr run . --stream`` simulation (Flower's CLI, managed SuperLink, Ray),
+    stopped afterwards: the one results.json it wrote, and its log."""
+    from simulations.local_superlink import free_port, processes_of, stop
+
+    flwr = Path(sys.executable).parent / "flwr"
+    home = tmp_path / "flwr-home"  # outside the app folder: Flower bundles the app folder
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
+        PATH=f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        AZSL_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        proc = subprocess.run(
+            [
+                str(flwr),
+                "run",
+                str(root),
+                "--stream",
+                "--run-config",
+                f"{run_config} output-dir='{out}'",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+    finally:
+        stop(str(home))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert not processes_of(str(home)), "local SuperLink still running"
+    runs = list(out.glob("*/results.json"))
+    assert len(runs) == 1, log[-4000:]
+    return json.loads(runs[0].read_text()), log

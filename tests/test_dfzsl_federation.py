@@ -3,8 +3,6 @@ in-process grid), and once through a real ``flwr run`` simulation."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +14,9 @@ from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
 from azsl_flower.wire import codec
 from simulations.inprocess import InProcessGrid
-from simulations.local_superlink import free_port, processes_of, stop
 from strategies.roster import OwnerError
 from strategies.server_app import run_azsl
+from tests.conftest import flwr_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {
@@ -147,38 +145,11 @@ def test_service_side_dfzsl_imports_no_owner_module():
 
 def test_flwr_run_dfzsl_simulation(tmp_path):
     """`flwr run . --run-config "scenario='dfzsl' ..."` on the managed local SuperLink."""
-    flwr = Path(sys.executable).parent / "flwr"
-    home = tmp_path / "flwr-home"
-    env = dict(
-        os.environ,
-        FLWR_HOME=str(home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
-        PATH=f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        AZSL_CACHE_DIR=str(tmp_path / "cache"),
-    )
-    out = tmp_path / "out"
-    run_config = (
+    results, log = flwr_run(
+        tmp_path,
         "scenario='dfzsl' teacher='inductive' teacher-epochs=5 student-epochs=5 "
-        f"dfzsl-probes=128 dfzsl-samples=30 output-dir='{out}'"
+        "dfzsl-probes=128 dfzsl-samples=30",
     )
-    try:
-        proc = subprocess.run(
-            [str(flwr), "run", str(ROOT), "--stream", "--run-config", run_config],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=420,
-        )
-    finally:
-        stop(str(home))
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    assert not processes_of(str(home)), "local SuperLink still running"
-    runs = list(out.glob("*/results.json"))
-    assert len(runs) == 1, log[-4000:]
-    results = json.loads(runs[0].read_text())
     assert results["scenario"] == "dfzsl" and results["num_owners"] == 2
     # the default dimension-aware kappa: set-up, probes, ladder, verification, evaluation
     assert results["round_trips"] == 5 and results["method"]["kappa_rule"] == "dimension"

@@ -29,14 +29,8 @@ from simulations.audit import recover_statistics
 from simulations.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
+from tests.conftest import FAST
 
-FAST = {
-    "rounds": 4,
-    "steps-per-round": 3,
-    "student-epochs": 3,
-    "samples-per-class": 40,
-    "teacher-epochs": 5,
-}
 DIGITS_CLIP = 80.0  # digits rows are 64 pixels of 0..16: L2 norm at most 128, mostly < 80
 
 

@@ -178,22 +178,22 @@ def train_dp_teacher(
     )
 
 
-def stats_noise_multiplier(epsilon: float, delta: float) -> float:
-    """The Gaussian mechanism's noise multiplier for one release at (ε, δ), from Opacus."""
+def _opacus_noise(epsilon: float, delta: float, **schedule: Any) -> float:
+    """The noise multiplier Opacus's RDP accountant gives for (ε, δ) over ``schedule``."""
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(
             get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=1.0,
-                steps=1,
-                accountant="rdp",
-                epsilon_tolerance=0.005,
+                target_epsilon=epsilon, target_delta=delta, accountant="rdp", **schedule
             )
         )
+
+
+def stats_noise_multiplier(epsilon: float, delta: float) -> float:
+    """The Gaussian mechanism's noise multiplier for one release at (ε, δ), from Opacus."""
+    return _opacus_noise(epsilon, delta, sample_rate=1.0, steps=1, epsilon_tolerance=0.005)
 
 
 def gaussian_class_stats(
@@ -247,16 +247,5 @@ def gaussian_class_stats(
 
 def teacher_sgd_noise(epsilon: float, delta: float, n: int, batch_size: int, epochs: int) -> float:
     """The DP-SGD noise multiplier Opacus picks for these settings (for planning budgets)."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return float(
-            get_noise_multiplier(
-                target_epsilon=epsilon,
-                target_delta=delta,
-                sample_rate=1.0 / math.ceil(n / min(batch_size, n)),  # as Opacus samples
-                epochs=epochs,
-                accountant="rdp",
-            )
-        )
+    rate = 1.0 / math.ceil(n / min(batch_size, n))  # as Opacus samples
+    return _opacus_noise(epsilon, delta, sample_rate=rate, epochs=epochs)
