@@ -195,7 +195,8 @@ def build(runs_dir: Path = RUNS, page: Path = PAGE) -> str:
         plot_fig3(panels, out_dir / "fig3.png")
         rel = os.path.relpath(out_dir / "fig3.png", page.parent)
         parts.append(f"\n![Fig. 3]({Path(rel).as_posix()})\n")
-    parts.append(dfzsl_page.section(json.loads(Path(dfzsl_page.DEFAULT_JSON).read_text()), level=2))
+    dfzsl_json = Path(__file__).resolve().parents[1] / dfzsl_page.DEFAULT_JSON  # any cwd
+    parts.append(dfzsl_page.section(json.loads(dfzsl_json.read_text()), level=2))
     parts.append(_selection(runs))
     text = "\n".join(parts)
     page.parent.mkdir(parents=True, exist_ok=True)
