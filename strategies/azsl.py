@@ -81,7 +81,7 @@ class AZSLStrategy(OwnerPhases):
             self.classes.num_classes,
             self.roster.covered,
             fields,
-            full=teacher.kind in ("logits", "probs"),
+            full=teacher.whole,
         )
         return Request(schema.FEEDBACK, phase, [payload], nodes, check)
 

@@ -141,7 +141,7 @@ class OwnerPhases:
             self.classes.num_classes,
             self.roster.covered,
             verify_fields(teacher),
-            full=teacher.kind in ("logits", "probs"),
+            full=teacher.whole,
         )
         return Request(schema.VERIFY, phase, [{"arrays": {"x": x, "y": y}}], nodes, check)
 

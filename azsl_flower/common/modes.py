@@ -37,6 +37,11 @@ class TeacherAnswer:
         """Order by what is revealed: kind first, then K."""
         return TEACHER_ANSWERS.index(self.kind), self.k
 
+    @property
+    def whole(self) -> bool:
+        """The answer is a whole softmax (rows sum to 1), not top-K or a label."""
+        return self.kind in ("logits", "probs")
+
     def allows(self, asked: TeacherAnswer) -> bool:
         """Whether an owner giving at most ``self`` may answer ``asked``."""
         return asked.rank() <= self.rank()
@@ -71,7 +76,7 @@ def feedback_fields(
         fields.add("lse")
         if lse_grad and whitebox:
             fields.add("grad_lse")
-    if whitebox or teacher.kind in ("logits", "probs"):
+    if whitebox or teacher.whole:
         fields.add("ce")  # it follows from the softmax (or the gradient) anyway
     if regulariser != "none":
         fields.add("reg")

@@ -35,7 +35,7 @@ def asked_modes(settings: dict[str, Any]) -> tuple[TeacherAnswer, str]:
 
 def shape_probs(probs: np.ndarray, mode: TeacherAnswer) -> np.ndarray:
     """Softmax rows reduced to what ``mode`` reveals (``topk``: K largest, ``label``: one-hot)."""
-    if mode.kind in ("logits", "probs") or probs.shape[0] == 0:
+    if mode.whole or probs.shape[0] == 0:
         return probs
     k = 1 if mode.kind == "label" else min(mode.k, probs.shape[1])
     top = np.argpartition(-probs, k - 1, axis=1)[:, :k]

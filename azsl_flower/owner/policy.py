@@ -24,6 +24,7 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -440,9 +441,10 @@ class OwnerPolicy:
             raise PolicyError(str(exc)) from None
         return policy
 
-    @property
+    @cached_property
     def privacy(self) -> OwnerPrivacy:
-        """Response modes and differential privacy, from the keys this node config sets."""
+        """Response modes and differential privacy, from the keys this node config sets
+        (parsed once per policy, that is once per message)."""
         return owner_privacy({k: self.values[k] for k in PRIVACY_KEYS if k in self.explicit})
 
     def __getitem__(self, name: str) -> Any:
