@@ -93,10 +93,10 @@ MODES: dict[str, tuple[dict[str, str], str]] = {
         "argmax label only",
     ),
 }
-# the owners' DP-SGD settings in this audit (node config). First picked on the test split
-# (disclosed in docs/privacy.md), then re-checked on validation classes by
-# simulations/dp_settings.py (docs/benchmarks/dp-settings-val.json), which selects the same
-DP_EPOCHS, DP_BATCH, DP_LR = 30, 2048, 1.0
+# the owners' DP-SGD settings in this audit (node config), the owner policy's defaults:
+# selected on validation classes by simulations/dp_settings.py
+# (docs/benchmarks/dp-settings-val.json; teacher-model=auto gives the linear teacher)
+DP_EPOCHS, DP_BATCH, DP_LR = 30, 512, 0.2
 
 
 def budget_split(epsilon: float, delta: float, n: int, stats: bool) -> float:
@@ -442,7 +442,8 @@ def main() -> None:
         for part in args.out.split(","):  # several sweeps run in parallel, one file each
             audit = json.loads(Path(part).read_text())
             merged["rows"] += audit["rows"]
-            merged.setdefault("settings", audit.get("settings", {}))
+            first = {k: v for k, v in merged.get("settings", {}).items() if v is not None}
+            merged["settings"] = {**audit.get("settings", {}), **first}  # first file wins
         page.write_text(render(merged, previous))
         print(f"wrote {args.markdown} from {args.out}")
         return
@@ -521,6 +522,7 @@ def main() -> None:
                 "stats_clip": args.stats_clip,
                 "dp_epochs": DP_EPOCHS,
                 "dp_batch": DP_BATCH,
+                "dp_teacher_model": policy.teacher_network if policy.dp_teacher else None,
                 "training_images": n,
                 "protocol": f"{args.steps_per_round} batches of 256 per round trip, "
                 f"{args.samples_per_class} verified samples per class, "

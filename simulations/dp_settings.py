@@ -4,7 +4,8 @@ An owner with ``teacher-epsilon`` trains its teacher with DP-SGD (``owner/dp.py`
 learning rate and expected batch (``dp-lr``, ``dp-batch-size``) decide how much accuracy
 survives the noise. This script trains the DP teacher for each setting on the owner's
 ``split=val`` data (validation classes stand in for test classes; the test split is never
-loaded) and scores its per-class top-1 on the validation split's held-out samples.
+loaded) and scores its per-class top-1 on the validation split's held-out samples, for each
+teacher network (``teacher-model``: the paper's MLP and a linear one).
 
     python -m simulations.dp_settings --data-dir ../shared/data/caltech101 \
         --feature-file effnetlite0.mat --out docs/benchmarks/dp-settings-val.json
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from azsl_flower.common.models import classifier
+from azsl_flower.common.models import TEACHER_NETWORKS, teacher_network
 from azsl_flower.owner import dp
 from azsl_flower.owner.data import load_owner_data
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--grid", default=DEFAULT_GRID, help="lr:batch pairs, comma separated")
+    ap.add_argument("--networks", default=",".join(TEACHER_NETWORKS), help="teacher-model values")
     ap.add_argument("--seed", type=int, default=0, help="initial weights (DP noise: the OS)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -58,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.from_numpy(np.searchsorted(classes, data.train_y))
     delta = 1.0 / (10.0 * len(y))
     rows = []
-    for pair in args.grid.split(","):
+    trials = [(net, pair) for net in args.networks.split(",") for pair in args.grid.split(",")]
+    for net, pair in trials:
         lr, batch = float(pair.split(":")[0]), int(pair.split(":")[1])
         torch.manual_seed(args.seed)
-        teacher = classifier(data.dim, classes.size)
+        teacher = teacher_network(net, data.dim, classes.size)
         t0 = time.monotonic()
         mech = dp.train_dp_teacher(
             teacher,
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         teacher.eval()
         row = {
+            "teacher_model": net,
             "lr": lr,
             "batch_size": batch,
             "epsilon": dp.epsilon_of([mech], delta),
@@ -88,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    best = max(rows, key=lambda r: r["val_seen_top1"] + r["val_unseen_top1"])
+
+    def score(r: dict) -> float:
+        return r["val_seen_top1"] + r["val_unseen_top1"]
+
+    best = max(rows, key=score)
+    per_network = {
+        net: max((r for r in rows if r["teacher_model"] == net), key=score)
+        for net in dict.fromkeys(r["teacher_model"] for r in rows)
+    }
     doc = {
         "command": "python -m simulations.dp_settings "
         + " ".join(sys.argv[1:] if argv is None else argv),
@@ -98,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "clip": args.clip,
         "rows": rows,
-        "selected": {"lr": best["lr"], "batch_size": best["batch_size"]},
+        "selected": {k: best[k] for k in ("teacher_model", "lr", "batch_size")},
+        "best_per_network": per_network,
     }
-    print(f"selected on validation classes: dp-lr={best['lr']} dp-batch-size={best['batch_size']}")
+    print(
+        f"selected on validation classes: teacher-model={best['teacher_model']} "
+        f"dp-lr={best['lr']} dp-batch-size={best['batch_size']}"
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -120,12 +120,18 @@ def render(audit: dict[str, Any], previous: str = "") -> str:
             clip=s.get("stats_clip"),
             dp_epochs=s.get("dp_epochs"),
             dp_batch=s.get("dp_batch"),
+            dp_model=DP_MODELS.get(str(s.get("dp_teacher_model")), "the paper's MLP"),
             n=s.get("training_images"),
             protocol=s.get("protocol", "default steps"),
         )
         + f"\n{MARKER}{kept}"
     )
 
+
+DP_MODELS = {
+    "linear": "linear: `teacher-model=auto` under DP",
+    "mlp": "the paper's MLP",
+}
 
 PAGE = """# Privacy: what an owner gives away, measured and bounded
 
@@ -137,9 +143,10 @@ below the table, the findings after it.
 Caltech-101 (`../shared/data/caltech101`, EfficientNet-lite0 features, 1280-d), one owner
 with a transductive teacher ({n} training images), `alpha={alpha}`, {rounds} generator round
 trips ({protocol}). ε is the owner's composed ε at δ = 1/(10 n), from Opacus's RDP
-accountant over its DP-SGD teacher ({dp_epochs} epochs, expected batch {dp_batch}, clip 1)
-and, where the mode uses the regulariser, its Gaussian statistics release (`stats-clip={clip}`);
-∞: no DP. "–": the mode gives the attack nothing to work with, or not measured.
+accountant over its DP-SGD teacher ({dp_model}, {dp_epochs} epochs, expected batch
+{dp_batch}, clip 1) and, where the mode uses the regulariser, its Gaussian statistics
+release (`stats-clip={clip}`); ∞: no DP. "–": the mode gives the attack nothing to work
+with, or not measured.
 
 {table}
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from azsl_flower.common.models import classifier
+from azsl_flower.common.models import teacher_network_of
 from azsl_flower.wire import schema
 
 __all__ = [
@@ -156,9 +156,9 @@ def _check_teacher(r: schema.Payload, dim: int, num_classes: int) -> None:
     if r.weights is None:
         raise ReplyError("scenario weights: the owner sent no teacher weights")
     covered = r.arrays["covered"]
-    want = {n: tuple(t.shape) for n, t in classifier(dim, covered.size).state_dict().items()}
-    if {n: tuple(w.shape) for n, w in r.weights.items()} != want:
-        raise ReplyError(f"teacher weights are not a classifier of {dim}-d features")
+    shapes = {n: tuple(w.shape) for n, w in r.weights.items()}
+    if not teacher_network_of(shapes, dim, covered.size):
+        raise ReplyError(f"teacher weights are not a teacher network of {dim}-d features")
     for w in r.weights.values():
         _bounded("teacher weights", w)
     if "reg_mean" in r.arrays:

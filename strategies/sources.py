@@ -23,7 +23,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from azsl_flower.common.config import RunConfig
-from azsl_flower.common.models import classifier, load_numpy_state
+from azsl_flower.common.models import load_numpy_state, teacher_network, teacher_network_of
 from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser
 from azsl_flower.service.generator import GeneratorTrainer, Pool
 from azsl_flower.wire import schema
@@ -168,7 +168,10 @@ class LocalTeachers:
             if r.weights is None:
                 raise OwnerError("scenario=weights but an owner sent no teacher weights")
             covered = r.arrays["covered"]
-            teacher = classifier(int(r.scalars["dim"]), covered.size)
+            dim = int(r.scalars["dim"])
+            shapes = {n: tuple(w.shape) for n, w in r.weights.items()}
+            kind = teacher_network_of(shapes, dim, covered.size)
+            teacher = teacher_network(kind, dim, covered.size)
             load_numpy_state(teacher, r.weights)
             reg: Regulariser = Regulariser()
             if "reg_mean" in r.arrays:

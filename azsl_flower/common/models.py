@@ -10,9 +10,12 @@ import torch
 from torch import nn
 
 __all__ = [
+    "TEACHER_NETWORKS",
     "CosineClassifier",
     "Generator",
     "classifier",
+    "teacher_network",
+    "teacher_network_of",
     "resolve_device",
     "fit",
     "predict_logits",
@@ -68,6 +71,29 @@ def classifier(in_dim: int, num_classes: int, dropout: float = 0.5) -> nn.Sequen
         nn.Dropout(dropout),
         nn.Linear(512, num_classes),
     )
+
+
+TEACHER_NETWORKS = ("mlp", "linear")
+
+
+def teacher_network(kind: str, in_dim: int, num_classes: int) -> nn.Sequential:
+    """An owner's teacher: ``mlp`` (the paper's :func:`classifier`) or ``linear`` (softmax
+    regression). DP-SGD's noise grows with the parameter count, so a DP owner is better
+    served by the linear one (docs/benchmarks/dp-settings-val.json)."""
+    if kind == "mlp":
+        return classifier(in_dim, num_classes)
+    if kind == "linear":
+        return nn.Sequential(nn.Linear(in_dim, num_classes))
+    raise ValueError(f"teacher network {kind!r}: choose one of {list(TEACHER_NETWORKS)}")
+
+
+def teacher_network_of(shapes: dict[str, tuple[int, ...]], in_dim: int, num_classes: int) -> str:
+    """Which teacher network a state dict of these shapes is, or "" when none is."""
+    for kind in TEACHER_NETWORKS:
+        want = teacher_network(kind, in_dim, num_classes).state_dict()
+        if shapes == {n: tuple(t.shape) for n, t in want.items()}:
+            return kind
+    return ""
 
 
 class CosineClassifier(nn.Module):

@@ -17,6 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from azsl_flower.common.models import TEACHER_NETWORKS
 from azsl_flower.common.modes import (
     REGULARISER_ANSWERS,
     TEACHER_ANSWERS,
@@ -74,13 +75,22 @@ class OwnerPrivacy:
     stats_epsilon: float = math.inf
     stats_clip: float = 0.0  # per-record L2 bound of the features for the statistics release
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound
-    dp_batch_size: int = 2048  # DP-SGD expected batch (Poisson sampling): large is better
+    dp_batch_size: int = 512  # DP-SGD expected batch (Poisson sampling)
     dp_epochs: int = 0  # DP-SGD passes; 0: the run's teacher-epochs
-    dp_lr: float = 1.0  # DP-SGD learning rate (SGD, momentum 0.9)
+    dp_lr: float = 0.2  # DP-SGD learning rate (SGD, momentum 0.9)
+    teacher_model: str = "auto"  # mlp | linear | auto (linear with teacher-epsilon)
 
     @property
     def dp_teacher(self) -> bool:
         return math.isfinite(self.teacher_epsilon)
+
+    @property
+    def teacher_network(self) -> str:
+        """The teacher's network: ``teacher-model``, with ``auto`` resolved (DP-SGD noise grows
+        with the parameter count, so a DP teacher is linear unless the owner says otherwise)."""
+        if self.teacher_model != "auto":
+            return self.teacher_model
+        return "linear" if self.dp_teacher else "mlp"
 
     @property
     def dp_stats(self) -> bool:
@@ -153,6 +163,7 @@ NODE_KEYS = (
     "dp-batch-size",
     "dp-epochs",
     "dp-lr",
+    "teacher-model",
 )
 
 
@@ -186,6 +197,11 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
             "norm, chosen without looking at them (e.g. from the feature extractor's range); "
             "longer vectors are scaled down to it before the statistics are released"
         )
+    model = str(node.get("teacher-model", default.teacher_model)).strip()
+    if model not in ("auto", *TEACHER_NETWORKS):
+        raise ValueError(
+            f"node-config teacher-model={model!r}: choose one of {['auto', *TEACHER_NETWORKS]}"
+        )
     dp_clip = _float(node, "dp-clip", default.dp_clip)
     if not 0 < dp_clip < math.inf:
         raise ValueError(f"node-config dp-clip={dp_clip!r}: a number > 0")
@@ -201,4 +217,5 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
         dp_batch_size=_int(node, "dp-batch-size", default.dp_batch_size, 1),
         dp_epochs=_int(node, "dp-epochs", 0, 0),
         dp_lr=_float(node, "dp-lr", default.dp_lr),
+        teacher_model=model,
     )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from azsl_flower.common.config import TEACHER_KEYS, resolve_cache_dir
-from azsl_flower.common.models import classifier, fit, resolve_device, state_to_numpy
+from azsl_flower.common.models import fit, resolve_device, state_to_numpy, teacher_network
 from azsl_flower.owner import dp
 from azsl_flower.owner.data import OwnerData, load_owner_data
 from azsl_flower.owner.dfzsl import train_cosine_teacher
@@ -95,6 +95,8 @@ def owner_state(
     dp_teacher = {k: fp[k] for k in fp if k.startswith(("teacher_e", "teacher_d", "dp_"))}
     if privacy.dp_teacher:
         teacher_cfg["dp"] = dp_teacher
+    if privacy.teacher_network != "mlp" and not cosine:  # mlp teachers keep their keys
+        teacher_cfg["network"] = privacy.teacher_network
     key = hashlib.sha256(
         json.dumps([data.fingerprint, teacher_cfg, partition_id], sort_keys=True).encode()
     ).hexdigest()[:24]
@@ -165,7 +167,7 @@ def _dp_statistics(
     knows it), and the release is kept on disk: the owner answers from the same noisy
     statistics for good instead of releasing again.
     """
-    path = cache / f"dpstats-{hashlib.sha256(state_key.encode()).hexdigest()[:24]}.npz"
+    path = cache / f"dpstats2-{hashlib.sha256(state_key.encode()).hexdigest()[:24]}.npz"
     delta = privacy.delta(int(data.train_y.size))
     if path.is_file():
         saved = np.load(path)
@@ -204,7 +206,7 @@ def _teacher(
 ) -> tuple[torch.nn.Module, dp.Mechanism | None]:
     """The owner's teacher from its disk cache, or trained on its data and cached; with
     ``teacher-epsilon``, trained with DP-SGD (Opacus), and what it spent beside it."""
-    teacher = classifier(data.dim, classes.size).to(device)
+    teacher = teacher_network(privacy.teacher_network, data.dim, classes.size).to(device)
     spent_path = path.with_suffix(".dp.json")
     if path.is_file() and (not privacy.dp_teacher or spent_path.is_file()):
         teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
