@@ -327,6 +327,51 @@ def test_dp_owner_runs_and_its_epsilon_is_opacus_accounting(tmp_path, scenario):
     assert 0.0 <= results["student"]["h"] <= 1.0 and results["teacher"]["h"] > 0.3
 
 
+DP_NODE = {"teacher-epsilon": 4.0, "stats-epsilon": 2.0, "stats-clip": DIGITS_CLIP, "dp-epochs": 2}
+
+
+def _release(tmp_path: Path, **over: object) -> tuple[dict, np.ndarray, list]:
+    """What a DP owner answers from: teacher weights, released means, mechanisms."""
+    policy = owner_privacy(DP_NODE)
+    st, _ = _owner(tmp_path, policy, **over)
+    weights = {
+        n: t.detach().cpu().numpy().copy() for n, t in st.oracle.teacher.state_dict().items()
+    }
+    mech = [st.mechanisms[k].history() for k in sorted(st.mechanisms)]
+    return weights, st.oracle.regulariser.stats()["mean"].copy(), mech
+
+
+def test_a_service_cannot_buy_a_fresh_dp_release_with_new_run_settings(tmp_path):
+    # a hostile service starts run after run with a new seed and new teacher settings,
+    # hoping for fresh noise to average away: the owner answers from the same release
+    w0, m0, mech0 = _release(tmp_path, seed=0)
+    for over in ({"seed": 1}, {"seed": 2, "teacher_epochs": 7, "lr_teacher": 0.01}):
+        w, m, mech = _release(tmp_path, **over)
+        assert mech == mech0
+        assert all(np.array_equal(w[n], w0[n]) for n in w0)
+        np.testing.assert_array_equal(m, m0)
+
+
+def _release_in_process(args: tuple[str, int]) -> tuple[float, float]:
+    cache, seed = args
+    policy = owner_privacy(DP_NODE)
+    raw = {**FAST, "cache-dir": cache, "scenario": "blackbox", "seed": seed}
+    st = owner_state(parse_run_config(raw).owner_settings(), 0, 1, policy)
+    w = next(iter(st.oracle.teacher.parameters()))
+    return float(w.detach().double().sum()), float(st.oracle.regulariser.stats()["mean"].sum())
+
+
+def test_concurrent_messages_make_one_dp_release(tmp_path):
+    # a SuperNode handles two messages of a run at once, each in its own process: both
+    # must answer from one release, never each from its own draw of noise
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        got = pool.map(_release_in_process, [(str(tmp_path / "cache"), s) for s in (0, 1)])
+    assert got[0] == got[1], got
+
+
 def test_non_private_parts_are_declared_not_covered(tmp_path):
     results, _ = _run(tmp_path, node={"teacher-epsilon": 4.0, "dp-epochs": 1})
     declared = results["privacy"]["1000"]

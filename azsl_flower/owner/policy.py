@@ -386,7 +386,14 @@ KEYS: tuple[PolicyKey, ...] = (
     ),
     PolicyKey("dp-clip", 1.0, 1.0, _text, "DP-SGD per-sample gradient norm bound", "-"),
     PolicyKey("dp-batch-size", 512, 512, _text, "DP-SGD expected batch (Poisson)", "-"),
-    PolicyKey("dp-epochs", 0, 0, _text, "DP-SGD passes (0: the run's teacher-epochs)", "-"),
+    PolicyKey(
+        "dp-epochs",
+        30,
+        30,
+        _text,
+        "DP-SGD passes over the owner's data",
+        "the owner's, so the service's `teacher-epochs` (or `seed`) never buys a new release",
+    ),
     PolicyKey("dp-lr", 0.2, 0.2, _text, "DP-SGD learning rate (SGD, momentum 0.9)", "-"),
     PolicyKey(
         "partition-id",

@@ -76,7 +76,7 @@ class OwnerPrivacy:
     stats_clip: float = 0.0  # per-record L2 bound of the features for the statistics release
     dp_clip: float = 1.0  # DP-SGD per-sample gradient norm bound
     dp_batch_size: int = 512  # DP-SGD expected batch (Poisson sampling)
-    dp_epochs: int = 0  # DP-SGD passes; 0: the run's teacher-epochs
+    dp_epochs: int = 30  # DP-SGD passes (the owner's: never the run's teacher-epochs)
     dp_lr: float = 0.2  # DP-SGD learning rate (SGD, momentum 0.9)
     teacher_model: str = "auto"  # mlp | linear | auto (linear with teacher-epsilon)
 
@@ -215,7 +215,7 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
         stats_clip=clip,
         dp_clip=dp_clip,
         dp_batch_size=_int(node, "dp-batch-size", default.dp_batch_size, 1),
-        dp_epochs=_int(node, "dp-epochs", 0, 0),
+        dp_epochs=_int(node, "dp-epochs", default.dp_epochs, 1),
         dp_lr=_float(node, "dp-lr", default.dp_lr),
         teacher_model=model,
     )

@@ -7,12 +7,16 @@ SuperNode that answers each message in a new process does not retrain it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,19 +101,31 @@ def owner_state(
         teacher_cfg["dp"] = dp_teacher
     if privacy.teacher_network != "mlp" and not cosine:  # mlp teachers keep their keys
         teacher_cfg["network"] = privacy.teacher_network
-    key = hashlib.sha256(
-        json.dumps([data.fingerprint, teacher_cfg, partition_id], sort_keys=True).encode()
-    ).hexdigest()[:24]
+    # a DP release depends on the owner's data and policy only: a service that varies its
+    # seed or teacher settings must get the same release back, not a fresh draw of noise
+    # to average away (nor a new spend). So those keys leave the key, and the DP teacher's
+    # initial weights come from the owner's seed, its passes from dp-epochs.
+    released = {k: v for k, v in teacher_cfg.items() if k not in SERVICE_CHOSEN}
+    key = _digest(data, released if privacy.dp_teacher else teacher_cfg, partition_id)
     reg_name = str(settings.get("regulariser", "kl"))
     stats_cfg = f"{privacy.stats_epsilon}-{privacy.stats_clip}-{privacy.teacher_delta}"
     state_key = f"{key}-{reg_name}-{stats_cfg if privacy.dp_stats else 'exact'}"
+    if privacy.dp_stats:  # the statistics depend on the data and the release settings only
+        stats_key = (
+            _digest(
+                data,
+                {k: v for k, v in released.items() if k not in ("dp", "network")},
+                partition_id,
+            )
+            + f"-{stats_cfg}"
+        )
     if state_key in _STATE:
         cached = _STATE[state_key]
         if cached.privacy == privacy:
             return cached
     device = resolve_device(str(settings.get("device", "auto")))
     classes = data.covered_classes
-    seed = int(settings.get("seed", 0)) + 7919 * partition_id
+    seed = (0 if privacy.dp_teacher else int(settings.get("seed", 0))) + 7919 * partition_id
     cache = resolve_cache_dir(settings.get("cache-dir"))
     path = cache / f"teacher-{key}.pt"
     mechanisms: dict[str, dp.Mechanism] = {}
@@ -137,6 +153,9 @@ def owner_state(
                 lr=float(settings.get("lr-teacher", 1e-3)),
                 seed=seed,
             )
+        elif privacy.dp_teacher:
+            with release_lock(cache):  # concurrent messages make one release, not two
+                teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy)
         else:
             teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy)
     if spent is not None:
@@ -148,7 +167,8 @@ def owner_state(
                 f"regulariser={reg_name} keeps real samples and has no DP release; an owner "
                 "with stats-epsilon answers regulariser=kl (or none)"
             )
-        reg, mechanisms["stats"] = _dp_statistics(data, cache, state_key, privacy)
+        with release_lock(cache):
+            reg, mechanisms["stats"] = _dp_statistics(data, cache, stats_key, privacy)
     else:
         reg = make_regulariser(reg_name, data.train_x, data.train_y, int(settings.get("seed", 0)))
     oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)
@@ -156,6 +176,28 @@ def owner_state(
         _STATE.pop(next(iter(_STATE)))
     _STATE[state_key] = OwnerState(data, oracle, path, privacy, mechanisms)
     return _STATE[state_key]
+
+
+# Run-config keys the service chooses freely (TEACHER_KEYS): never part of a DP release's key.
+SERVICE_CHOSEN = ("seed", "teacher-epochs", "lr-teacher")
+
+
+def _digest(data: OwnerData, cfg: dict[str, Any], partition_id: int) -> str:
+    blob = json.dumps([data.fingerprint, cfg, partition_id], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+@contextmanager
+def release_lock(cache: Path) -> Iterator[None]:
+    """Hold the owner's DP-release lock: two messages handled at once (a SuperNode runs each
+    in its own process) find the release the first one made instead of making a second."""
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(cache / "dp-release.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _dp_statistics(
@@ -225,7 +267,7 @@ def _teacher(
             torch.from_numpy(local).to(device),
             epsilon=privacy.teacher_epsilon,
             delta=privacy.delta(int(local.size)),
-            epochs=privacy.dp_epochs or epochs,
+            epochs=privacy.dp_epochs,
             batch_size=privacy.dp_batch_size,
             max_grad_norm=privacy.dp_clip,
             lr=privacy.dp_lr,
