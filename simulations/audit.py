@@ -72,6 +72,10 @@ MODES: dict[str, tuple[dict[str, str], str]] = {
         {"scenario": "whitebox", "teacher-answer": "probs", "regulariser-answer": "gradient"},
         "softmax, ∇ₓ[CE + αR]",
     ),
+    "whitebox-noreg": (
+        {"scenario": "whitebox", "teacher-answer": "logits", "regulariser-answer": "none"},
+        "softmax + lse, ∇ₓ[CE]",
+    ),
     "blackbox": (
         {"scenario": "blackbox", "teacher-answer": "logits", "regulariser-answer": "gradient"},
         "softmax + lse, ∇ₓ[αR]",
@@ -357,6 +361,11 @@ def audit_mode(
 # -- runs ------------------------------------------------------------------------------------
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row of a saved audit is replaced by a new one of the same mode, ε and teacher."""
+    return (row["mode"], row["epsilon_target"], row.get("teacher_network", "mlp"))
+
+
 def run_job(
     cfg_raw: dict[str, Any], node: dict[str, Any], seed: int, out_dir: str
 ) -> dict[str, Any]:
@@ -418,6 +427,18 @@ def main() -> None:
         default=20.0,
         help="owners' stats-clip (L2 bound of a feature vector) under DP",
     )
+    ap.add_argument(
+        "--teacher-model",
+        default="auto",
+        choices=["auto", "mlp", "linear"],
+        help="the owners' teacher-model (auto: linear under DP, mlp without)",
+    )
+    ap.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="val: validation classes stand in for the test ones (for choosing defaults)",
+    )
     ap.add_argument("--value-classes", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=50.0)
     ap.add_argument("--rounds", type=int, default=30)
@@ -462,8 +483,11 @@ def main() -> None:
         "cache-dir": str(Path(args.cache_dir).resolve()),
         "tensorboard": False,
         "checkpoint-every": 0,
+        "split": args.split,
     }
-    data = load_owner_data("xlsa17", cfg_raw["data-dir"], args.feature_file, "transductive", 0, 1)
+    data = load_owner_data(
+        "xlsa17", cfg_raw["data-dir"], args.feature_file, "transductive", 0, 1, split=args.split
+    )
     n = int(data.train_y.size)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for name in [m for m in args.modes.split(",") if m]:
@@ -471,6 +495,8 @@ def main() -> None:
         for eps in [float(e) for e in args.epsilons.split(",") if e]:
             t0 = time.monotonic()
             node = dp_node_config(eps, asked, n, args.stats_clip)
+            if args.teacher_model != "auto":
+                node["teacher-model"] = args.teacher_model
             raw = {**cfg_raw, **asked}
             runs = [
                 _summary(json.loads((Path(f) / "results.json").read_text()))
@@ -499,6 +525,7 @@ def main() -> None:
                 "asked": asked,
                 "epsilon_target": eps if math.isfinite(eps) else None,
                 "owner_node_config": node,
+                "teacher_network": policy.teacher_network,
                 "declared": st.spend(settings).to_json(),
                 "attacks": audit_mode(
                     st,
@@ -513,11 +540,7 @@ def main() -> None:
                 "queries_from": str(qdir) if qdir else None,
                 "seconds": time.monotonic() - t0,
             }
-            saved["rows"] = [
-                r
-                for r in saved["rows"]
-                if (r["mode"], r["epsilon_target"]) != (name, row["epsilon_target"])
-            ] + [row]
+            saved["rows"] = [r for r in saved["rows"] if _row_key(r) != _row_key(row)] + [row]
             saved["settings"] = {k: v for k, v in cfg_raw.items() if k != "cache-dir"} | {
                 "stats_clip": args.stats_clip,
                 "dp_epochs": DP_EPOCHS,

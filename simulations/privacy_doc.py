@@ -39,13 +39,23 @@ def _eps(row: dict[str, Any]) -> str:
     return f"{declared:.2f}" if declared is not None else f"{target:g} (not covered)"
 
 
+def _teacher(row: dict[str, Any]) -> str:
+    """The owner's teacher network, with its DP-SGD settings where it has them."""
+    node = row.get("owner_node_config") or {}
+    name = row.get("teacher_network", "mlp")
+    if "dp-lr" in node:
+        return f"{name} (DP-SGD lr {node['dp-lr']}, batch {node['dp-batch-size']})"
+    return name
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Mode × leakage × student H × ε, one line per audited (mode, ε)."""
     head = (
-        "| mode | ε (composed) | on the wire | means: rel. err | variances: rel. err "
+        "| mode | teacher | ε (composed) | on the wire | means: rel. err | variances: rel. err "
         "| attack samples | prototype NCM H | extraction: agreement / H | inversion cos "
-        "| student H | teacher H | NCM on released (run) | samples per run |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| student H | teacher H | NCM on released (run) | NCM on generated (run) "
+        "| samples per run |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -58,11 +68,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         if samples is not None and "samples_all_classes" in stats:
             samples = f"{samples} ({stats['classes']} classes; all: {stats['samples_all_classes']})"
         ncm = [x["ncm_released"]["h"] for x in runs if x.get("ncm_released")]
+        gen = [x["ncm_generated"]["h"] for x in runs if x.get("ncm_generated")]
         lines.append(
             "| "
             + " | ".join(
                 [
                     r["mode"],
+                    _teacher(r),
                     _eps(r),
                     r["wire"],
                     _err(stats.get("mean_rel_err")),
@@ -74,6 +86,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                     _mean_sd([x["student"]["h"] for x in runs]),
                     _mean_sd([x["teacher"]["h"] for x in runs]),
                     _mean_sd(ncm) if ncm else "–",
+                    _mean_sd(gen) if gen else "–",
                     str(runs[0]["queries_used"]) if runs else "–",
                 ]
             )
@@ -96,6 +109,7 @@ def render(audit: dict[str, Any], previous: str = "") -> str:
                 "weights",
                 "whitebox",
                 "whitebox-probs",
+                "whitebox-noreg",
                 "blackbox",
                 "blackbox-value",
                 "strict",
@@ -109,6 +123,7 @@ def render(audit: dict[str, Any], previous: str = "") -> str:
         key=lambda r: (
             order.get(r["mode"], 99),
             -(r["epsilon_target"] if r["epsilon_target"] is not None else math.inf),
+            r.get("teacher_network", "mlp") != "linear",  # the default DP teacher first
         ),
     )
     kept = previous.split(MARKER, 1)[1] if MARKER in previous else "\n"
