@@ -4,6 +4,7 @@ statistics attack, differential privacy (Opacus) and the nearest-class-mean base
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,60 @@ def test_concurrent_messages_make_one_dp_release(tmp_path):
     with ctx.Pool(2) as pool:
         got = pool.map(_release_in_process, [(str(tmp_path / "cache"), s) for s in (0, 1)])
     assert got[0] == got[1], got
+
+
+def test_epsilon_limit_caps_what_all_releases_compose_to(tmp_path):
+    # one release per training set: a service asking for the inductive teacher too gets a
+    # second release, composed with the first; the owner's epsilon-limit refuses it
+    node = {**DP_NODE, "epsilon-limit": 6.0}
+    policy = owner_privacy(node)
+    st, settings = _owner(tmp_path, policy)  # transductive: teacher 4 + statistics 2
+    spend = st.spend(settings)
+    assert spend.to_json()["lifetime_releases"] == 2
+    assert spend.to_json()["lifetime_epsilon"] == pytest.approx(spend.epsilon)
+    with pytest.raises(Refused, match="epsilon-limit"):
+        _owner(tmp_path, policy, teacher="inductive")
+    # without a limit the second training set is released, and the owner declares the sum
+    free = owner_privacy(DP_NODE)
+    st2, settings2 = _owner(tmp_path, free, teacher="inductive")
+    declared = st2.spend(settings2).to_json()
+    assert declared["lifetime_releases"] == 4
+    assert declared["lifetime_epsilon"] > 1.2 * declared["epsilon"]  # RDP: 1.4x here
+
+
+def test_pruning_the_teacher_cache_keeps_dp_teachers(tmp_path):
+    # max-teachers bounds the cache, but a DP teacher is a release: deleted, the next run
+    # on its training set would release again
+    from types import SimpleNamespace
+
+    from azsl_flower.owner.state import prune_teachers
+
+    files = [tmp_path / f"teacher-{i}.pt" for i in range(4)]
+    for i, f in enumerate(files):
+        f.write_bytes(b"x")
+        os.utime(f, (i, i))
+    files[0].with_suffix(".dp.json").write_text("{}")
+    prune_teachers(SimpleNamespace(teacher_file=files[3]), keep=1)
+    assert [f.exists() for f in files] == [True, False, False, True]
+
+
+def test_planned_teacher_mechanism_is_what_opacus_trains():
+    x, y = torch.randn(300, 5), torch.randint(0, 3, (300,))
+    plan = dp.planned_teacher(3.0, 1e-4, 300, 64, 2)
+    spent = dp.train_dp_teacher(
+        torch.nn.Linear(5, 3),
+        x,
+        y,
+        epsilon=3.0,
+        delta=1e-4,
+        epochs=2,
+        batch_size=64,
+        max_grad_norm=1.0,
+        lr=0.1,
+        seed=0,
+    )
+    assert (plan.sample_rate, plan.steps) == (spent.sample_rate, spent.steps)
+    assert plan.noise_multiplier == pytest.approx(spent.noise_multiplier, rel=1e-6)
 
 
 def test_non_private_parts_are_declared_not_covered(tmp_path):

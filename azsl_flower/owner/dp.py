@@ -31,6 +31,7 @@ __all__ = [
     "Mechanism",
     "PrivacySpend",
     "gaussian_class_stats",
+    "planned_teacher",
     "shrink_means",
     "stats_noise_multiplier",
     "train_dp_teacher",
@@ -90,6 +91,9 @@ class PrivacySpend:
     mechanisms: list[Mechanism]
     covered: bool  # every answer is post-processing of these mechanisms
     not_covered: list[str]  # what is released without a guarantee, when not covered
+    # every DP release the owner has made, for any run (teachers and statistics over each
+    # training set it was asked about): their composition is what the owner has spent
+    lifetime: list[Mechanism] = field(default_factory=list)
 
     @property
     def epsilon(self) -> float | None:
@@ -104,6 +108,8 @@ class PrivacySpend:
             "mechanisms": [m.to_json(self.delta) for m in self.mechanisms],
             "covered": self.covered,
             "not_covered": self.not_covered,
+            "lifetime_releases": len(self.lifetime),
+            "lifetime_epsilon": epsilon_of(self.lifetime, self.delta) if self.lifetime else 0.0,
         }
 
 
@@ -270,3 +276,13 @@ def teacher_sgd_noise(epsilon: float, delta: float, n: int, batch_size: int, epo
     """The DP-SGD noise multiplier Opacus picks for these settings (for planning budgets)."""
     rate = 1.0 / math.ceil(n / min(batch_size, n))  # as Opacus samples
     return _opacus_noise(epsilon, delta, sample_rate=rate, epochs=epochs)
+
+
+def planned_teacher(
+    epsilon: float, delta: float, n: int, batch_size: int, epochs: int
+) -> Mechanism:
+    """The mechanism :func:`train_dp_teacher` will be, known before training (as Opacus
+    plans it: sample rate 1 / batches, ``epochs`` x batches steps)."""
+    batches = math.ceil(n / min(batch_size, n))
+    sigma = teacher_sgd_noise(epsilon, delta, n, batch_size, epochs)
+    return Mechanism("dp-sgd teacher (opacus)", sigma, 1.0 / batches, epochs * batches)

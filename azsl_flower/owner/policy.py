@@ -387,6 +387,16 @@ KEYS: tuple[PolicyKey, ...] = (
     PolicyKey("dp-clip", 1.0, 1.0, _text, "DP-SGD per-sample gradient norm bound", "-"),
     PolicyKey("dp-batch-size", 512, 512, _text, "DP-SGD expected batch (Poisson)", "-"),
     PolicyKey(
+        "epsilon-limit",
+        "",
+        "",
+        _text,
+        "the most ε all of this owner's DP releases may compose to, over every run and training "
+        "set (its cache keeps them; empty or 0: no limit); a release past it is refused",
+        "a service cannot add up releases (transductive and inductive teacher, test and val "
+        "split) beyond what the owner agreed to",
+    ),
+    PolicyKey(
         "dp-epochs",
         30,
         30,

@@ -79,6 +79,7 @@ class OwnerPrivacy:
     dp_epochs: int = 30  # DP-SGD passes (the owner's: never the run's teacher-epochs)
     dp_lr: float = 0.2  # DP-SGD learning rate (SGD, momentum 0.9)
     teacher_model: str = "auto"  # mlp | linear | auto (linear with teacher-epsilon)
+    epsilon_limit: float = math.inf  # the most all this owner's DP releases may compose to
 
     @property
     def dp_teacher(self) -> bool:
@@ -164,6 +165,7 @@ NODE_KEYS = (
     "dp-epochs",
     "dp-lr",
     "teacher-model",
+    "epsilon-limit",
 )
 
 
@@ -202,6 +204,8 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
         raise ValueError(
             f"node-config teacher-model={model!r}: choose one of {['auto', *TEACHER_NETWORKS]}"
         )
+    limit = _float(node, "epsilon-limit", math.inf)
+    limit = math.inf if limit == 0 else limit
     dp_clip = _float(node, "dp-clip", default.dp_clip)
     if not 0 < dp_clip < math.inf:
         raise ValueError(f"node-config dp-clip={dp_clip!r}: a number > 0")
@@ -218,4 +222,5 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
         dp_epochs=_int(node, "dp-epochs", default.dp_epochs, 1),
         dp_lr=_float(node, "dp-lr", default.dp_lr),
         teacher_model=model,
+        epsilon_limit=limit,
     )

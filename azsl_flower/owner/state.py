@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser,
 from azsl_flower.owner.privacy import OwnerPrivacy
 from azsl_flower.wire.errors import Refused
 
-__all__ = ["OwnerState", "owner_state", "prune_teachers", "teacher_weights"]
+__all__ = ["OwnerState", "owner_state", "prune_teachers", "released", "teacher_weights"]
 
 
 @dataclass
@@ -60,6 +61,7 @@ class OwnerState:
             mechanisms=list(self.mechanisms.values()),
             covered=not not_covered,
             not_covered=not_covered,
+            lifetime=released(self.teacher_file.parent) if self.teacher_file else [],
         )
 
 
@@ -200,6 +202,34 @@ def release_lock(cache: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def released(cache: Path) -> list[dp.Mechanism]:
+    """Every DP release this owner's cache holds: each DP teacher and each statistics
+    release, whatever run or training set it was made for."""
+    out = [
+        dp.Mechanism(**json.loads(p.read_text())) for p in sorted(cache.glob("teacher-*.dp.json"))
+    ]
+    for path in sorted(cache.glob("dpstats2-*.npz")):
+        with np.load(path) as saved:
+            out.append(dp.Mechanism(**json.loads(str(saved["mechanism"]))))
+    return out
+
+
+def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: float) -> None:
+    """Refuse (sealed ``policy``) a new release that would take everything this owner has
+    released past its ``epsilon-limit`` (RDP composes across δ-free; ε at this δ)."""
+    if not math.isfinite(privacy.epsilon_limit):
+        return
+    before = released(cache)
+    total = dp.epsilon_of([*before, new], delta)
+    if total > privacy.epsilon_limit:
+        raise Refused(
+            "policy",
+            f"a new DP release ({new.name}) would bring the ε of all {len(before) + 1} releases "
+            f"of this owner to {total:.2f}, above its epsilon-limit={privacy.epsilon_limit:g}; "
+            "it answers only runs on training sets it has already released for",
+        )
+
+
 def _dp_statistics(
     data: OwnerData, cache: Path, state_key: str, privacy: OwnerPrivacy
 ) -> tuple[KLRegulariser, dp.Mechanism]:
@@ -217,6 +247,7 @@ def _dp_statistics(
         mech = dp.Mechanism(**json.loads(str(saved["mechanism"])))
     else:
         z = dp.stats_noise_multiplier(privacy.stats_epsilon, delta)
+        _within_limit(cache, privacy, dp.Mechanism("gaussian class statistics", z, 1.0, 1), delta)
         rng = np.random.default_rng(secrets.randbits(128))
         mean, var, mech = dp.gaussian_class_stats(
             data.train_x, data.train_y, data.covered_classes, privacy.stats_clip, z, rng
@@ -261,6 +292,11 @@ def _teacher(
     lr = float(settings.get("lr-teacher", 1e-3))
     spent = None
     if privacy.dp_teacher:
+        n, delta = int(local.size), privacy.delta(int(local.size))
+        plan = dp.planned_teacher(
+            privacy.teacher_epsilon, delta, n, privacy.dp_batch_size, privacy.dp_epochs
+        )
+        _within_limit(path.parent, privacy, plan, delta)
         spent = dp.train_dp_teacher(
             teacher,
             x,
@@ -310,5 +346,6 @@ def prune_teachers(state: OwnerState, keep: int) -> None:
         current.parent.glob("teacher-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True
     )
     for old in files[keep:]:
-        if old != current:
+        # a DP teacher is a release: deleted, a later run would make another one
+        if old != current and not old.with_suffix(".dp.json").exists():
             old.unlink(missing_ok=True)
