@@ -107,8 +107,8 @@ def owner_state(
     # seed or teacher settings must get the same release back, not a fresh draw of noise
     # to average away (nor a new spend). So those keys leave the key, and the DP teacher's
     # initial weights come from the owner's seed, its passes from dp-epochs.
-    released = {k: v for k, v in teacher_cfg.items() if k not in SERVICE_CHOSEN}
-    key = _digest(data, released if privacy.dp_teacher else teacher_cfg, partition_id)
+    release_cfg = {k: v for k, v in teacher_cfg.items() if k not in SERVICE_CHOSEN}
+    key = _digest(data, release_cfg if privacy.dp_teacher else teacher_cfg, partition_id)
     reg_name = str(settings.get("regulariser", "kl"))
     stats_cfg = f"{privacy.stats_epsilon}-{privacy.stats_clip}-{privacy.teacher_delta}"
     state_key = f"{key}-{reg_name}-{stats_cfg if privacy.dp_stats else 'exact'}"
@@ -116,7 +116,7 @@ def owner_state(
         stats_key = (
             _digest(
                 data,
-                {k: v for k, v in released.items() if k not in ("dp", "network")},
+                {k: v for k, v in release_cfg.items() if k not in ("dp", "network")},
                 partition_id,
             )
             + f"-{stats_cfg}"
@@ -216,7 +216,7 @@ def released(cache: Path) -> list[dp.Mechanism]:
 
 def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: float) -> None:
     """Refuse (sealed ``policy``) a new release that would take everything this owner has
-    released past its ``epsilon-limit`` (RDP composes across δ-free; ε at this δ)."""
+    released past its ``epsilon-limit`` (composed by Opacus's RDP accountant, ε at this δ)."""
     if not math.isfinite(privacy.epsilon_limit):
         return
     before = released(cache)
@@ -231,7 +231,7 @@ def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: 
 
 
 def _dp_statistics(
-    data: OwnerData, cache: Path, state_key: str, privacy: OwnerPrivacy
+    data: OwnerData, cache: Path, stats_key: str, privacy: OwnerPrivacy
 ) -> tuple[KLRegulariser, dp.Mechanism]:
     """The KL regulariser's statistics released once with the Gaussian mechanism.
 
@@ -239,7 +239,7 @@ def _dp_statistics(
     knows it), and the release is kept on disk: the owner answers from the same noisy
     statistics for good instead of releasing again.
     """
-    path = cache / f"dpstats2-{hashlib.sha256(state_key.encode()).hexdigest()[:24]}.npz"
+    path = cache / f"dpstats2-{hashlib.sha256(stats_key.encode()).hexdigest()[:24]}.npz"
     delta = privacy.delta(int(data.train_y.size))
     if path.is_file():
         saved = np.load(path)
