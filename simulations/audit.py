@@ -100,7 +100,8 @@ MODES: dict[str, tuple[dict[str, str], str]] = {
 # the owners' DP-SGD settings in this audit (node config), the owner policy's defaults:
 # selected on validation classes by simulations/dp_settings.py
 # (docs/benchmarks/dp-settings-val.json; teacher-model=auto gives the linear teacher)
-DP_EPOCHS, DP_BATCH, DP_LR = 30, 512, 0.2
+_OWNER = OwnerPrivacy()
+DP_EPOCHS, DP_BATCH, DP_LR = _OWNER.dp_epochs, _OWNER.dp_batch_size, _OWNER.dp_lr
 
 
 def budget_split(epsilon: float, delta: float, n: int, stats: bool) -> float:
@@ -113,13 +114,9 @@ def budget_split(epsilon: float, delta: float, n: int, stats: bool) -> float:
         return epsilon
 
     def total(s: float) -> float:
-        sigma = dp.teacher_sgd_noise(s, delta, n, DP_BATCH, DP_EPOCHS)
-        batches = math.ceil(n / min(DP_BATCH, n))  # Opacus: sample rate 1 / batches
-        q, steps = 1.0 / batches, DP_EPOCHS * batches
-        z = dp.stats_noise_multiplier(s, delta)
-        return dp.epsilon_of(
-            [dp.Mechanism("t", sigma, q, steps), dp.Mechanism("s", z, 1.0, 1)], delta
-        )
+        teacher = dp.planned_teacher(s, delta, n, DP_BATCH, DP_EPOCHS)
+        stats = dp.stats_mechanism(dp.stats_noise_multiplier(s, delta), 1.0)
+        return dp.epsilon_of([teacher, stats], delta)
 
     lo, hi = epsilon / 4, epsilon
     for _ in range(12):

@@ -156,8 +156,7 @@ def _check_teacher(r: schema.Payload, dim: int, num_classes: int) -> None:
     if r.weights is None:
         raise ReplyError("scenario weights: the owner sent no teacher weights")
     covered = r.arrays["covered"]
-    shapes = {n: tuple(w.shape) for n, w in r.weights.items()}
-    if not teacher_network_of(shapes, dim, covered.size):
+    if not teacher_network_of(r.weights, dim, covered.size):
         raise ReplyError(f"teacher weights are not a teacher network of {dim}-d features")
     for w in r.weights.values():
         _bounded("teacher weights", w)

@@ -169,8 +169,7 @@ class LocalTeachers:
                 raise OwnerError("scenario=weights but an owner sent no teacher weights")
             covered = r.arrays["covered"]
             dim = int(r.scalars["dim"])
-            shapes = {n: tuple(w.shape) for n, w in r.weights.items()}
-            kind = teacher_network_of(shapes, dim, covered.size)
+            kind = teacher_network_of(r.weights, dim, covered.size)
             teacher = teacher_network(kind, dim, covered.size)
             load_numpy_state(teacher, r.weights)
             reg: Regulariser = Regulariser()

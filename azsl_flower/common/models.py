@@ -87,8 +87,9 @@ def teacher_network(kind: str, in_dim: int, num_classes: int) -> nn.Sequential:
     raise ValueError(f"teacher network {kind!r}: choose one of {list(TEACHER_NETWORKS)}")
 
 
-def teacher_network_of(shapes: dict[str, tuple[int, ...]], in_dim: int, num_classes: int) -> str:
-    """Which teacher network a state dict of these shapes is, or "" when none is."""
+def teacher_network_of(weights: dict[str, np.ndarray], in_dim: int, num_classes: int) -> str:
+    """Which teacher network a state dict (arrays by name) is, by its shapes; "" when none."""
+    shapes = {n: tuple(np.shape(w)) for n, w in weights.items()}
     for kind in TEACHER_NETWORKS:
         want = teacher_network(kind, in_dim, num_classes).state_dict()
         if shapes == {n: tuple(t.shape) for n, t in want.items()}:

@@ -33,9 +33,12 @@ __all__ = [
     "gaussian_class_stats",
     "planned_teacher",
     "shrink_means",
+    "stats_mechanism",
     "stats_noise_multiplier",
     "train_dp_teacher",
 ]
+
+TEACHER_MECHANISM = "dp-sgd teacher (opacus)"  # its name in declarations and results
 
 # Shares of the statistics' unit sensitivity: count, per-class sums (the means matter
 # most to the regulariser and to any attacker), pooled sum of squares. Squares sum to 1.
@@ -171,7 +174,7 @@ def train_dp_teacher(
     model.remove_hooks()
     teacher.eval()
     return Mechanism(
-        "dp-sgd teacher (opacus)",
+        TEACHER_MECHANISM,
         float(noise),
         float(rate),
         int(steps),
@@ -243,21 +246,26 @@ def gaussian_class_stats(
     mean = s_hat / n_hat[:, None]
     # within-class variance pooled over classes; each noisy mean squared is biased up by
     # its noise variance (z clip / w_sum / n)^2, which is known and taken off
-    bias = (z * clip / w_sum / n_hat) ** 2
+    mean_sd = z * clip / w_sum / n_hat  # the noise on each class mean, per coordinate
+    bias = mean_sd**2
     between = (n_hat[:, None] * (mean**2 - bias[:, None])).sum(0)
     pooled = (q_hat - between) / n_hat.sum()
     floor = max(1e-2 * float(np.clip(pooled, 0, None).mean()), 1e-8)
     var = np.broadcast_to(np.maximum(pooled, floor), mean.shape).copy()
     if shrink:
-        mean = shrink_means(mean, n_hat, z * clip / w_sum / n_hat)
-    mech = Mechanism(
+        mean = shrink_means(mean, n_hat, mean_sd)
+    return mean.astype(np.float32), var.astype(np.float32), stats_mechanism(z, clip)
+
+
+def stats_mechanism(noise_multiplier: float, clip: float) -> Mechanism:
+    """The statistics release as the accountant counts it: one Gaussian mechanism."""
+    return Mechanism(
         "gaussian class statistics",
-        float(z),
+        float(noise_multiplier),
         1.0,
         1,
         {"clip": clip, "released": "per-class count and sum; pooled sum of squares"},
     )
-    return mean.astype(np.float32), var.astype(np.float32), mech
 
 
 def shrink_means(mean: np.ndarray, counts: np.ndarray, noise_sd: np.ndarray) -> np.ndarray:
@@ -285,4 +293,4 @@ def planned_teacher(
     plans it: sample rate 1 / batches, ``epochs`` x batches steps)."""
     batches = math.ceil(n / min(batch_size, n))
     sigma = teacher_sgd_noise(epsilon, delta, n, batch_size, epochs)
-    return Mechanism("dp-sgd teacher (opacus)", sigma, 1.0 / batches, epochs * batches)
+    return Mechanism(TEACHER_MECHANISM, sigma, 1.0 / batches, epochs * batches)

@@ -247,7 +247,7 @@ def _dp_statistics(
         mech = dp.Mechanism(**json.loads(str(saved["mechanism"])))
     else:
         z = dp.stats_noise_multiplier(privacy.stats_epsilon, delta)
-        _within_limit(cache, privacy, dp.Mechanism("gaussian class statistics", z, 1.0, 1), delta)
+        _within_limit(cache, privacy, dp.stats_mechanism(z, privacy.stats_clip), delta)
         rng = np.random.default_rng(secrets.randbits(128))
         mean, var, mech = dp.gaussian_class_stats(
             data.train_x, data.train_y, data.covered_classes, privacy.stats_clip, z, rng
@@ -302,7 +302,7 @@ def _teacher(
             x,
             torch.from_numpy(local).to(device),
             epsilon=privacy.teacher_epsilon,
-            delta=privacy.delta(int(local.size)),
+            delta=delta,
             epochs=privacy.dp_epochs,
             batch_size=privacy.dp_batch_size,
             max_grad_norm=privacy.dp_clip,
