@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "REGULARISER_ANSWERS",
+    "SCENARIO_CEILING",
     "TEACHER_ANSWERS",
     "TeacherAnswer",
     "feedback_fields",
     "parse_teacher_answer",
+    "scenario_reveals",
     "verify_fields",
 ]
 
@@ -45,6 +47,27 @@ class TeacherAnswer:
     def allows(self, asked: TeacherAnswer) -> bool:
         """Whether an owner giving at most ``self`` may answer ``asked``."""
         return asked.rank() <= self.rank()
+
+
+# The least teacher-answer ceiling under which each scenario's answers stay: what the
+# scenario reveals about the teacher whatever mode the service asks for. White-box answers
+# each batch's cross-entropy and its input gradient: with batches of one sample and each
+# label asked in turn, -log p_y for every y is the whole softmax (``probs``); dfzsl's probes
+# are answered with logits; ``weights`` sends the teacher itself. Black-box answers only
+# the asked mode (its regulariser fields never depend on the teacher).
+SCENARIO_CEILING: dict[str, TeacherAnswer] = {
+    "blackbox": TeacherAnswer("label"),
+    "whitebox": TeacherAnswer("probs"),
+    "dfzsl": TeacherAnswer("logits"),
+    "weights": TeacherAnswer("logits"),
+}
+
+
+def scenario_reveals(scenario: str) -> TeacherAnswer:
+    """The teacher answer ``scenario`` reveals at the least (an owner whose
+    ``teacher-answer`` ceiling is below it refuses the scenario). Unknown: ``logits``, so an
+    unrecognised scenario is never answered under a lower ceiling."""
+    return SCENARIO_CEILING.get(scenario, TeacherAnswer("logits"))
 
 
 def parse_teacher_answer(text: object, where: str = "teacher-answer") -> TeacherAnswer:

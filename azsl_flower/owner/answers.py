@@ -6,7 +6,8 @@ exactly what an owner sends. Modes (see :mod:`azsl_flower.owner.privacy`):
 - teacher answer ``logits``: softmax and log-sum-exp of the logits (together: the logits);
   ``probs``: the softmax only; ``topk:K``: the K largest probabilities, the rest 0;
   ``label``: a one-hot argmax. The per-batch cross-entropy value goes with ``logits`` and
-  ``probs`` (it follows from them) and with white-box.
+  ``probs`` (it follows from them) and with white-box, which only an owner at ``probs`` or
+  above answers (per-sample losses and their gradients reveal the whole softmax).
 - regulariser answer ``gradient``: ∇ₓ[α·R] (white-box: inside the gradient it returns);
   ``value``: R per batch, no gradient of R; ``none``: nothing about R.
 - black-box without ``gradient`` is *strict*: the reply holds outputs only, no gradient
@@ -63,7 +64,10 @@ def feedback_answer(
     policy: OwnerPrivacy,
     lse_grad: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The reply arrays to a feedback request, in the asked mode (already checked)."""
+    """The reply arrays to a feedback request, in the asked mode. Checked against ``policy``
+    again here (a sealed refusal), so nothing calling this can answer past the owner's
+    ceiling: the handlers checked already, the audit attacks what this returns."""
+    policy.check(settings)
     teacher, regulariser = asked_modes(settings)
     whitebox = str(settings.get("scenario")) in ("whitebox", "weights")
     fields = feedback_fields(teacher, regulariser, whitebox, lse_grad)
@@ -84,7 +88,9 @@ def feedback_answer(
 def verify_answer(
     oracle: FeedbackOracle, x: np.ndarray, settings: dict[str, Any], policy: OwnerPrivacy
 ) -> dict[str, np.ndarray]:
-    """Verification reply: the (shaped) softmax and its argmax; ``logits``: also lse."""
+    """Verification reply: the (shaped) softmax and its argmax; ``logits``: also lse (checked
+    against ``policy`` like :func:`feedback_answer`)."""
+    policy.check(settings)
     teacher, _ = asked_modes(settings)
     raw, lse = oracle.probs_lse(x)
     probs = rounded({"p": shape_probs(raw.astype(np.float32), teacher)}, policy.answer_decimals)

@@ -23,6 +23,7 @@ from azsl_flower.common.modes import (
     TEACHER_ANSWERS,
     TeacherAnswer,
     parse_teacher_answer,
+    scenario_reveals,
 )
 from azsl_flower.wire.errors import Refused
 
@@ -125,15 +126,22 @@ class OwnerPrivacy:
                 f"{list(REGULARISER_ANSWERS)}",
             )
         problems = []
-        if scenario == "dfzsl" and self.teacher_answer.kind != "logits":
+        needs = scenario_reveals(scenario)
+        if not self.teacher_answer.allows(needs):
             problems.append(
-                "scenario=dfzsl answers probes with the teacher's logits, more than this "
-                f"owner's teacher-answer={self.teacher_answer} allows"
+                f"scenario={scenario} {_REVEALS.get(scenario, 'reveals the logits')}, more than "
+                f"this owner's teacher-answer={self.teacher_answer} allows (it needs "
+                f"teacher-answer={needs} or more{_INSTEAD.get(scenario, '')})"
             )
-        if scenario == "weights" and self.teacher_answer.kind != "logits":
+        if (
+            scenario == "weights"
+            and regulariser != "none"
+            and self.regulariser_answer != "gradient"
+        ):
             problems.append(
-                f"scenario=weights sends the teacher itself, more than this owner's "
-                f"teacher-answer={self.teacher_answer} allows"
+                "scenario=weights sends the regulariser's class means and variances themselves "
+                f"(unless regulariser-answer=none), more than this owner's "
+                f"regulariser-answer={self.regulariser_answer} allows; ask regulariser-answer=none"
             )
         if not self.teacher_answer.allows(teacher):
             problems.append(
@@ -150,6 +158,16 @@ class OwnerPrivacy:
             )
         if problems:
             raise Refused("policy", "this owner refuses the request: " + "; ".join(problems))
+
+
+# What each scenario reveals about the teacher beyond the asked mode (SCENARIO_CEILING).
+_REVEALS = {
+    "whitebox": "answers each batch's cross-entropy and its input gradient: with batches of "
+    "one sample (each label asked in turn) they reveal the whole softmax",
+    "dfzsl": "answers probes with the teacher's logits",
+    "weights": "sends the teacher itself",
+}
+_INSTEAD = {"whitebox": "; an owner below it answers scenario=blackbox"}
 
 
 NODE_KEYS = (
