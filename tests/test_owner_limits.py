@@ -14,11 +14,14 @@ The owner is deployed (:class:`tests.hostile.Owner`); its service end may send a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from azsl_flower.owner.answers import feedback_answer, verify_answer
-from azsl_flower.owner.privacy import owner_privacy
+from azsl_flower.owner.policy import OwnerPolicy, PolicyError
+from azsl_flower.owner.privacy import OwnerPrivacy, owner_privacy
 from azsl_flower.wire import schema
 from azsl_flower.wire.errors import Refused
 from tests.hostile import Owner, query_payload
@@ -113,3 +116,122 @@ def test_weights_sends_the_statistics_only_under_a_gradient_ceiling(tmp_path):
     assert refused.refusal is not None and "regulariser-answer=value" in refused.refusal.reason
     [setup] = owner.ask(schema.SETUP, scenario="weights", regulariser_answer="none").answers
     assert setup.weights and "reg_mean" not in setup.arrays
+
+
+# -- node-config values that make no sense -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        # the review's values
+        ({"dp-lr": "inf"}, r"dp-lr='inf': a finite number in \(0, 10\]"),
+        ({"answer-decimals": 100000}, r"answer-decimals='?100000'?: a whole number in -1..9"),
+        ({"dfzsl-temperature": 1e-320}, r"dfzsl-temperature=1e-320.*\[0.001, 10\]"),
+        # one boundary past each limit
+        ({"dp-lr": 10.001}, "dp-lr='?10.001'?"),
+        ({"dp-lr": 0}, "dp-lr='?0'?"),
+        ({"answer-decimals": 10}, "answer-decimals='?10'?"),
+        ({"answer-decimals": -2}, "answer-decimals='?-2'?"),
+        ({"dfzsl-temperature": 0.00099}, "dfzsl-temperature=0.00099"),
+        ({"dfzsl-temperature": 10.01}, "dfzsl-temperature=10.01"),
+        ({"teacher-delta": 1}, r"teacher-delta='?1'?: a finite number in \(0, 1\)"),
+        ({"teacher-delta": -1e-9}, "teacher-delta='?-1e-09'?"),
+        # every other numeric key: finite, in a stated range
+        ({"teacher-epsilon": "nan"}, r"teacher-epsilon='nan'.*\(0, 1000\]"),
+        ({"teacher-epsilon": -1}, "teacher-epsilon='?-1'?"),
+        ({"teacher-epsilon": 1000.5}, "teacher-epsilon='?1000.5'?"),
+        ({"stats-epsilon": "-inf"}, "stats-epsilon='-inf'"),
+        ({"stats-clip": "inf"}, "stats-clip='inf'"),
+        ({"stats-clip": -3}, "stats-clip='?-3'?"),
+        ({"dp-clip": "inf"}, "dp-clip='inf'"),
+        ({"dp-clip": 0}, "dp-clip='?0'?"),
+        ({"dp-batch-size": 0}, r"dp-batch-size='?0'?: a whole number in 1..1048576"),
+        ({"dp-batch-size": 2**20 + 1}, "dp-batch-size='?1048577'?"),
+        ({"dp-epochs": 0}, "dp-epochs='?0'?"),
+        ({"dp-epochs": 10_001}, r"dp-epochs='?10001'?: a whole number in 1..10000"),
+        ({"dp-epochs": 1.5}, "dp-epochs='?1.5'?"),
+        ({"epsilon-limit": "nan"}, "epsilon-limit='nan'"),
+        ({"epsilon-limit": -2}, "epsilon-limit='?-2'?"),
+        ({"seed": 2**31}, r"seed=2147483648: give a whole number in 0..2147483647"),
+        ({"teacher-epochs": 10_001}, "teacher-epochs=10001"),
+        ({"query-budget": 10**12 + 1}, r"query-budget=1000000000001.*0..1000000000000"),
+        ({"max-setups": 10**30}, "max-setups="),
+        ({"device": "gpu"}, "device='gpu': choose auto, cpu, cuda or cuda:N"),
+        ({"device": "cudax"}, "device='cudax'"),
+    ],
+)
+def test_a_node_config_that_makes_no_sense_stops_the_owner(config, match):
+    with pytest.raises(PolicyError, match=match):
+        OwnerPolicy.from_node_config(config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"dp-lr": 10},
+        {"dp-lr": 2.0},
+        {"answer-decimals": 9},
+        {"answer-decimals": -1},
+        {"answer-decimals": 0},
+        {"dfzsl-temperature": 0.001},
+        {"dfzsl-temperature": 10},
+        {"teacher-delta": 0.999999},  # below 1 parses; 1/n is checked with the data
+        {"teacher-delta": ""},
+        {"teacher-epsilon": 1000},
+        {"teacher-epsilon": ""},
+        {"teacher-epsilon": 0},
+        {"teacher-epsilon": "inf"},
+        {"epsilon-limit": "inf"},
+        {"dp-batch-size": 2**20, "dp-epochs": 10_000, "dp-clip": 1e-3},
+        {"seed": 2**31 - 1, "teacher-epochs": 10_000, "query-budget": 10**12},
+        {"device": "cuda:1"},
+    ],
+)
+def test_values_inside_the_ranges_are_read(config):
+    OwnerPolicy.from_node_config(config)
+
+
+def test_not_private_spellings_mean_not_private():
+    for raw in ("", 0, "0", "inf", " INF "):
+        p = owner_privacy({"teacher-epsilon": raw, "stats-epsilon": raw, "epsilon-limit": raw})
+        assert not p.dp_teacher and not p.dp_stats and math.isinf(p.epsilon_limit), raw
+
+
+def test_delta_must_be_below_one_over_n():
+    n = 1000
+    assert OwnerPrivacy().delta(n) == pytest.approx(1 / (10 * n))
+    below = math.nextafter(1 / n, 0.0)
+    assert OwnerPrivacy(teacher_delta=below).delta(n) == below
+    for delta in (1 / n, 0.999999):
+        with pytest.raises(Refused, match=rf"teacher-delta={delta:g} is not below 1/n = 0.001"):
+            OwnerPrivacy(teacher_delta=delta).delta(n)
+
+
+def _declared_delta(owner: Owner) -> float:
+    [setup] = owner.ask(schema.SETUP, scenario="blackbox").answers
+    return float(setup.scalars["delta"])  # type: ignore[arg-type]
+
+
+def test_an_owner_refuses_a_delta_of_one_over_n_or_more_at_set_up(tmp_path):
+    # the review's value: the node config parses (δ < 1), but this owner has n training
+    # images and δ >= 1/n; set-up, where the owner declares δ, is refused naming it
+    n = round(1 / (10 * _declared_delta(Owner(tmp_path, node_id=20))))
+    for node, delta in ((21, 0.999999), (22, 1 / n)):
+        refused = Owner(tmp_path, node_id=node, teacher_delta=delta).ask(
+            schema.SETUP, scenario="blackbox"
+        )
+        assert refused.refusal is not None and refused.refusal.code == "policy"
+        reason = refused.refusal.reason
+        assert f"teacher-delta={delta:g}" in reason and f"1/n = {1 / n:.3g}" in reason
+        assert f"n = {n} training images" in reason
+    below = math.nextafter(1 / n, 0.0)
+    assert _declared_delta(Owner(tmp_path, node_id=23, teacher_delta=below)) == below
+
+
+def test_a_dp_owner_with_delta_past_one_over_n_releases_nothing(tmp_path):
+    # the δ check comes before DP-SGD plans or trains anything: nothing is released
+    owner = Owner(tmp_path, teacher_epsilon=4.0, teacher_delta=0.999999, dp_epochs=1)
+    refused = owner.ask(schema.SETUP, scenario="blackbox")
+    assert refused.refusal is not None and "teacher-delta=0.999999" in refused.refusal.reason
+    assert not list(owner.cache.glob("teacher-*.dp.json"))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,14 +30,29 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from azsl_flower.common.config import CHOICES, DEFAULTS, Scenario, resolve_cache_dir
+from azsl_flower.owner.privacy import (
+    MAX_ANSWER_DECIMALS,
+    MAX_DP_BATCH,
+    MAX_DP_EPOCHS,
+    MAX_DP_LR,
+    MAX_EPSILON,
+    OwnerPrivacy,
+    owner_privacy,
+)
 from azsl_flower.owner.privacy import NODE_KEYS as PRIVACY_KEYS
-from azsl_flower.owner.privacy import OwnerPrivacy, owner_privacy
 from azsl_flower.wire.errors import Refused
 
 __all__ = ["KEYS", "RUN", "OwnerPolicy", "PolicyError", "PolicyKey", "markdown_table"]
 
 RUN = object()  # simulated default: take the run config's value
 DEFAULT_TEMPERATURE = 0.05  # scenario dfzsl: the cosine teacher's, unless the owner sets it
+# The cosine teacher's logits are cosines divided by the temperature: at 1e-3 they stay
+# within ±1000, where float32 softmax, cross-entropy and their gradients are finite (1e-320
+# makes 1/T infinite and the logits NaN); above 10 every answer is nearly uniform.
+TEMPERATURE_RANGE = (1e-3, 10.0)
+MAX_COUNT = 10**12  # counts and budgets: beyond any run, and inside the wire's int64 scalars
+MAX_SEED = 2**31 - 1  # every generator the owner seeds (torch, NumPy) takes it
+MAX_EPOCHS = 10_000  # teacher-epochs the node config may set
 
 
 class PolicyError(ValueError):
@@ -47,21 +63,36 @@ def _text(name: str, raw: object) -> str:
     return str(raw).strip()
 
 
-def _count(name: str, raw: object) -> int:
-    """A whole number >= 0 (0: no limit); refuses 1.5, 'ten' and True alike."""
+def _whole(name: str, raw: object, high: int, meaning: str) -> int:
+    """A whole number in 0..high; refuses 1.5, 'ten' and True alike."""
     try:
         if isinstance(raw, bool):
             raise ValueError
         value = int(str(raw).strip())
     except ValueError:
         value = -1
-    if value < 0:
-        raise PolicyError(f"node-config {name}={raw!r}: give a whole number >= 0 (0 = no limit)")
+    if not 0 <= value <= high:
+        raise PolicyError(f"node-config {name}={raw!r}: give a whole number in 0..{high} {meaning}")
     return value
 
 
-def _optional_count(name: str, raw: object) -> int | None:
-    return None if str(raw).strip() == "" else max(1, _count(name, raw))
+def _count(name: str, raw: object) -> int:
+    """A count or a limit: a whole number in 0..MAX_COUNT (0: no limit)."""
+    return _whole(name, raw, MAX_COUNT, "(0 = no limit)")
+
+
+def _optional_seed(name: str, raw: object) -> int | None:
+    """Empty: derived from the owner's key; else a seed in 0..MAX_SEED (0 reads as 1)."""
+    if str(raw).strip() == "":
+        return None
+    return max(1, _whole(name, raw, MAX_SEED, "(empty: from this owner's key)"))
+
+
+def _optional_epochs(name: str, raw: object) -> int | None:
+    """Empty: the run's value (capped); else 1..MAX_EPOCHS epochs (0 reads as 1)."""
+    if str(raw).strip() == "":
+        return None
+    return max(1, _whole(name, raw, MAX_EPOCHS, "(empty: the run's value)"))
 
 
 def _optional_rate(name: str, raw: object) -> float | None:
@@ -121,15 +152,25 @@ def _partition(name: str, raw: object) -> int:
     return _count(name, raw)
 
 
+def _device(name: str, raw: object) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: refused here, not at the first message."""
+    value = str(raw).strip()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise PolicyError(f"node-config {name}={raw!r}: choose auto, cpu, cuda or cuda:N")
+    return value
+
+
 def _temperature(name: str, raw: object) -> float:
     try:
         value = float(str(raw).strip())
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and 0 < value <= 10):
+    low, high = TEMPERATURE_RANGE
+    if not (math.isfinite(value) and low <= value <= high):
         raise PolicyError(
-            f"node-config {name}={raw!r}: the cosine teacher's temperature, a number in (0, 10] "
-            f"(logits are cosines divided by it; default {DEFAULT_TEMPERATURE})"
+            f"node-config {name}={raw!r}: the cosine teacher's temperature, a number in "
+            f"[{low:g}, {high:g}] (logits are cosines divided by it: below {low:g} they leave "
+            f"float32's range; default {DEFAULT_TEMPERATURE})"
         )
     return value
 
@@ -213,13 +254,13 @@ KEYS: tuple[PolicyKey, ...] = (
         "`$AZSL_CACHE_DIR` or `~/.cache/azsl-flower`)",
         "the service cannot choose where the owner writes",
     ),
-    PolicyKey("device", "auto", RUN, _text, "`auto`, `cpu`, `cuda`, `cuda:N`", "-"),
+    PolicyKey("device", "auto", RUN, _device, "`auto`, `cpu`, `cuda`, `cuda:N`", "-"),
     PolicyKey(
         "seed",
         "",
         RUN,
-        _optional_count,
-        "teacher seed (empty: derived from this owner's key fingerprint)",
+        _optional_seed,
+        f"teacher seed, up to {MAX_SEED} (empty: derived from this owner's key fingerprint)",
         "owners never share a seed; the service cannot make the owner train new teachers "
         "by changing its seed",
     ),
@@ -227,8 +268,9 @@ KEYS: tuple[PolicyKey, ...] = (
         "teacher-epochs",
         "",
         RUN,
-        _optional_count,
-        "teacher training epochs (empty: the run's value, up to `max-teacher-epochs`)",
+        _optional_epochs,
+        f"teacher training epochs, 1..{MAX_EPOCHS} (empty: the run's value, up to "
+        "`max-teacher-epochs`)",
         "the owner decides how its teacher is trained",
     ),
     PolicyKey(
@@ -303,7 +345,8 @@ KEYS: tuple[PolicyKey, ...] = (
         DEFAULT_TEMPERATURE,
         DEFAULT_TEMPERATURE,
         _temperature,
-        "scenario dfzsl: the cosine teacher's temperature (logits are cosines divided by it)",
+        "scenario dfzsl: the cosine teacher's temperature in "
+        f"[{TEMPERATURE_RANGE[0]:g}, {TEMPERATURE_RANGE[1]:g}] (logits are cosines divided by it)",
         "-",
     ),
     PolicyKey(
@@ -320,8 +363,11 @@ KEYS: tuple[PolicyKey, ...] = (
         "logits",
         "logits",
         _text,
-        "the most revealing teacher answer given: `logits` > `probs` > `topk:K` > `label`",
-        "what the service learns about the teacher per query (docs/privacy.md: extraction)",
+        "the most revealing teacher answer given: `logits` > `probs` > `topk:K` > `label`; "
+        "below `probs` the owner refuses `whitebox` (per-sample losses and their input "
+        "gradients reveal the whole softmax), below `logits` also `dfzsl` and `weights`",
+        "what the service learns about the teacher per query, in every scenario "
+        "(docs/privacy.md: extraction)",
     ),
     PolicyKey(
         "regulariser-answer",
@@ -338,7 +384,8 @@ KEYS: tuple[PolicyKey, ...] = (
         -1,
         -1,
         _text,
-        "round every number answered to this many decimals (-1: exact)",
+        f"round every number answered to this many decimals, 0..{MAX_ANSWER_DECIMALS} "
+        "(-1: exact; float32 answers have no more digits)",
         "less precision per answer",
     ),
     PolicyKey(
@@ -346,7 +393,8 @@ KEYS: tuple[PolicyKey, ...] = (
         "",
         "",
         _text,
-        "train the teacher with DP-SGD (Opacus) to this ε (empty, 0 or `inf`: not private)",
+        f"train the teacher with DP-SGD (Opacus) to this ε in (0, {MAX_EPSILON:g}] "
+        "(empty, 0 or `inf`: not private)",
         "every answer is post-processing of a DP model: the bound holds for any number of queries",
     ),
     PolicyKey(
@@ -354,8 +402,9 @@ KEYS: tuple[PolicyKey, ...] = (
         "",
         "",
         _text,
-        "δ of every mechanism (empty or 0: 1/(10 n), n the training images)",
-        "-",
+        "δ of every mechanism, below 1/n, n the training images (empty or 0: 1/(10 n)); "
+        "1/n or more is refused at set-up",
+        "no mechanism may publish a training image outright",
     ),
     PolicyKey(
         "stats-epsilon",
@@ -363,7 +412,8 @@ KEYS: tuple[PolicyKey, ...] = (
         "",
         _text,
         "release the regulariser's class statistics once with the Gaussian mechanism at this ε "
-        "(composed with the teacher's by Opacus's accountant; needs `stats-clip`)",
+        f"in (0, {MAX_EPSILON:g}] (composed with the teacher's by Opacus's accountant; needs "
+        "`stats-clip`)",
         "the class means and variances the regulariser answers about are noisy",
     ),
     PolicyKey(
@@ -371,7 +421,8 @@ KEYS: tuple[PolicyKey, ...] = (
         "",
         "",
         _text,
-        "per-record L2 bound for the statistics release (choose it without looking at the data)",
+        "per-record L2 bound for the statistics release, finite > 0 (choose it without looking "
+        "at the data)",
         "one image's influence on the statistics",
     ),
     PolicyKey(
@@ -384,15 +435,18 @@ KEYS: tuple[PolicyKey, ...] = (
         "DP-SGD loses far less accuracy on the linear teacher "
         "(docs/benchmarks/dp-settings-val.json)",
     ),
-    PolicyKey("dp-clip", 1.0, 1.0, _text, "DP-SGD per-sample gradient norm bound", "-"),
-    PolicyKey("dp-batch-size", 512, 512, _text, "DP-SGD expected batch (Poisson)", "-"),
+    PolicyKey("dp-clip", 1.0, 1.0, _text, "DP-SGD per-sample gradient norm bound, finite > 0", "-"),
+    PolicyKey(
+        "dp-batch-size", 512, 512, _text, f"DP-SGD expected batch (Poisson), 1..{MAX_DP_BATCH}", "-"
+    ),
     PolicyKey(
         "epsilon-limit",
         "",
         "",
         _text,
         "the most ε all of this owner's DP releases may compose to, over every run and training "
-        "set (its cache keeps them; empty or 0: no limit); a release past it is refused",
+        "set (its cache keeps them; finite > 0; empty, 0 or `inf`: no limit); a release past "
+        "it is refused",
         "a service cannot add up releases (transductive and inductive teacher, test and val "
         "split) beyond what the owner agreed to",
     ),
@@ -401,10 +455,17 @@ KEYS: tuple[PolicyKey, ...] = (
         30,
         30,
         _text,
-        "DP-SGD passes over the owner's data",
+        f"DP-SGD passes over the owner's data, 1..{MAX_DP_EPOCHS}",
         "the owner's, so the service's `teacher-epochs` (or `seed`) never buys a new release",
     ),
-    PolicyKey("dp-lr", 0.2, 0.2, _text, "DP-SGD learning rate (SGD, momentum 0.9)", "-"),
+    PolicyKey(
+        "dp-lr",
+        0.2,
+        0.2,
+        _text,
+        f"DP-SGD learning rate in (0, {MAX_DP_LR:g}] (SGD, momentum 0.9)",
+        "-",
+    ),
     PolicyKey(
         "partition-id",
         None,

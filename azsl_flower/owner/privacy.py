@@ -38,26 +38,79 @@ __all__ = [
 ]
 
 
-def _float(node: dict[str, Any], key: str, default: float) -> float:
+# Ranges of the numeric keys: each finite and stated in the error an owner sees.
+MAX_EPSILON = 1000.0  # a DP target above this bounds nothing; Opacus still plans it in seconds
+MAX_DP_BATCH = 2**20  # expected DP-SGD batch (Poisson sampling)
+MAX_DP_EPOCHS = 10_000
+MAX_DP_LR = 10.0  # simulations/dp_settings.py tries rates up to 2 (SGD, momentum 0.9)
+# A float32 answer carries at most 9 significant decimal digits (9 round-trip any float32),
+# so 9 decimals keep every digit of any answer of magnitude 1 or more; from 39 decimals on
+# float32's 10**d overflows and every rounded answer becomes NaN.
+MAX_ANSWER_DECIMALS = 9
+NOT_PRIVATE = ("", "inf")  # spellings of "not private" / "no limit", besides 0
+
+
+def _span(low: float, high: float) -> str:
+    """The range (low, high] as the error messages write it; an infinite end is open."""
+    return f"({low:g}, {high:g}]" if math.isfinite(high) else f"({low:g}, inf)"
+
+
+def _number(node: dict[str, Any], key: str, default: object, low: float, high: float) -> float:
+    """A finite number in (low, high]; the error names the key, the value and the range."""
     raw = node.get(key, default)
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"node-config {key}={raw!r}: a number >= 0")
+    value = _float_or_nan(raw)
+    if not (math.isfinite(value) and low < value <= high):
+        raise ValueError(f"node-config {key}={raw!r}: a finite number in {_span(low, high)}")
     return value
 
 
-def _int(node: dict[str, Any], key: str, default: int, low: int) -> int:
+def _int(node: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """A whole number in low..high (refuses 1.5, 'ten' and True alike)."""
     raw = node.get(key, default)
     try:
+        if isinstance(raw, bool):
+            raise ValueError
         value = int(str(raw).strip())
     except ValueError:
         value = low - 1
-    if value < low:
-        raise ValueError(f"node-config {key}={raw!r}: a whole number >= {low}")
+    if not low <= value <= high:
+        raise ValueError(f"node-config {key}={raw!r}: a whole number in {low}..{high}")
     return value
+
+
+def _unbounded_or(node: dict[str, Any], key: str, high: float, meaning: str) -> float:
+    """``inf`` for empty, 0 or ``inf`` (``meaning``), else a finite number in
+    (0, high]."""
+    raw = node.get(key, "")
+    text = str(raw).strip().lower()
+    value = _float_or_nan(text)
+    if text in NOT_PRIVATE or value == 0:
+        return math.inf
+    if not (math.isfinite(value) and 0 < value <= high):
+        raise ValueError(
+            f"node-config {key}={raw!r}: a finite number in {_span(0, high)}, or empty, 0 or "
+            f"inf ({meaning})"
+        )
+    return value
+
+
+def _zero_or(node: dict[str, Any], key: str, high: float, meaning: str) -> float:
+    """0.0 for empty or 0 (``meaning``), else a finite number in (0, high)."""
+    raw = node.get(key, "")
+    value = 0.0 if str(raw).strip() == "" else _float_or_nan(raw)
+    if value != 0 and not (math.isfinite(value) and 0 < value < high):
+        span = _span(0, high).replace("]", ")")
+        raise ValueError(
+            f"node-config {key}={raw!r}: a finite number in {span}, or empty or 0 ({meaning})"
+        )
+    return value
+
+
+def _float_or_nan(raw: object) -> float:
+    try:
+        return float(str(raw).strip())
+    except ValueError:
+        return math.nan
 
 
 @dataclass(frozen=True)
@@ -99,8 +152,24 @@ class OwnerPrivacy:
         return math.isfinite(self.stats_epsilon)
 
     def delta(self, n: int) -> float:
-        """δ of every mechanism of this owner (the default 1/(10 n) for n training images)."""
-        return self.teacher_delta if self.teacher_delta > 0 else 1.0 / (10.0 * max(n, 1))
+        """δ of every mechanism of this owner (the default 1/(10 n) for n training images).
+
+        A δ of 1/n or more lets a mechanism publish one training image outright and still
+        meet (ε, δ); n is known only once the data is loaded, so this is where it is refused
+        (a sealed ``policy`` refusal: set-up declares δ, so it fails there first)."""
+        n = max(int(n), 1)
+        if self.teacher_delta <= 0:
+            return 1.0 / (10.0 * n)
+        if self.teacher_delta >= 1.0 / n:
+            raise Refused(
+                "policy",
+                f"node-config teacher-delta={self.teacher_delta:g} is not below "
+                f"1/n = {1.0 / n:.3g} (n = {n} training images of this owner): a δ that large "
+                "lets a mechanism "
+                f"publish a training image outright; set it below 1/n, or leave it empty for "
+                f"1/(10 n) = {1.0 / (10.0 * n):.3g}",
+            )
+        return self.teacher_delta
 
     def fingerprint(self) -> dict[str, Any]:
         """What the teacher and statistics depend on (part of the owner's cache key)."""
@@ -203,15 +272,14 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
             f"node-config regulariser-answer={regulariser!r}: choose one of "
             f"{list(REGULARISER_ANSWERS)}"
         )
-    eps = {}
-    for key in ("teacher-epsilon", "stats-epsilon"):
-        value = _float(node, key, math.inf)
-        eps[key] = math.inf if value == 0 else value
-    delta = _float(node, "teacher-delta", 0.0)
-    if delta >= 1:
-        raise ValueError(f"node-config teacher-delta={delta!r}: in [0, 1) (0: 1/(10 n))")
-    clip = _float(node, "stats-clip", 0.0)
-    if math.isfinite(eps["stats-epsilon"]) and not (0 < clip < math.inf):
+    eps = {
+        key: _unbounded_or(node, key, MAX_EPSILON, "not private")
+        for key in ("teacher-epsilon", "stats-epsilon")
+    }
+    # δ < 1/n as well, n the training images: checked where n is known (OwnerPrivacy.delta)
+    delta = _zero_or(node, "teacher-delta", 1.0, "1/(10 n), n the training images")
+    clip = _zero_or(node, "stats-clip", math.inf, "no statistics release")
+    if math.isfinite(eps["stats-epsilon"]) and not clip > 0:
         raise ValueError(
             "node-config stats-epsilon needs stats-clip: a bound on your feature vectors' L2 "
             "norm, chosen without looking at them (e.g. from the feature extractor's range); "
@@ -222,23 +290,18 @@ def owner_privacy(node_config: dict[str, Any]) -> OwnerPrivacy:
         raise ValueError(
             f"node-config teacher-model={model!r}: choose one of {['auto', *TEACHER_NETWORKS]}"
         )
-    limit = _float(node, "epsilon-limit", math.inf)
-    limit = math.inf if limit == 0 else limit
-    dp_clip = _float(node, "dp-clip", default.dp_clip)
-    if not 0 < dp_clip < math.inf:
-        raise ValueError(f"node-config dp-clip={dp_clip!r}: a number > 0")
     return OwnerPrivacy(
         teacher_answer=teacher,
         regulariser_answer=regulariser,
-        answer_decimals=_int(node, "answer-decimals", -1, -1),
+        answer_decimals=_int(node, "answer-decimals", -1, -1, MAX_ANSWER_DECIMALS),
         teacher_epsilon=eps["teacher-epsilon"],
         teacher_delta=delta,
         stats_epsilon=eps["stats-epsilon"],
         stats_clip=clip,
-        dp_clip=dp_clip,
-        dp_batch_size=_int(node, "dp-batch-size", default.dp_batch_size, 1),
-        dp_epochs=_int(node, "dp-epochs", default.dp_epochs, 1),
-        dp_lr=_float(node, "dp-lr", default.dp_lr),
+        dp_clip=_number(node, "dp-clip", default.dp_clip, 0.0, math.inf),
+        dp_batch_size=_int(node, "dp-batch-size", default.dp_batch_size, 1, MAX_DP_BATCH),
+        dp_epochs=_int(node, "dp-epochs", default.dp_epochs, 1, MAX_DP_EPOCHS),
+        dp_lr=_number(node, "dp-lr", default.dp_lr, 0.0, MAX_DP_LR),
         teacher_model=model,
-        epsilon_limit=limit,
+        epsilon_limit=_unbounded_or(node, "epsilon-limit", math.inf, "no limit"),
     )
