@@ -15,15 +15,20 @@ The owner is deployed (:class:`tests.hostile.Owner`); its service end may send a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from azsl_flower.common.config import parse_run_config
+from azsl_flower.owner import state as owner_state_module
 from azsl_flower.owner.answers import feedback_answer, verify_answer
 from azsl_flower.owner.policy import OwnerPolicy, PolicyError
-from azsl_flower.owner.privacy import OwnerPrivacy, owner_privacy
+from azsl_flower.owner.privacy import MAX_ANSWER_DECIMALS, OwnerPrivacy, owner_privacy
+from azsl_flower.owner.state import owner_state
 from azsl_flower.wire import schema
 from azsl_flower.wire.errors import Refused
+from tests.conftest import FAST
 from tests.hostile import Owner, query_payload
 
 # -- the teacher-answer ceiling in every scenario ---------------------------------------------
@@ -235,3 +240,83 @@ def test_a_dp_owner_with_delta_past_one_over_n_releases_nothing(tmp_path):
     refused = owner.ask(schema.SETUP, scenario="blackbox")
     assert refused.refusal is not None and "teacher-delta=0.999999" in refused.refusal.reason
     assert not list(owner.cache.glob("teacher-*.dp.json"))
+
+
+# -- answer-decimals rounds every number answered ------------------------------------------
+
+
+def _all_numbers(owner: Owner) -> dict[str, np.ndarray]:
+    """Every float of a white-box feedback reply and a verification reply of ``owner``."""
+    assert owner.ask(schema.SETUP, scenario="whitebox").answers
+    asked = {"scenario": "whitebox", "teacher_answer": "logits", "regulariser_answer": "gradient"}
+    [fb] = owner.ask(schema.FEEDBACK, [query_payload(schema.FEEDBACK, 12)], **asked).answers
+    [vf] = owner.ask(schema.VERIFY, [query_payload(schema.VERIFY, 12)], **asked).answers
+    out = {f"feedback {k}": v for k, v in fb.arrays.items()}
+    out |= {f"verify {k}": v for k, v in vf.arrays.items() if v.dtype.kind == "f"}
+    return out
+
+
+def _at_decimals(v: np.ndarray, decimals: int) -> bool:
+    scaled = v.astype(np.float64) * 10**decimals
+    return bool(np.all(np.abs(scaled - np.round(scaled)) < 1e-3))
+
+
+def test_answer_decimals_rounds_every_number_answered(tmp_path):
+    expected = {"probs", "ce", "reg", "grad", "lse"}
+    rounded = _all_numbers(Owner(tmp_path, node_id=30, answer_decimals=2))
+    exact = _all_numbers(Owner(tmp_path, node_id=31, answer_decimals=-1))
+    assert {k.split()[1] for k in rounded if k.startswith("feedback")} == expected
+    assert {"verify probs", "verify lse"} <= set(rounded)
+    for name, v in rounded.items():
+        assert _at_decimals(v, 2), f"{name} is not rounded to 2 decimals: {v.ravel()[:5]}"
+        # the same answer, rounded: the owner rounds its own answer and nothing else
+        np.testing.assert_allclose(v, exact[name], atol=0.005 + 1e-6, err_msg=name)
+    # -1: exact answers, which have more than 2 decimals
+    for name, v in exact.items():
+        assert not _at_decimals(v, 2), f"{name} came back rounded with answer-decimals=-1"
+        assert np.all(np.isfinite(v)), name
+
+
+def test_the_most_decimals_allowed_still_answer_finite_numbers(tmp_path):
+    # the bound itself answers finite numbers, unlike the review's 100000 (all NaN)
+    numbers = _all_numbers(Owner(tmp_path, node_id=32, answer_decimals=MAX_ANSWER_DECIMALS))
+    for name, v in numbers.items():
+        assert np.all(np.isfinite(v)), f"{name} at answer-decimals={MAX_ANSWER_DECIMALS}"
+
+
+# -- the DP noise comes from the operating system --------------------------------------------
+
+FAST_DP = {
+    "teacher-epsilon": 4.0,
+    "stats-epsilon": 2.0,
+    "stats-clip": 80.0,  # digits rows: 64 pixels of 0..16
+    "dp-epochs": 1,
+    "dp-batch-size": 128,
+}
+
+
+def _fresh_release(cache: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, np.ndarray]:
+    """One DP release (teacher weights, released class means) of the same owner data and
+    node config, with the same run seed, made in a fresh cache by a fresh process (no
+    in-memory state)."""
+    monkeypatch.setattr(owner_state_module, "_STATE", {})
+    raw = {**FAST, "cache-dir": str(cache), "scenario": "blackbox", "seed": 0}
+    st = owner_state(parse_run_config(raw).owner_settings(), 0, 1, owner_privacy(FAST_DP))
+    assert set(st.mechanisms) == {"teacher", "stats"}
+    weights = np.concatenate(
+        [t.detach().cpu().numpy().ravel() for t in st.oracle.teacher.state_dict().values()]
+    )
+    return weights, st.oracle.regulariser.stats()["mean"].copy()
+
+
+def test_two_dp_releases_of_the_same_data_draw_different_noise(tmp_path, monkeypatch):
+    # noise seeded with a constant, or with the run's seed (the service knows it), would
+    # make the two releases equal: a service could then subtract the noise it predicts
+    w1, m1 = _fresh_release(tmp_path / "cache-1", monkeypatch)
+    w2, m2 = _fresh_release(tmp_path / "cache-2", monkeypatch)
+    assert w1.shape == w2.shape and not np.array_equal(w1, w2), "DP teacher noise repeated"
+    assert m1.shape == m2.shape and not np.array_equal(m1, m2), "DP statistics noise repeated"
+    # and each release is kept: the same cache answers from the same one again
+    w1_again, m1_again = _fresh_release(tmp_path / "cache-1", monkeypatch)
+    np.testing.assert_array_equal(w1_again, w1)
+    np.testing.assert_array_equal(m1_again, m1)
