@@ -423,6 +423,10 @@ KEYS: tuple[PolicyKey, ...] = (
     ),
 )
 _BY_NAME = {k.name: k for k in KEYS}
+# Run-config keys that define a simulated owner's share of one dataset (load_owner_data and
+# the teacher / DP release key read them): a deployed owner holds all of its data, so for it
+# they are always their defaults (iid, one share) and never part of what the service picks.
+PARTITION_KEYS = ("partition", "dirichlet-beta", "owner-classes")
 MAX_CALIBRATION_PER_REQUEST = 256
 
 
@@ -546,7 +550,11 @@ class OwnerPolicy:
             s["cache-dir"] = self.values["cache-dir"]
             s["device"] = self.values["device"]
             s["seed"] = self.values["seed"] if self.values["seed"] is not None else _seed(identity)
-            s["partition"], s["owner-classes"] = "iid", ""
+            # every key that only shapes a simulated owner's share of one dataset is fixed:
+            # a service that varies them (a new dirichlet-beta per run) would otherwise get a
+            # new release key, so a fresh DP teacher and statistics release each time
+            for key in PARTITION_KEYS:
+                s[key] = DEFAULTS[key]
         try:
             s["feature-file"] = relative_file(
                 "feature-file", s.get("feature-file", DEFAULTS["feature-file"])
