@@ -406,6 +406,37 @@ KEYS: tuple[PolicyKey, ...] = (
     ),
     PolicyKey("dp-lr", 0.2, 0.2, _text, "DP-SGD learning rate (SGD, momentum 0.9)", "-"),
     PolicyKey(
+        "lifetime-setups",
+        32,
+        0,
+        _count,
+        "set-up requests answered over this owner's lifetime, all runs together (0: no limit)",
+        "bounded work however many runs a service starts (each set-up may train a teacher); "
+        "32 is 8 runs at `max-setups`, or 16 to 32 ordinary runs (one or two set-ups each); "
+        "counted in the cache's lifetime file, under a lock",
+    ),
+    PolicyKey(
+        "lifetime-eval-models",
+        48,
+        0,
+        _count,
+        "models scored on the owner's test split over its lifetime, all runs together "
+        "(0: no limit)",
+        "per-run caps do not bound a service that starts new runs: a crafted model reads about "
+        "one exact value of one real test row per model scored, so 48 reads less than one 64-d "
+        "digits row, while a default job (4 models a run) runs 12 times",
+    ),
+    PolicyKey(
+        "lifetime-calibration-values",
+        512,
+        0,
+        _count,
+        "calibration values scored over the owner's lifetime, summed over models and runs "
+        "(0: no limit)",
+        "as above: each value is one more set of counts on real test rows; 512 is 6 validation "
+        "runs (17 values x 4 models, plus their test runs' 4 each)",
+    ),
+    PolicyKey(
         "partition-id",
         None,
         None,
