@@ -16,7 +16,9 @@ import numpy as np
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from azsl_flower.common.models import classifier, state_to_numpy
 from azsl_flower.owner.lifetime import read_lifetime
+from azsl_flower.owner.policy import OwnerPolicy
 from azsl_flower.owner.session import RUNS
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
@@ -196,9 +198,155 @@ def test_concurrent_runs_and_a_restart_cannot_go_over_a_lifetime_cap(tmp_path):
 
 
 def test_simulated_owners_have_no_lifetime_caps():
-    from azsl_flower.owner.policy import OwnerPolicy
-
     simulated = OwnerPolicy.from_node_config({"partition-id": 0, "num-partitions": 1})
     deployed = OwnerPolicy.from_node_config({})
     for key in ("lifetime-setups", "lifetime-eval-models", "lifetime-calibration-values"):
         assert simulated.limit(key) == 0 and deployed.limit(key) > 0
+
+
+# -- the review's row attack: real test rows read through evaluation counts -----------------
+
+LEAK = 1 / 0.96  # relu(z) = LEAK * (leaky(z) + 0.2 * leaky(-z)) for LeakyReLU(0.2)
+THRESHOLDS = np.arange(17, dtype=np.float32)  # digits pixels are 0..16 (features = pixel / 16)
+TARGET, DECOY = 0, 2  # a seen class whose rows are read; an unseen class to predict otherwise
+BIG = 100.0
+
+
+def crafted_model(gate: list[tuple[int, int]], feature: int) -> dict[str, np.ndarray]:
+    """A classifier of the owner's own shape (``classifier(64, 10)``) whose class-TARGET logit
+    is ``pixel[feature]`` for a row with ``pixel[j] >= t`` for every (j, t) in ``gate`` and
+    -BIG otherwise; DECOY's is -0.5. Scored with calibration values g = 0..16 (subtracted from
+    seen logits), TARGET's correct count at g is how many TARGET rows pass the gate with
+    ``pixel[feature] >= g``: a histogram, or one row's exact value once the gate isolates it."""
+    w = {k: np.zeros_like(v) for k, v in state_to_numpy(classifier(64, 10)).items()}
+    unit = 0
+
+    def relu_pair(layer: str, weights: np.ndarray, bias: float) -> tuple[int, int]:
+        nonlocal unit
+        w[f"{layer}.weight"][unit], w[f"{layer}.bias"][unit] = weights, bias
+        w[f"{layer}.weight"][unit + 1], w[f"{layer}.bias"][unit + 1] = -weights, -bias
+        unit += 2
+        return unit - 2, unit - 1
+
+    # layer 0: relu(p_j - t + 1) and relu(p_j - t) per gate condition (their difference is
+    # the indicator p_j >= t for whole pixels), and relu(p_feature) = p_feature
+    ind, p = [], 16.0 * np.eye(64, dtype=np.float32)
+    for j, t in gate:
+        ind.append((relu_pair("0", p[j], 1.0 - t), relu_pair("0", p[j], -float(t))))
+    value = relu_pair("0", p[feature], 0.0)
+    # layer 3: G = relu(sum of indicators - (n - 1)), 1 for a row that passes the gate, and
+    # relu(p_feature); layer 6: TARGET's logit p_feature + BIG * (G - 1)
+    unit = 0
+
+    def relu_of(pair: tuple[int, int], size: int) -> np.ndarray:
+        row = np.zeros(size, dtype=np.float32)
+        row[pair[0]], row[pair[1]] = LEAK, 0.2 * LEAK
+        return row
+
+    gate_in = sum((relu_of(a, 1024) - relu_of(b, 1024) for a, b in ind), np.zeros(1024))
+    g_unit = relu_pair("3", gate_in.astype(np.float32), 1.0 - len(gate))
+    v_unit = relu_pair("3", relu_of(value, 1024), 0.0)
+    w["6.bias"][:] = -1e4
+    w["6.bias"][DECOY] = -0.5
+    w["6.weight"][TARGET] = BIG * relu_of(g_unit, 512) + relu_of(v_unit, 512)
+    w["6.bias"][TARGET] = -BIG
+    return w
+
+
+class RowAttack:
+    """The review's attack: isolate one real TARGET test row with histograms, then read its
+    pixels one crafted model at a time, run after run (a new run id whenever a run's
+    ``max-eval-models`` is used up), until the owner stops answering."""
+
+    def __init__(self, owner: Owner, runs: int, first_run: int) -> None:
+        self.owner, self.runs, self.next_id = owner, runs, first_run
+        self.gate: list[tuple[int, int]] = []
+        self.row: dict[int, int] = {}
+        self.models = 0  # models the owner scored
+        self.run: Owner | None = None
+        self.runs_used = 0
+
+    def _counts(self, gate: list[tuple[int, int]], feature: int) -> np.ndarray | None:
+        """TARGET's correct counts at each threshold, or None once the owner stops."""
+        while True:
+            if self.run is None:
+                if self.runs_used == self.runs:
+                    return None
+                self.run, self.runs_used = next_run(self.owner, self.next_id), self.runs_used + 1
+                self.next_id += 1
+                if not self.run.ask(schema.SETUP).answers:
+                    return None
+            payload = evaluate_payload(THRESHOLDS, weights=crafted_model(gate, feature))
+            reply = self.run.ask(schema.EVALUATE, [payload])
+            if reply.answers:
+                self.models += 1
+                return reply.answers[0].arrays["model_seen_curve"][:, TARGET]
+            if "per run" not in reply.refusal.reason:  # a lifetime cap: no new run helps
+                return None
+            self.run = None  # this run's max-eval-models is spent: start another
+
+    def isolate(self, order: list[int]) -> bool:
+        """Narrow the gate to the TARGET rows with the top value of one pixel after another."""
+        for j in order:
+            hist = self._counts(self.gate, j)
+            if hist is None:
+                return False
+            top = int(np.flatnonzero(hist)[-1])
+            if hist[top] < hist[0]:  # this pixel splits the rows left: keep its top value
+                self.gate.append((j, top))
+                hist = hist[top : top + 1]
+            if hist[0] == 1:
+                return True
+        return False
+
+    def read(self, order: list[int]) -> dict[int, int]:
+        for k in order:
+            hist = self._counts(self.gate, k)
+            if hist is None:
+                break
+            assert hist[0] == 1, hist  # the gate still isolates one row
+            self.row[k] = int(hist[1:].sum())  # how many thresholds 1..16 it passes
+        return self.row
+
+
+def _true_rows() -> np.ndarray:
+    """The deployed digits owner's real test rows of TARGET, as whole pixels (for checking)."""
+    from azsl_flower.owner.data import load_owner_data
+
+    data = load_owner_data("digits")
+    return np.rint(16 * data.test_seen_x[data.test_seen_y == TARGET]).astype(int)
+
+
+def _attack(tmp_path, runs: int, **node: object) -> RowAttack:
+    owner = Owner(tmp_path, **node)
+    centre = sorted(range(64), key=lambda j: abs(j // 8 - 3.5) + abs(j % 8 - 3.5))
+    attack = RowAttack(owner, runs, first_run=200)
+    if attack.isolate(centre):
+        attack.read(list(range(64)))
+    # every value read is the exact pixel of the one real row the gate isolates
+    pixels = _true_rows()
+    passing = [r for r in pixels if all(r[j] >= t for j, t in attack.gate)]
+    assert len(passing) == 1
+    assert all(passing[0][k] == v for k, v in attack.row.items())
+    return attack
+
+
+def test_row_attack_before_lifetime_caps_rebuilds_a_whole_test_row(tmp_path):
+    # main's behaviour (only per-run caps): new runs keep the crafted models coming
+    attack = _attack(tmp_path, runs=14, lifetime_eval_models=0, lifetime_calibration_values=0)
+    assert len(attack.row) == 64, (len(attack.row), attack.runs_used)
+    print(f"before: 1 row rebuilt ({len(attack.row)} values) in {attack.runs_used} runs")
+
+
+def test_row_attack_after_lifetime_caps_reads_a_bounded_part_of_one_row(tmp_path):
+    attack = _attack(tmp_path, runs=14)  # the deployed defaults
+    models = OwnerPolicy.from_node_config({}).limit("lifetime-eval-models")
+    values = OwnerPolicy.from_node_config({}).limit("lifetime-calibration-values")
+    # the bound: a model reads at most one value of the isolated row, and the owner scores
+    # at most min(lifetime-eval-models, lifetime-calibration-values / 17) such models
+    assert attack.models == min(models, values // THRESHOLDS.size)
+    assert len(attack.row) <= attack.models - len(attack.gate) < 64
+    print(
+        f"after: 0 rows rebuilt; {len(attack.row)} of 64 values of one row "
+        f"in {attack.runs_used} runs, then refused for good"
+    )
