@@ -20,6 +20,7 @@ from azsl_flower.common.models import classifier, state_to_numpy
 from azsl_flower.owner.lifetime import read_lifetime
 from azsl_flower.owner.policy import OwnerPolicy
 from azsl_flower.owner.session import RUNS
+from azsl_flower.owner.state import EXACT_EVALUATION
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
 from tests.hostile import Owner, evaluate_payload
@@ -77,6 +78,10 @@ def test_new_partition_keys_per_run_buy_no_new_dp_release(tmp_path):
     assert len(list(cache.glob("dpstats2-*.npz"))) == 1
     assert {d["lifetime_releases"] for d in declared} == {2}
     assert len({d["lifetime_epsilon"] for d in declared}) == 1
+    # row 1: its evaluation counts are exact, so a DP owner no longer declares covered
+    for d in declared:
+        assert not d["covered"] and d["epsilon"] is None
+        assert d["not_covered"] == [EXACT_EVALUATION]
 
 
 def test_epsilon_limit_is_not_burnt_by_new_partition_keys(tmp_path):
