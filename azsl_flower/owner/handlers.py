@@ -31,6 +31,7 @@ from azsl_flower.owner.evaluation import (
     leave_out_small_classes,
     model_from_weights,
 )
+from azsl_flower.owner.lifetime import declaration
 from azsl_flower.owner.policy import MAX_CALIBRATION_PER_REQUEST, OwnerPolicy
 from azsl_flower.owner.session import Session, open_session
 from azsl_flower.owner.state import OwnerState, owner_state, prune_teachers, teacher_weights
@@ -52,6 +53,7 @@ class Job:
     settings: dict[str, object]
     policy: OwnerPolicy
     _state: OwnerState | None = field(default=None, repr=False)
+    lifetime: dict[str, int] = field(default_factory=dict)  # owner's use over all runs
 
     @property
     def state(self) -> OwnerState:
@@ -109,7 +111,9 @@ def _answer(
         raise Refused("policy", f"malformed request: {exc}") from None
     identity = session.where.identity
     jobs = [Job(p, session.policy.settings(p.settings, identity), session.policy) for p in payloads]
-    budget.reserve(session.ledger, session.policy, kind, payloads)
+    lifetime = budget.reserve(session.ledger, session.policy, kind, payloads)
+    for job in jobs:
+        job.lifetime = lifetime
     return [schema.encode(kind, "reply", **handle(job)) for job in jobs]  # type: ignore[arg-type]
 
 
@@ -149,6 +153,7 @@ def _setup(job: Job) -> Answer:
         "regulariser_answer": st.privacy.regulariser_answer,
         "answer_decimals": st.privacy.answer_decimals,
         **spend.to_json(),
+        **declaration(job.lifetime, policy),
     }
     scalars = {
         "dim": data.dim,

@@ -467,6 +467,37 @@ KEYS: tuple[PolicyKey, ...] = (
         "-",
     ),
     PolicyKey(
+        "lifetime-setups",
+        32,
+        0,
+        _count,
+        "set-up requests answered over this owner's lifetime, all runs together (0: no limit)",
+        "bounded work however many runs a service starts (each set-up may train a teacher); "
+        "32 is 8 runs at `max-setups`, or 16 to 32 ordinary runs (one or two set-ups each); "
+        "counted in the cache's lifetime file, under a lock",
+    ),
+    PolicyKey(
+        "lifetime-eval-models",
+        48,
+        0,
+        _count,
+        "models scored on the owner's test split over its lifetime, all runs together "
+        "(0: no limit)",
+        "per-run caps do not bound a service that starts new runs: a crafted model reads about "
+        "one exact value of one real test row per model scored, so 48 reads less than one 64-d "
+        "digits row, while a default job (4 models a run) runs 12 times",
+    ),
+    PolicyKey(
+        "lifetime-calibration-values",
+        512,
+        0,
+        _count,
+        "calibration values scored over the owner's lifetime, summed over models and runs "
+        "(0: no limit)",
+        "as above: each value is one more set of counts on real test rows; 512 is 6 validation "
+        "runs (17 values x 4 models, plus their test runs' 4 each)",
+    ),
+    PolicyKey(
         "partition-id",
         None,
         None,
@@ -484,6 +515,10 @@ KEYS: tuple[PolicyKey, ...] = (
     ),
 )
 _BY_NAME = {k.name: k for k in KEYS}
+# Run-config keys that define a simulated owner's share of one dataset (load_owner_data and
+# the teacher / DP release key read them): a deployed owner holds all of its data, so for it
+# they are always their defaults (iid, one share) and never part of what the service picks.
+PARTITION_KEYS = ("partition", "dirichlet-beta", "owner-classes")
 MAX_CALIBRATION_PER_REQUEST = 256
 
 
@@ -607,7 +642,11 @@ class OwnerPolicy:
             s["cache-dir"] = self.values["cache-dir"]
             s["device"] = self.values["device"]
             s["seed"] = self.values["seed"] if self.values["seed"] is not None else _seed(identity)
-            s["partition"], s["owner-classes"] = "iid", ""
+            # every key that only shapes a simulated owner's share of one dataset is fixed:
+            # a service that varies them (a new dirichlet-beta per run) would otherwise get a
+            # new release key, so a fresh DP teacher and statistics release each time
+            for key in PARTITION_KEYS:
+                s[key] = DEFAULTS[key]
         try:
             s["feature-file"] = relative_file(
                 "feature-file", s.get("feature-file", DEFAULTS["feature-file"])

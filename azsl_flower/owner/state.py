@@ -45,7 +45,12 @@ class OwnerState:
     mechanisms: dict[str, dp.Mechanism] = field(default_factory=dict)
 
     def spend(self, settings: dict) -> dp.PrivacySpend:
-        """The (ε, δ) of everything this run's answers are computed from (set-up declares it)."""
+        """The (ε, δ) of everything this run's answers are computed from (set-up declares it).
+
+        Evaluation answers per-class counts on the real *test* split, exactly: no DP release
+        covers them (a crafted model reads test rows through them, docs/privacy.md), so no
+        owner that answers them may declare ``covered``; they are bounded per run and per
+        lifetime instead (:mod:`azsl_flower.owner.lifetime`)."""
         reg_used = (
             str(settings.get("regulariser-answer", "gradient")) != "none"
             or str(settings.get("scenario")) == "weights"
@@ -56,6 +61,7 @@ class OwnerState:
             not_covered.append("teacher (trained without DP)")
         if reg_used and type(reg) is not Regulariser and "stats" not in self.mechanisms:
             not_covered.append(f"{settings.get('regulariser', 'kl')} regulariser statistics")
+        not_covered.append(EXACT_EVALUATION)
         return dp.PrivacySpend(
             delta=self.privacy.delta(int(self.data.train_y.size)),
             mechanisms=list(self.mechanisms.values()),
@@ -66,6 +72,10 @@ class OwnerState:
 
 
 _STATE: dict[str, OwnerState] = {}
+EXACT_EVALUATION = (
+    "evaluation counts (exact; bounded per run by max-eval-models and per lifetime by "
+    "lifetime-eval-models and lifetime-calibration-values)"
+)
 
 
 def owner_state(
