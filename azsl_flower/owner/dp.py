@@ -97,11 +97,16 @@ class PrivacySpend:
     # every DP release the owner has made, for any run (teachers and statistics over each
     # training set it was asked about): their composition is what the owner has spent
     lifetime: list[Mechanism] = field(default_factory=list)
+    # the answers about generated features are covered, whatever evaluation's counts are
+    # (exact counts on the test split are in ``not_covered`` and keep ``covered`` false)
+    answers_covered: bool | None = None  # None: as ``covered``
 
     @property
     def epsilon(self) -> float | None:
-        """Composed ε, or None when some release carries no guarantee."""
-        return epsilon_of(self.mechanisms, self.delta) if self.covered else None
+        """Composed ε of what the answers are computed from, or None when one of those
+        releases carries no guarantee (exact evaluation counts are declared beside it)."""
+        answers = self.covered if self.answers_covered is None else self.answers_covered
+        return epsilon_of(self.mechanisms, self.delta) if answers else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +115,7 @@ class PrivacySpend:
             "accountant": "opacus.accountants.RDPAccountant",
             "mechanisms": [m.to_json(self.delta) for m in self.mechanisms],
             "covered": self.covered,
+            "answers_covered": self.epsilon is not None,
             "not_covered": self.not_covered,
             "lifetime_releases": len(self.lifetime),
             "lifetime_epsilon": epsilon_of(self.lifetime, self.delta) if self.lifetime else 0.0,

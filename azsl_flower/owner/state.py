@@ -50,7 +50,8 @@ class OwnerState:
         Evaluation answers per-class counts on the real *test* split, exactly: no DP release
         covers them (a crafted model reads test rows through them, docs/privacy.md), so no
         owner that answers them may declare ``covered``; they are bounded per run and per
-        lifetime instead (:mod:`azsl_flower.owner.lifetime`)."""
+        lifetime instead (:mod:`azsl_flower.owner.lifetime`). The declared ε is still that of
+        the answers about generated features, when every release behind them is DP."""
         reg_used = (
             str(settings.get("regulariser-answer", "gradient")) != "none"
             or str(settings.get("scenario")) == "weights"
@@ -61,12 +62,14 @@ class OwnerState:
             not_covered.append("teacher (trained without DP)")
         if reg_used and type(reg) is not Regulariser and "stats" not in self.mechanisms:
             not_covered.append(f"{settings.get('regulariser', 'kl')} regulariser statistics")
+        answers_covered = not not_covered
         not_covered.append(EXACT_EVALUATION)
         return dp.PrivacySpend(
             delta=self.privacy.delta(int(self.data.train_y.size)),
             mechanisms=list(self.mechanisms.values()),
-            covered=not not_covered,
+            covered=False,  # exact evaluation counts: never covered
             not_covered=not_covered,
+            answers_covered=answers_covered,
             lifetime=released(self.teacher_file.parent) if self.teacher_file else [],
         )
 

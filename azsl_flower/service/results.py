@@ -244,6 +244,8 @@ def format_table(results: dict[str, Any]) -> str:
     for node, p in (results.get("privacy") or {}).items():
         eps = p.get("epsilon")
         dp = f"(ε={eps:.2f}, δ={p.get('delta'):.1e})-DP" if eps is not None else "no DP guarantee"
+        if eps is not None and not p.get("covered"):  # e.g. exact evaluation counts
+            dp += f" answers; not covered: {'; '.join(p.get('not_covered') or [])}"
         footer += (
             f"\nowner {node}: allows teacher-answer {p.get('teacher_answer')}, "
             f"regulariser-answer {p.get('regulariser_answer')}; {dp}"
