@@ -58,7 +58,7 @@ class DFZSLStrategy(OwnerPhases):
     # -- directions -------------------------------------------------------------------------
 
     def configure_probe(self, probes: np.ndarray, nodes: list[int]) -> Request:
-        check = check_probe(int(probes.shape[0]), self.roster.covered)
+        check = check_probe(probes, self.roster.covered, self.temperatures)
         payload = {"arrays": {"x": probes}}
         return Request(schema.DFZSL_PROBE, "dfzsl-probe", [payload], nodes, check)
 
