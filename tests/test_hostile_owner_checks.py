@@ -121,10 +121,27 @@ def test_counts_that_would_overflow_int64_are_refused_not_wrapped():
         sum_counts([reply(1 << 62), reply(1 << 62)], "model")  # int64 would wrap to < 0
 
 
+def _perfect(value: int) -> Spoil:
+    """Evaluation counts to match ``_counts(value)``: every one of them right."""
+
+    def spoil(p: schema.Payload) -> None:
+        a = p.arrays
+        for who in ("model", "teacher"):
+            for part in ("seen", "unseen"):
+                total = np.where(a[f"{who}_{part}_total"] > 0, value, 0).astype(np.int64)
+                a[f"{who}_{part}_total"] = a[f"{who}_{part}_correct"] = total
+                curve = f"{who}_{part}_curve"
+                if curve in a:
+                    a[curve] = np.broadcast_to(total, a[curve].shape).copy()
+            a[f"{who}_zsl_correct"] = a[f"{who}_unseen_total"]
+
+    return spoil
+
+
 def test_an_owner_declaring_2_62_test_samples_is_dropped_and_sets_nothing(tmp_path):
-    """Row 5: 2^62 samples per class, all of them right, would give the federation H = 1."""
+    """Row 5: 2^62 samples per class, all of them right, gave the federation H = 1."""
     raw = _raw(tmp_path, SHORT, max_retries=1)
-    spoil = {"query.setup": _counts(1 << 62)}
+    spoil = {"query.setup": _counts(1 << 62), "evaluate": _perfect(1 << 62)}
     results = _run(SpoilingGrid(raw, 2, 1001, spoil), raw)
     fed = results["federation"]
     assert [(d["node"], d["phase"]) for d in fed["dropped"]] == [(1001, "setup")]
