@@ -281,6 +281,23 @@ def test_a_dfzsl_owner_answering_signal_free_logits_is_dropped_at_the_probes(tmp
     assert results["student"]["zsl"] > 0.34
 
 
+def test_classes_only_a_dropped_probe_owner_covered_do_not_end_a_dfzsl_run(tmp_path):
+    """Class-disjoint owners: the dropped owner's classes have no direction left; they were
+    a zero direction, and DFZSL's kappa came out NaN and ended the run."""
+    raw = _raw(
+        tmp_path, dfzsl_tests.FAST, max_retries=0, partition="class-disjoint", encryption="none"
+    )
+
+    def flat(p: schema.Payload) -> None:
+        p.arrays["logits"] = np.zeros_like(p.arrays["logits"])
+
+    results = _run(SpoilingGrid(raw, 2, 1001, {"query.dfzsl_probe": flat}), raw)
+    fed = results["federation"]
+    assert [(d["node"], d["phase"]) for d in fed["dropped"]] == [(1001, "dfzsl-probe")]
+    assert fed["orphaned_classes"] and fed["contributors"]["evaluation"] == [1000]
+    assert 0.0 <= results["student"]["h"] <= 1.0
+
+
 # -- the service's replay window, on its own ----------------------------------------------
 
 
