@@ -1,5 +1,9 @@
 """What the benchmark scripts share: the Caltech run config, one job per process or in-process,
-and saving figures without overwriting, so no benchmark imports another."""
+and saving figures without overwriting, so no benchmark imports another.
+
+A benchmark loops over runs, each minutes to hours long: it writes its figures after every
+finished run (:class:`FiguresFile`), so a later run that fails loses nothing measured.
+"""
 
 from __future__ import annotations
 
@@ -45,11 +49,26 @@ def _forget_owner_state() -> None:
     data._TABLE_CACHE.clear()
 
 
+def job_device(device: str) -> str:
+    """The device a job asked for ``device`` runs on, named as the run config accepts it:
+    ``auto`` becomes ``cuda`` or ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` stay (an
+    absent GPU is then the job's error, not a silent CPU run); anything else is an error
+    naming the accepted names, before any job starts."""
+    from azsl_flower.common.models import resolve_device
+
+    if device == "auto":
+        return str(resolve_device("auto"))
+    if device == "cpu" or device == "cuda" or device.startswith("cuda:"):
+        return device
+    raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+
+
 def run_job(
     device: str, overrides: dict[str, Any], owners: int = 1
 ) -> tuple[dict[str, Any], float, float]:
-    """One whole job, service and owners on ``device``, through the in-process grid, with a
-    fresh teacher cache: (results.json's content, process seconds, CUDA start-up seconds)."""
+    """One whole job, service and owners on ``device`` (any name the run config accepts,
+    ``auto`` included), through the in-process grid, with a fresh teacher cache:
+    (results.json's content, process seconds, CUDA start-up seconds)."""
     import torch
 
     from azsl_flower.client_app import app as client_app
@@ -57,6 +76,7 @@ def run_job(
     from simulations.inprocess import InProcessGrid
     from strategies.server_app import run_azsl
 
+    device = job_device(device)
     _forget_owner_state()
     gpu = device.startswith("cuda")
     init_seconds = 0.0
@@ -88,3 +108,23 @@ def save_figures(path: str | Path, figures: dict) -> Path:
         out = out.with_name(f"{out.stem}-{time.strftime('%Y%m%d-%H%M%S')}{out.suffix}")
     out.write_text(json.dumps(figures, indent=2) + "\n")
     return out
+
+
+class FiguresFile:
+    """One benchmark's figures, written after every finished run: the first write picks a
+    free name beside an existing file (:func:`save_figures`, never overwriting another
+    benchmark's), later writes replace only this benchmark's own file, whole (written
+    beside it, then renamed), so a run that fails or is cut off later loses nothing."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.asked = Path(path)
+        self.path: Path | None = None  # chosen by the first write
+
+    def write(self, figures: dict) -> Path:
+        if self.path is None:
+            self.path = save_figures(self.asked, figures)
+            return self.path
+        part = self.path.with_name(f".{self.path.name}.part")
+        part.write_text(json.dumps(figures, indent=2) + "\n")
+        part.replace(self.path)
+        return self.path

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from simulations.bench import caltech_run_config, run_case, save_figures
+from simulations.bench import FiguresFile, caltech_run_config, run_case
 
 CASES = {
     "whitebox-transductive": {"scenario": "whitebox", "teacher": "transductive"},
@@ -85,19 +85,23 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks/caltech101.json")
     args = ap.parse_args()
     base = caltech_run_config(args)
-    rows = []
-    for name in [c for c in args.cases.split(",") if c]:
+    rows: list[dict] = []
+    out = FiguresFile(args.out)  # written after every run: a later failure loses none
+    cases = [c for c in args.cases.split(",") if c]
+    for name in cases:
         if name not in CASES:
             raise SystemExit(f"unknown case {name!r}; choose from {list(CASES)}")
+    for name in cases:
         t0 = time.monotonic()
         rows.append(row(name, run_case({**base, **CASES[name]})))
+        out.write({"rows": rows})
         print(f"{name}: H ratio {rows[-1]['h_ratio']}, {time.monotonic() - t0:.0f} s", flush=True)
     for rounds in [int(r) for r in args.curve.split(",") if r]:
         rows.append(row(f"whitebox-transductive@{rounds}", run_case({**base, "rounds": rounds})))
+        out.write({"rows": rows})
         print(f"whitebox@{rounds}: H ratio {rows[-1]['h_ratio']}", flush=True)
-    out = save_figures(args.out, {"rows": rows})
     print(markdown(rows))
-    print(f"figures saved to {out}")
+    print(f"figures saved to {out.write({'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from azsl_flower.wire import codec
 from azsl_flower.wire.crypto import Channel, generate_keypair
-from simulations.bench import caltech_run_config, run_case, run_job, save_figures
+from simulations.bench import FiguresFile, caltech_run_config, job_device, run_case, run_job
 from simulations.simulate import RUNNERS, parse_overrides
 
 
@@ -71,6 +71,11 @@ def main() -> None:
     ap.add_argument("--runner", choices=RUNNERS, default="ray")
     ap.add_argument("--device", default="auto", help="with --runner inprocess: cpu, cuda...")
     args = ap.parse_args()
+    if args.runner != "ray" and not args.skip_runs:
+        try:  # a device name no job accepts fails before the first run, not after it
+            job_device(args.device)
+        except ValueError as exc:
+            raise SystemExit(f"--device: {exc}") from None
 
     rows = [throughput(s, mb) for s in ("aes-256-gcm", "chacha20-poly1305") for mb in (1, 16, 128)]
     print("| suite | MB | AEAD seal+open MB/s | with serialisation MB/s |")
@@ -81,6 +86,8 @@ def main() -> None:
             f"| {r['with_serialisation_mb_per_s']:.0f} |"
         )
     runs: dict[str, list[dict]] = {}
+    out = FiguresFile(args.out)  # written after every run: a later failure loses none
+    out.write({"throughput": rows, "runs": runs})
     if not args.skip_runs:
         base = caltech_run_config(args, **parse_overrides(args.overrides))
         suites = ("none", "aes-256-gcm")
@@ -102,6 +109,7 @@ def main() -> None:
                         "output_dir": r["output_dir"],
                     }
                 )
+                out.write({"throughput": rows, "runs": runs})
                 print(
                     f"[{rep + 1}/{args.repeats}] {suite}: wall {r['wall_seconds']:.1f} s, "
                     f"student H {r['student']['h']:.3f}",
@@ -130,8 +138,7 @@ def main() -> None:
         runs["runner"] = f"{args.runner} ({enc['device']})"  # type: ignore[assignment]
         runs["overhead_fraction"] = overhead  # type: ignore[assignment]
         runs["service_crypto_fraction"] = service_share  # type: ignore[assignment]
-    out = save_figures(args.out, {"throughput": rows, "runs": runs})
-    print(f"figures saved to {out}")
+    print(f"figures saved to {out.write({'throughput': rows, 'runs': runs})}")
 
 
 if __name__ == "__main__":

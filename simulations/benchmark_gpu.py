@@ -23,7 +23,6 @@ projected from those rates (marked ``cpu_wall_projected``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from azsl_flower.common.models import cuda_problem
-from simulations.bench import run_job, save_figures
+from simulations.bench import FiguresFile, job_device, run_job
 from simulations.simulate import parse_overrides
 
 PHASES = ("setup", "generator", "verification", "student", "evaluation")
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--data-dir", default="../shared/data/caltech101")
     ap.add_argument("--feature-file", default="effnetlite0.mat")
-    ap.add_argument("--devices", default="cuda,cpu", help="comma list: cuda, cuda:N, cpu")
+    ap.add_argument("--devices", default="cuda,cpu", help="comma list: auto, cuda, cuda:N, cpu")
     ap.add_argument(
         "--cpu-overrides",
         default="",
@@ -226,10 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-    for d in devices:
-        if d != "cpu" and not d.startswith("cuda"):
-            raise SystemExit(f"--devices: unknown device {d!r}; use cuda, cuda:N or cpu")
+    try:  # every name the run config accepts; auto is the device it picks here
+        devices = [job_device(d.strip()) for d in args.devices.split(",") if d.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"--devices: {exc}") from None
+    devices = list(dict.fromkeys(devices))  # auto,cuda on a GPU machine: one run, not two
     skipped = {d: why for d in devices if d != "cpu" and (why := cuda_problem(d))}
     for d, why in skipped.items():
         print(f"{d}: {why}; skipping it", flush=True)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": {},
         "speedup_cpu_over_gpu": {},
     }
-    out: Path | None = None
+    out = FiguresFile(args.out)
     for d in todo:
         print(f"--- {d}: starting at {time.monotonic() - t_start:.1f} s", flush=True)
         run = run_on(d, {**job, **cpu_overrides} if d == "cpu" else job, args.owners)
@@ -266,13 +266,10 @@ def main(argv: list[str] | None = None) -> None:
             f"student H {run['student_h']:.4f}",
             flush=True,
         )
-        if out is None:
-            out = save_figures(args.out, figures)  # never overwrites: picks a free name
-        else:
-            out.write_text(json.dumps(figures, indent=2) + "\n")  # ours: updated per device
-        print(f"figures so far saved to {out}", flush=True)
+        # never overwrites another file: picks a free name, then updates its own per device
+        print(f"figures so far saved to {out.write(figures)}", flush=True)
     print(table(figures["runs"], figures["speedup_cpu_over_gpu"]))
-    print(f"figures saved to {out} ({time.monotonic() - t_start:.1f} s in all)")
+    print(f"figures saved to {out.path} ({time.monotonic() - t_start:.1f} s in all)")
 
 
 if __name__ == "__main__":

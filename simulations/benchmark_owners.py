@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from azsl_flower.common.config import DEFAULTS, TEACHER_KEYS
-from simulations.bench import caltech_run_config, run_case, run_job, save_figures
+from simulations.bench import FiguresFile, caltech_run_config, job_device, run_case, run_job
 from simulations.simulate import RUNNERS, parse_overrides
 
 TARGET_H_RATIO = {5: 0.85}
@@ -65,7 +65,25 @@ def main() -> None:
         **{"ensemble-weighting": args.weighting},
         **parse_overrides(args.overrides),
     )
+    if args.runner != "ray":
+        try:  # a device name no job accepts fails before the first run, not after it
+            job_device(args.device)
+        except ValueError as exc:
+            raise SystemExit(f"--device: {exc}") from None
     rows: list[dict] = []
+    out = FiguresFile(args.out)
+
+    def figures(complete: bool) -> dict:
+        return {
+            "union_teacher": rows[0]["ensemble_teacher"],
+            "targets": {"h_ratio": TARGET_H_RATIO, "wall_ratio": TARGET_TIME_RATIO},
+            "config": base,
+            "runner": args.runner,
+            "device": rows[0]["device"],
+            "rows": rows,
+            "complete": complete,  # false: written after a run, more were to come
+        }
+
     if args.one_owner_from:
         rows.append(_one_owner_row(Path(args.one_owner_from), base, args.runner))
         counts = [n for n in counts if n != 1]
@@ -105,6 +123,7 @@ def main() -> None:
         h, wall = r["student"]["h"], r["wall_seconds"]
         print(f"{n} owner(s): student H {h:.3f}, {wall:.0f} s", flush=True)
         print("ROW " + json.dumps(rows[-1]), flush=True)  # survives a run cut off later
+        print(f"figures so far saved to {out.write(figures(complete=False))}", flush=True)
     union_h, one_wall = rows[0]["ensemble_teacher"]["h"], rows[0]["wall_seconds"]
     one_parallel = rows[0].get("parallel_wall_seconds")
     print(
@@ -125,18 +144,7 @@ def main() -> None:
             f"| {'n/a' if ratio is None else f'{ratio:.2f}'} | {r['wall_seconds']:.0f} "
             f"| {r['wall_ratio_to_one_owner']:.2f} | {'n/a' if par is None else f'{par:.2f}'} |"
         )
-    out = save_figures(
-        args.out,
-        {
-            "union_teacher": rows[0]["ensemble_teacher"],
-            "targets": {"h_ratio": TARGET_H_RATIO, "wall_ratio": TARGET_TIME_RATIO},
-            "config": base,
-            "runner": args.runner,
-            "device": rows[0]["device"],
-            "rows": rows,
-        },
-    )
-    print(f"figures saved to {out}")
+    print(f"figures saved to {out.write(figures(complete=True))}")
 
 
 def _one_owner_row(path: Path, base: dict, runner: str) -> dict:

@@ -92,16 +92,31 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.out:  # after every trial: a later one that fails loses none of them
+            Path(args.out).write_text(json.dumps(_doc(args, argv, delta, rows), indent=2) + "\n")
+    doc = _doc(args, argv, delta, rows)
+    best = doc["selected"]
+    print(
+        f"selected on validation classes: teacher-model={best['teacher_model']} "
+        f"dp-lr={best['lr']} dp-batch-size={best['batch_size']}"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
 
-    def score(r: dict) -> float:
-        return r["val_seen_top1"] + r["val_unseen_top1"]
 
-    best = max(rows, key=score)
+def _score(r: dict) -> float:
+    return r["val_seen_top1"] + r["val_unseen_top1"]
+
+
+def _doc(args: argparse.Namespace, argv: list[str] | None, delta: float, rows: list[dict]) -> dict:
+    """The figures of the trials run so far and the settings they select."""
+    best = max(rows, key=_score)
     per_network = {
-        net: max((r for r in rows if r["teacher_model"] == net), key=score)
+        net: max((r for r in rows if r["teacher_model"] == net), key=_score)
         for net in dict.fromkeys(r["teacher_model"] for r in rows)
     }
-    doc = {
+    return {
         "command": "python -m simulations.dp_settings "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "split": "val",
@@ -113,13 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         "selected": {k: best[k] for k in ("teacher_model", "lr", "batch_size")},
         "best_per_network": per_network,
     }
-    print(
-        f"selected on validation classes: teacher-model={best['teacher_model']} "
-        f"dp-lr={best['lr']} dp-batch-size={best['batch_size']}"
-    )
-    if args.out:
-        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

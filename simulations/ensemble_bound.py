@@ -24,7 +24,7 @@ from azsl_flower.owner.data import load_owner_data
 from azsl_flower.owner.oracle import FeedbackOracle
 from azsl_flower.owner.state import owner_state
 from azsl_flower.service.ensemble import joint_gates
-from simulations.bench import save_figures
+from simulations.bench import FiguresFile
 from simulations.simulate import parse_overrides
 
 
@@ -79,14 +79,15 @@ def main() -> None:
         "seed": args.seed,
         **parse_overrides(args.overrides),
     }
-    rows = []
+    rows: list[dict] = []
+    out = FiguresFile(args.out)  # written after every owner count: a later failure loses none
     for n in [int(v) for v in args.owners.split(",") if v]:
         figures = ensemble_figures(raw, n)
         rows.append({"owners": n, "joint_ensemble": figures})
+        out.write({"config": raw, "rows": rows})
         print(f"{n} owner(s): joint ensemble of teachers H {figures['h']:.3f}", flush=True)
-    out = save_figures(args.out, {"config": raw, "rows": rows})
     print(json.dumps(rows, indent=1))
-    print(f"figures saved to {out}")
+    print(f"figures saved to {out.write({'config': raw, 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,14 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from azsl_flower.common.models import teacher_network_of
+from azsl_flower.service.dfzsl.directions import match_directions
 from azsl_flower.wire import schema
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_MAGNITUDE",
+    "MAX_TEMPERATURE",
+    "MIN_TEMPERATURE",
     "Check",
     "ReplyError",
     "check_evaluate",
@@ -39,9 +43,18 @@ __all__ = [
 Check = Callable[[int, list[schema.Payload]], None]  # (node, its answers) -> raises ReplyError
 MAX_MAGNITUDE = 1e20  # |value| of a gradient, loss or log-sum-exp: sums over owners stay finite
 MAX_DIM = 1 << 20
+# Test samples one owner may declare for one class: no test split holds more rows (2^31 - 1,
+# the most a 32-bit index reaches), and 2^32 owners of such counts still sum inside int64.
+# Evaluation counts are bounded by the declared ones (check_evaluate), so no sum overflows.
+MAX_COUNT = (1 << 31) - 1
+# A cosine teacher's logits are cosines / T: its temperature keeps them inside MAX_MAGNITUDE
+# (T >= 1 / MAX_MAGNITUDE) and inside the owners' own accepted range (owner/policy.py, <= 10)
+MIN_TEMPERATURE = 1 / MAX_MAGNITUDE
+MAX_TEMPERATURE = 10.0
 _TOL = 1e-3
 _MAX_DECLARATION = 65536
 _ROUNDING = 0.05  # row sums of probabilities an owner rounded (its answer-decimals)
+_LOGIT_ROUNDING = 0.5  # the most an owner's answer-decimals (>= 0) moves one logit
 
 
 class ReplyError(ValueError):
@@ -56,6 +69,17 @@ def _shape(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
 def _bounded(name: str, a: np.ndarray, lo: float = -MAX_MAGNITUDE) -> None:
     if a.size and (float(a.min()) < lo or float(np.abs(a).max()) > MAX_MAGNITUDE):
         raise ReplyError(f"{name} holds values outside [{lo:g}, {MAX_MAGNITUDE:g}]")
+
+
+def _counts(name: str, a: np.ndarray) -> None:
+    """Per-class sample counts: whole numbers in [0, MAX_COUNT] (sums cannot overflow)."""
+    if a.dtype.kind not in "iu":
+        raise ReplyError(f"{name} must hold whole numbers, not {a.dtype}")
+    if a.size and (int(a.min()) < 0 or int(a.max()) > MAX_COUNT):
+        raise ReplyError(
+            f"{name} holds counts outside [0, {MAX_COUNT}] (largest {int(a.max())}): no test "
+            "split holds that many samples of one class"
+        )
 
 
 def _classes(name: str, a: np.ndarray, num_classes: int) -> None:
@@ -80,9 +104,10 @@ def _probs(name: str, p: np.ndarray, covered: np.ndarray | None, full: bool = Tr
             raise ReplyError(f"{name} gives probability to classes its owner does not cover")
 
 
-def check_setup(num_classes: int, weights: bool) -> Check:
+def check_setup(num_classes: int, weights: bool, dfzsl: bool = False) -> Check:
     """Set-up declarations: class ids in range, the service's class count, a sane feature
-    size, per-class test counts; in scenario ``weights`` a teacher of the declared shape."""
+    size, per-class test counts; in scenario ``weights`` a teacher of the declared shape;
+    in scenario ``dfzsl`` (``dfzsl``) a cosine teacher's temperature."""
 
     def check(node: int, answers: list[schema.Payload]) -> None:
         for r in answers:
@@ -104,9 +129,14 @@ def check_setup(num_classes: int, weights: bool) -> Check:
                 raise ReplyError("declared classes both seen and unseen")
             for key in ("test_seen_counts", "test_unseen_counts"):
                 _shape(key, r.arrays[key], (num_classes,))
-                _bounded(key, r.arrays[key], lo=0)
+                _counts(key, r.arrays[key])
             if weights:
                 _check_teacher(r, dim, num_classes)
+            if dfzsl and "cosine_temperature" not in r.arrays:
+                raise ReplyError(
+                    "scenario dfzsl: declared no cosine teacher (cosine_temperature); the "
+                    "owner's ClientApp does not run scenario dfzsl (update it)"
+                )
             if "cosine_temperature" in r.arrays:  # scenario dfzsl
                 _check_cosine(r, dim)
             privacy_declaration(r)
@@ -133,21 +163,49 @@ def privacy_declaration(reply: schema.Payload) -> dict[str, object]:
 
 
 def _check_cosine(r: schema.Payload, dim: int) -> None:
+    """A cosine teacher's temperature T: its logits are cosines / T, so T must be one
+    finite number in [MIN_TEMPERATURE, MAX_TEMPERATURE]; a smaller T could not answer
+    probes within MAX_MAGNITUDE, and the directions recovered from T x logits would
+    underflow (match_directions finds no direction)."""
     t = r.arrays["cosine_temperature"]
-    if t.size != 1 or not 0 < float(t.ravel()[0]) <= MAX_MAGNITUDE:
-        raise ReplyError("cosine_temperature must be one number > 0")
+    value = float(t.ravel()[0]) if t.size == 1 else math.nan
+    lo = float(np.float32(MIN_TEMPERATURE))  # the owner sends float32: its nearest value
+    if not (math.isfinite(value) and lo <= value <= MAX_TEMPERATURE):
+        shown = ", ".join(f"{float(v):g}" for v in t.ravel()[:4])
+        raise ReplyError(
+            f"cosine_temperature [{shown}]: must be one number in "
+            f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
+        )
     if "cosine_head" in r.arrays:
         _shape("cosine_head", r.arrays["cosine_head"], (r.arrays["covered"].size, dim))
         _bounded("cosine_head", r.arrays["cosine_head"])
 
 
-def check_probe(samples: int, covered: Mapping[int, np.ndarray]) -> Check:
-    """Scenario dfzsl: one logit per probe and per class the owner covers, bounded."""
+def check_probe(
+    probes: np.ndarray, covered: Mapping[int, np.ndarray], temperatures: Mapping[int, float]
+) -> Check:
+    """Scenario dfzsl: one logit per probe and per class the owner covers; each a cosine
+    over the temperature the owner declared (|logit| x T <= 1, plus rounding); and logits
+    from which a direction per class can be recovered (else ``match_directions`` would fail
+    in ``aggregate_probe``, and with it the run)."""
+    samples = int(probes.shape[0])
 
     def check(node: int, answers: list[schema.Payload]) -> None:
+        t = temperatures[node]
         for r in answers:
-            _shape("logits", r.arrays["logits"], (samples, covered[node].size))
-            _bounded("logits", r.arrays["logits"])
+            logits = r.arrays["logits"]
+            _shape("logits", logits, (samples, covered[node].size))
+            _bounded("logits", logits)
+            top = float(np.abs(logits).max(initial=0.0))
+            if top > (1 + _TOL) / t + _LOGIT_ROUNDING:
+                raise ReplyError(
+                    f"logits reach {top:g}: a cosine teacher of temperature {t:g} answers "
+                    f"cosines / {t:g}, at most {1 / t:g} (plus rounding)"
+                )
+            try:
+                match_directions(probes, logits, t)
+            except ValueError as exc:
+                raise ReplyError(f"no class directions follow from these logits: {exc}") from None
 
     return check
 

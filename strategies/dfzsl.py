@@ -12,7 +12,7 @@ verification and evaluation are :class:`~strategies.phases.OwnerPhases`'.
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.common.logger import log
@@ -58,7 +58,7 @@ class DFZSLStrategy(OwnerPhases):
     # -- directions -------------------------------------------------------------------------
 
     def configure_probe(self, probes: np.ndarray, nodes: list[int]) -> Request:
-        check = check_probe(int(probes.shape[0]), self.roster.covered)
+        check = check_probe(probes, self.roster.covered, self.temperatures)
         payload = {"arrays": {"x": probes}}
         return Request(schema.DFZSL_PROBE, "dfzsl-probe", [payload], nodes, check)
 
@@ -104,6 +104,7 @@ class DFZSLStrategy(OwnerPhases):
     ) -> tuple[float, Verified]:
         """The concentration (DFZSL's rule, or the dimension-aware ladder: one verification
         round trip), then the virtual features and their verification (one more)."""
+        self._without_direction(learner, directions)
         dim = directions.shape[1]
         if self.cfg.dfzsl_kappa == "dimension":
             xl, yl, rungs = learner.ladder(directions)
@@ -123,6 +124,23 @@ class DFZSLStrategy(OwnerPhases):
             verified.y.size,
         )
         return kappa, verified
+
+    @staticmethod
+    def _without_direction(learner: DFZSLLearner, directions: np.ndarray) -> None:
+        """Classes whose only owners dropped out before their directions were recovered (a
+        refused or missing probe answer) have no direction to sample around: the learner
+        treats them as classes no teacher knows, instead of failing the run on a zero
+        direction."""
+        lost = learner.known[np.linalg.norm(directions[learner.known], axis=1) < 1e-12]
+        if lost.size:
+            log(
+                WARNING,
+                "DFZSL: no direction for class(es) %s (their owners dropped out): learnt as "
+                "classes no teacher knows",
+                lost.tolist(),
+            )
+            learner.known = np.setdiff1d(learner.known, lost)
+            learner.unseen = np.union1d(learner.unseen, lost)
 
     # -- the run ----------------------------------------------------------------------------
 

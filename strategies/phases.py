@@ -74,7 +74,10 @@ class OwnerPhases:
         if self.cfg.partition == "explicit" and nodes:  # before any message
             owner_groups(self.cfg.owner_classes, len(nodes), self.classes.num_classes)
         self.roster.start(nodes)
-        check = check_setup(self.classes.num_classes, self.cfg.scenario is Scenario.WEIGHTS)
+        scenario = self.cfg.scenario
+        check = check_setup(
+            self.classes.num_classes, scenario is Scenario.WEIGHTS, scenario is Scenario.DFZSL
+        )
         return Request(schema.SETUP, "setup", [{}], nodes, check)
 
     def setup(self, grid: Grid) -> tuple[dict[int, schema.Payload], ensemble.Declarations]:
@@ -88,19 +91,23 @@ class OwnerPhases:
         """Agree on the feature size, record coverage, test counts and query budgets.
 
         Each answer was already checked on its own (:func:`strategies.checks.check_setup`).
-        Owners whose feature size differs from the majority's are dropped; without a
-        majority the run cannot tell which owners extracted features the expected way.
+        Owners whose feature size differs from the one agreed on are dropped, each named
+        with its reason: a disagreement is the dropped owners' failure, never the run's.
+        The majority's size wins. A tie cannot be settled from declarations alone (the
+        service cannot tell which side extracted features the expected way), so a fixed
+        rule settles it: the side whose teachers cover more classes (the run learns more
+        from it), then the side with the lowest node id (deterministic). With three or more
+        owners one hostile owner never makes a tie of an agreement.
         """
         dims = {n: int(r.scalars["dim"]) for n, r in answers.items()}  # type: ignore[call-overload]
-        tally = Counter(dims.values()).most_common()
-        if len(tally) > 1 and tally[0][1] == tally[1][1]:
-            raise ValueError(
-                f"owners declared different feature dimensions {sorted(set(dims.values()))}; "
-                "every owner must extract features with the same network"
-            )
-        dim = tally[0][0] if tally else 0
-        odd = {n: f"declared {d}-d features, the other owners {dim}-d" for n, d in dims.items()}
-        odd = {n: why for n, why in odd.items() if dims[n] != dim}
+        dim, tie = self._agreed_dim(dims, {n: r.arrays["covered"] for n, r in answers.items()})
+        why = (
+            f"as many owners {dim}-d: a tie goes to the side covering more classes, then to "
+            "the lowest node id"
+            if tie
+            else f"the other owners {dim}-d"
+        )
+        odd = {n: f"declared {d}-d features, {why}" for n, d in dims.items() if d != dim}
         if odd:
             self.roster.drop(list(odd), "setup", odd)
         answers = {n: r for n, r in answers.items() if n in self.roster.live}
@@ -129,6 +136,25 @@ class OwnerPhases:
                 for n, r in answers.items()
             },
         )
+
+    @staticmethod
+    def _agreed_dim(dims: dict[int, int], covered: dict[int, np.ndarray]) -> tuple[int, bool]:
+        """The feature size the run goes on with, and whether a tie picked it (the rule is
+        :meth:`aggregate_setup`'s)."""
+        if not dims:
+            return 0, False
+        tally = Counter(dims.values())
+        most = max(tally.values())
+        tied = [d for d, c in tally.items() if c == most]
+        if len(tied) == 1:
+            return tied[0], False
+
+        def side(d: int) -> tuple[int, int]:
+            nodes = [n for n, nd in dims.items() if nd == d]
+            classes = np.unique(np.concatenate([covered[n] for n in nodes]))
+            return -classes.size, min(nodes)
+
+        return min(tied, key=side), True
 
     # -- verification -----------------------------------------------------------------------
 

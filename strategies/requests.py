@@ -70,11 +70,23 @@ class Evaluation:
 
 
 def sum_counts(replies: list[schema.Payload], who: str) -> ClassCounts:
-    """Per-class counts of ``who`` ('model' or 'teacher') summed over the replies."""
+    """Per-class counts of ``who`` ('model' or 'teacher') summed over the replies.
+
+    The checks bound each count (:data:`strategies.checks.MAX_COUNT`), so int64 holds any
+    real sum; the sum is still taken exactly and refused rather than wrapped around, as
+    numpy's int64 addition would do silently.
+    """
+    if not replies:
+        raise ValueError(f"no reply to sum the {who}'s counts over")
     fields = ClassCounts.__dataclass_fields__
-    total = None
-    for r in replies:
-        c = ClassCounts(*(r.arrays[f"{who}_{f}"] for f in fields))
-        total = c if total is None else total + c
-    assert total is not None
-    return total
+    return ClassCounts(*(_exact_sum([r.arrays[f"{who}_{f}"] for r in replies], f) for f in fields))
+
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _exact_sum(arrays: list[np.ndarray], name: str) -> np.ndarray:
+    total = np.sum(np.stack(arrays).astype(object), axis=0)  # Python ints: no wrap-around
+    if any(int(v) < 0 or int(v) > _INT64_MAX for v in np.ravel(total)):
+        raise OverflowError(f"the owners' {name} counts sum outside [0, {_INT64_MAX}]")
+    return np.asarray(total, dtype=np.int64)

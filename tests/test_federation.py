@@ -172,7 +172,9 @@ def test_service_imports_no_feature_loader():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17):
+def test_owners_tied_on_different_feature_sizes_leave_one_side_in_the_run(tmp_path, write_xlsa17):
+    """Two owners, two feature sizes: a tie, which one side's drop settles (the same
+    coverage, so the lower node id goes on); it used to end the run (issue 24)."""
     a, b = tmp_path / "a", tmp_path / "b"
     write_xlsa17(a, dim=6, tunseen=True)
     write_xlsa17(b, dim=7, tunseen=True)
@@ -186,9 +188,11 @@ def test_owners_with_different_feature_sizes_are_refused(tmp_path, write_xlsa17)
     grid = InProcessGrid(client_app, 2, raw)
     grid.contexts[1000].node_config["data-dir"] = str(a)
     grid.contexts[1001].node_config["data-dir"] = str(b)
-    with pytest.raises(ValueError, match="different feature dimensions"):
-        run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    results, _ = run_azsl(grid, parse_run_config(raw), run_id=grid.run_id)
+    fed = results["federation"]
+    assert fed["node_ids"] == [1000] and fed["feature_dim"] == 6
+    [drop] = fed["dropped"]
+    assert drop["node"] == 1001 and "declared 7-d features, as many owners 6-d" in drop["reason"]
 
 
 def test_without_verification_the_student_gets_every_sample(tmp_path):

@@ -202,8 +202,9 @@ def test_setup_pair_declares_coverage_and_refuses_disagreeing_owners():
     )
     assert declared.dim == 64 and declared.unseen.tolist() == [7, 8, 9]
     assert declared.coverage.sum(1).tolist() == [5, 10] and s.roster.budget == {1000: 0, 1001: 9}
-    with pytest.raises(ValueError, match="different feature dimensions"):
-        s.aggregate_setup({1000: _setup_reply(dim=64), 1001: _setup_reply(dim=32)})
+    # a tie on the feature size drops one side, named (issue 24: it used to end the run)
+    s.aggregate_setup({1000: _setup_reply(dim=64), 1001: _setup_reply(dim=32)})
+    assert s.roster.live == [1000] and "32-d" in s.roster.dropped[-1]["reason"]
     # a lone owner with another feature size is dropped by the majority, named
     s.roster.start([1000, 1001, 1002])
     s.aggregate_setup({n: _setup_reply(dim=32 if n == 1002 else 64) for n in (1000, 1001, 1002)})

@@ -36,6 +36,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign, sign_message
+from packaging.version import InvalidVersion, Version
 
 from azsl_flower.wire.crypto import write_new_file
 
@@ -139,6 +140,14 @@ class AppRegistry:
     """
 
     def __init__(self, apps: list[SignedApp], host: str = "127.0.0.1", port: int = 0) -> None:
+        for a in apps:  # refused here, so that find never has to guess an order
+            try:
+                Version(a.version)
+            except InvalidVersion:
+                raise ValueError(
+                    f"{a.spec}: version {a.version!r} is not a PEP 440 version (such as 0.10.0); "
+                    "set [project] version in the app's pyproject.toml and sign it again"
+                ) from None
         self.apps = {(a.app_id, a.version): a for a in apps}
         self.fetched: list[str] = []
         registry = self
@@ -181,10 +190,12 @@ class AppRegistry:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def find(self, app_id: str, version: object) -> SignedApp | None:
+        """The app at ``version``, or without one the newest by version order (0.10.0 is
+        newer than 0.9.0, which string order would not say), as Flower Hub serves it."""
         if version:
             return self.apps.get((app_id, str(version)))
-        versions = sorted(v for a, v in self.apps if a == app_id)
-        return self.apps[(app_id, versions[-1])] if versions else None
+        versions = [v for a, v in self.apps if a == app_id]
+        return self.apps[(app_id, max(versions, key=Version))] if versions else None
 
     def __enter__(self) -> AppRegistry:
         self._thread.start()
