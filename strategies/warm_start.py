@@ -58,7 +58,7 @@ def warm_start(
     cfg, t0 = owner.cfg, time.monotonic()
     dz = dfzsl_phases(owner)
     nodes = list(owner.roster.live)
-    check = check_setup(owner.classes.num_classes, weights=False)
+    check = check_setup(owner.classes.num_classes, weights=False, dfzsl=True)
     request = Request(schema.SETUP, "warm-start-setup", [{}], nodes, check)
     replies = dz.delivery.ask(grid, request)
     if not replies:
