@@ -1,8 +1,8 @@
 """Shared fixtures and helpers: the real data folder (skipped cleanly when absent), a writer
-of tiny synthetic xlsa17 folders, a small digits job through the in-process grid
-(``run_digits``, ``FAST``), payloads of every message kind (``make_payload``,
-``KIND_CASES``) and owners that fail on cue (``FlakyGrid``). Test modules import the
-helpers from ``tests.conftest``, never from each other."""
+of tiny synthetic xlsa17 folders, digits whose rows can be traced (``indexed_digits``), a
+small digits job through the in-process grid (``run_digits``, ``FAST``), payloads of every
+message kind (``make_payload``, ``KIND_CASES``) and owners that fail on cue (``FlakyGrid``).
+Test modules import the helpers from ``tests.conftest``, never from each other."""
 
 from __future__ import annotations
 
@@ -58,6 +58,24 @@ def fresh_table_cache(monkeypatch):
     from azsl_flower.owner import data
 
     monkeypatch.setattr(data, "_TABLE_CACHE", {})
+
+
+@pytest.fixture
+def indexed_digits(monkeypatch, fresh_table_cache):
+    """Digits whose feature column 0 is the sample index, so owners' rows and splits can be
+    traced exactly (the digits images contain duplicates: rows alone cannot identify samples).
+    Returns the real, unindexed table (its labels are the global labels of those indices)."""
+    from azsl_flower.owner import data
+
+    real = data.digits_table
+
+    def table():
+        t = real()
+        t.features = np.hstack([np.arange(t.labels.size, dtype=np.float32)[:, None], t.features])
+        return t
+
+    monkeypatch.setattr(data, "digits_table", table)
+    return real()
 
 
 @pytest.fixture

@@ -119,21 +119,6 @@ def test_digits_class_side_is_seven_segment():
     assert np.count_nonzero(cs.semantics[1]) == 2
 
 
-@pytest.fixture
-def indexed_digits(monkeypatch, fresh_table_cache):
-    """Digits whose feature column 0 is the sample index, so splits can be compared exactly
-    (the digits images contain duplicates, so rows alone cannot identify samples)."""
-    real = data.digits_table
-
-    def table():
-        t = real()
-        t.features = np.hstack([np.arange(t.labels.size, dtype=np.float32)[:, None], t.features])
-        return t
-
-    monkeypatch.setattr(data, "digits_table", table)
-    return real()
-
-
 def _idx(x):
     return set(x[:, 0].astype(np.int64).tolist())
 

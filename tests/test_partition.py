@@ -30,20 +30,6 @@ MODES = {
 }
 
 
-@pytest.fixture
-def indexed_digits(monkeypatch, fresh_table_cache):
-    """Digits whose feature column 0 is the sample index, so owners' rows can be traced."""
-    real = data.digits_table
-
-    def table():
-        t = real()
-        t.features = np.hstack([np.arange(t.labels.size, dtype=np.float32)[:, None], t.features])
-        return t
-
-    monkeypatch.setattr(data, "digits_table", table)
-    return real()
-
-
 def _idx(od, split: str) -> np.ndarray:
     return getattr(od, f"{split}_x")[:, 0].astype(np.int64)
 
@@ -108,12 +94,22 @@ def test_partition_is_deterministic_given_the_seed(fresh_table_cache, mode):
     assert same == (mode == "iid")
 
 
-def test_iid_is_the_historical_round_robin(indexed_digits):
-    owners = _owners(2, mode="iid")
+@pytest.mark.parametrize("n", [2, 3])
+def test_iid_is_the_historical_round_robin(indexed_digits, n):
+    """The historical deal, written out here (not taken from partition.py): each split's
+    samples shuffled once with seed 1, whatever the run seed, dealt round-robin, each share
+    sorted. A contiguous or per-seed split would change every earlier run's owners."""
+    whole = load_owner_data("digits")
+    owners = _owners(n, mode="iid", seed=7)
     for split in SPLITS:
-        sizes = [_idx(o, split).size for o in owners]
-        assert abs(sizes[0] - sizes[1]) <= 1
-        assert (np.diff(_idx(owners[0], split)) > 0).all()  # sorted, as before
+        deck = np.random.default_rng(1).permutation(_idx(whole, split))
+        for p, o in enumerate(owners):
+            np.testing.assert_array_equal(_idx(o, split), np.sort(deck[p::n]), err_msg=split)
+        # round-robin interleaves: every owner's share spans (nearly) the whole split
+        lo, hi = _idx(whole, split).min(), _idx(whole, split).max()
+        for o in owners:
+            got = _idx(o, split)
+            assert got.min() - lo < (hi - lo) / 4 and hi - got.max() < (hi - lo) / 4, split
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ import torch
 
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import ConfigError, parse_run_config
+from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
+from azsl_flower.common.models import resolve_device
 from azsl_flower.owner import dp
 from azsl_flower.owner.answers import feedback_answer, shape_probs, verify_answer
+from azsl_flower.owner.evaluation import evaluate_model, model_from_weights
 from azsl_flower.owner.oracle import KLRegulariser
 from azsl_flower.owner.privacy import (
     OwnerPrivacy,
@@ -117,10 +120,40 @@ def test_dp_teacher_is_linear_unless_the_owner_says_otherwise():
     assert owner_privacy({"teacher-model": "linear"}).teacher_network == "linear"
 
 
-def test_scenario_weights_rebuilds_a_linear_teacher(tmp_path):
+def test_scenario_weights_rebuilds_a_linear_teacher(tmp_path, monkeypatch):
+    """The service's copy of a linear teacher is the owner's own: same weights, same class
+    map, same answers on the owner's features (the in-process owner runs in this process)."""
+    from azsl_flower.owner import handlers
+    from strategies.sources import LocalTeachers
+
+    owners, copies = [], []
+    real_state, real_setup = handlers.owner_state, LocalTeachers.from_setup.__func__
+
+    def spy_state(*args, **kwargs):  # noqa: ANN202 - passes owner_state through
+        owners.append(real_state(*args, **kwargs))
+        return owners[-1]
+
+    def spy_setup(cls, *args, **kwargs):  # noqa: ANN001, ANN202 - passes from_setup through
+        copies.append(real_setup(cls, *args, **kwargs))
+        return copies[-1]
+
+    monkeypatch.setattr(handlers, "owner_state", spy_state)
+    monkeypatch.setattr(LocalTeachers, "from_setup", classmethod(spy_setup))
     results, _ = _run(tmp_path, node={"teacher-model": "linear"}, scenario="weights", rounds=1)
-    # the service's copy of the teacher is the owner's: it verifies what the teacher agrees with
     assert results["teacher"]["h"] > 0.5 and results["verification"]["pass_rate"] > 0
+    assert owners and len(copies) == 1 and len(copies[0].oracles) == 1
+    own = owners[-1].oracle
+    (copy,) = copies[0].oracles.values()
+    # the owner's linear teacher (softmax regression), rebuilt as one Linear layer
+    assert [type(m) for m in own.teacher] == [type(m) for m in copy.teacher] == [torch.nn.Linear]
+    mine, theirs = own.teacher.state_dict(), copy.teacher.state_dict()
+    assert mine.keys() == theirs.keys()
+    for name, w in mine.items():  # float32 arrays crossed the wire: bit for bit
+        torch.testing.assert_close(theirs[name].cpu(), w.cpu(), rtol=0, atol=0, msg=name)
+    np.testing.assert_array_equal(copy.classes, own.classes)
+    data = owners[-1].data
+    x = np.concatenate([data.test_seen_x, data.test_unseen_x])
+    np.testing.assert_array_equal(copy.probs_lse(x)[0], own.probs_lse(x)[0])
 
 
 def test_owner_refuses_a_mode_its_node_config_does_not_allow(tmp_path):
@@ -328,7 +361,18 @@ def test_dp_owner_runs_and_its_epsilon_is_opacus_accounting(tmp_path, scenario):
     assert declared["epsilon"] < teacher["epsilon_alone"] + stats["epsilon_alone"]
     # teacher-model=auto: DP-SGD trains the linear teacher (64 pixels x 10 classes + bias)
     assert teacher["parameters"] == 64 * 10 + 10
-    assert 0.0 <= results["student"]["h"] <= 1.0 and results["teacher"]["h"] > 0.3
+    assert results["teacher"]["h"] > 0.3
+    # the student the run reports is the one it saved, scored on this DP owner's test split:
+    # integer per-class counts of the same model on the same rows and device (the owner's,
+    # device=auto), so equal on any machine
+    (saved,) = (tmp_path / "out").glob("*/student.pt")
+    weights = {k: v.numpy() for k, v in torch.load(saved, map_location="cpu").items()}
+    device = resolve_device("auto")
+    counts = evaluate_model(
+        model_from_weights(weights, device), st.data, st.data.unseen_classes, device
+    )
+    again = zsl_gzsl(ClassCounts(**counts), "all")
+    assert results["student"] == pytest.approx(again, rel=1e-12)
 
 
 DP_NODE = {"teacher-epsilon": 4.0, "stats-epsilon": 2.0, "stats-clip": DIGITS_CLIP, "dp-epochs": 2}
