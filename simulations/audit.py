@@ -43,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from azsl_flower.common.config import parse_run_config
+from azsl_flower.common.config import CHOICES, parse_run_config
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
-from azsl_flower.common.models import Generator, classifier, fit, predict_logits
+from azsl_flower.common.models import TEACHER_NETWORKS, Generator, classifier, fit, predict_logits
 from azsl_flower.common.semantics import load_class_side
 from azsl_flower.owner import dp
 from azsl_flower.owner.answers import feedback_answer, verify_answer
@@ -427,13 +427,13 @@ def main() -> None:
     ap.add_argument(
         "--teacher-model",
         default="auto",
-        choices=["auto", "mlp", "linear"],
+        choices=["auto", *TEACHER_NETWORKS],
         help="the owners' teacher-model (auto: linear under DP, mlp without)",
     )
     ap.add_argument(
         "--split",
         default="test",
-        choices=["test", "val"],
+        choices=CHOICES["split"],
         help="val: validation classes stand in for the test ones (for choosing defaults)",
     )
     ap.add_argument("--value-classes", type=int, default=5)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from azsl_flower.common.config import CHOICES
 from azsl_flower.tools.deploy import generate_node_auth
 from azsl_flower.tools.signing import generate_signing_key
 from azsl_flower.tools.tls import generate_tls
@@ -23,6 +24,9 @@ CONNECTION = "azsl"
 DATA_FILE = "digits.mat"
 SIGNER = "azsl-reviewer"  # the public_key_id owners trust in --trusted-entities
 HOST = "127.0.0.1"
+# The partitions an owner's share can be dealt by: every simulated one but `explicit`, whose
+# classes come from the run's owner-classes, not from a rule over the dataset.
+DEALT = tuple(p for p in CHOICES["partition"] if p != "explicit")
 
 
 def write_owner_data(
@@ -51,8 +55,8 @@ def write_owner_data(
 
     if owners < 1:
         raise ValueError(f"owners={owners}: give at least one owner")
-    if partition not in ("iid", "class-disjoint", "dirichlet"):
-        raise ValueError(f"partition={partition!r}: iid, class-disjoint or dirichlet")
+    if partition not in DEALT:
+        raise ValueError(f"partition={partition!r}: {', '.join(DEALT[:-1])} or {DEALT[-1]}")
     table = digits_table() if data_dir is None else read_xlsa17(data_dir, feature_file)
     name = DATA_FILE if data_dir is None else Path(feature_file).name
     every = np.arange(table.labels.size)

@@ -38,7 +38,7 @@ import threading
 from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError
-from simulations.deploy_layout import DATA_FILE, HOST, prepare, write_owner_data
+from simulations.deploy_layout import DATA_FILE, DEALT, HOST, prepare, write_owner_data
 from simulations.deploy_processes import LocalDeployment, results_of, round_trip_cost
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--owners", type=int, default=2)
     data.add_argument("--data-dir", default=None, help="an xlsa17 folder (default: digits)")
     data.add_argument("--feature-file", default="res101.mat", help="its features file")
-    data.add_argument("--partition", choices=["iid", "class-disjoint", "dirichlet"], default="iid")
+    data.add_argument("--partition", choices=DEALT, default="iid")
     data.add_argument("--seed", type=int, default=0, help="class-disjoint/dirichlet draws")
     data.set_defaults(func=_owner_data)
     args = ap.parse_args(argv)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from azsl_flower.common import modes
 from azsl_flower.common.config import (
     CHOICES,
     DEFAULTS,
@@ -15,6 +18,8 @@ from azsl_flower.common.config import (
     parse_owner_classes,
     parse_run_config,
 )
+from azsl_flower.owner import data, oracle, partition
+from azsl_flower.wire import crypto
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -217,3 +222,25 @@ def test_pyproject_table_is_generated_from_defaults(monkeypatch):
     assert pyproject_sync.synced(text) == text  # the committed table is the generated one
     monkeypatch.setitem(pyproject_sync.DEFAULTS, "feature-step", 0.5)  # a changed default
     assert "feature-step = 0.5\n" in pyproject_sync.synced(text) != text
+
+
+def test_each_option_list_is_written_once():
+    """Config validation reads the list the implementation checks against (issue 22): a copy
+    in CHOICES would drift, and the run config would accept what the code refuses."""
+    assert CHOICES["regulariser"] is modes.REGULARISERS is oracle.REGULARISERS
+    assert CHOICES["regulariser-answer"] is modes.REGULARISER_ANSWERS
+    assert CHOICES["encryption"] is crypto.SUITES
+    assert partition.PARTITIONS is CHOICES["partition"] and data.SPLITS is CHOICES["split"]
+
+
+def test_every_regulariser_and_suite_the_config_accepts_is_implemented():
+    """What parse_run_config lets through, the owner's oracle builds and a channel speaks."""
+    x = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+    y = np.repeat(np.arange(3), 4)
+    for name in CHOICES["regulariser"]:
+        parse_run_config({"regulariser": name})
+        oracle.make_regulariser(name, x, y)
+    me, peer = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    for suite in CHOICES["encryption"]:
+        parse_run_config({"encryption": suite})
+        assert crypto.Channel(me, peer.public_key(), 1, suite).suite == suite

@@ -3,8 +3,6 @@ in-process grid), and once through a real ``flwr run`` simulation."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from azsl_flower.wire import codec
 from simulations.inprocess import InProcessGrid
 from strategies.roster import OwnerError
 from strategies.server_app import run_azsl
+from tests.boundary import owner_modules_imported_by
 from tests.conftest import flwr_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,13 +132,8 @@ def test_owner_refuses_probes_outside_dfzsl(tmp_path):
 
 
 def test_service_side_dfzsl_imports_no_owner_module():
-    owner_side = ["azsl_flower.owner.dfzsl", "azsl_flower.owner.data", "azsl_flower.owner.state"]
-    code = (
-        "import sys, strategies.dfzsl, azsl_flower.service.dfzsl.learner;"
-        f"bad = [m for m in {owner_side!r} if m in sys.modules];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    """DFZSL's service side imports no owner module but the oracle (walked from the package)."""
+    proc = owner_modules_imported_by("strategies.dfzsl", "azsl_flower.service.dfzsl.learner")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -9,7 +9,8 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from azsl_flower.common.modes import parse_teacher_answer
+from azsl_flower.common.modes import REGULARISER_ANSWERS, REGULARISERS, parse_teacher_answer
+from azsl_flower.wire.crypto import SUITES
 
 __all__ = [
     "ConfigError",
@@ -152,13 +153,17 @@ DEFAULTS: dict[str, Any] = {
     "warm-start-unseen": True,
 }
 
+# Each option list is written once. A list implemented in common/ or wire/ is read from
+# there (regularisers and regulariser answers: common/modes.py; cipher suites:
+# wire/crypto.py); the owner side reads the others from here (owner/partition.py,
+# owner/data.py, owner/policy.py), because common/ never imports owner/ or service/.
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("digits", "xlsa17"),
     "semantics": ("att", "text", "onehot"),
     "scenario": tuple(Scenario),
     "teacher": tuple(TeacherSetting),
-    "regulariser": ("none", "kl", "mmd"),
-    "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
+    "regulariser": REGULARISERS,
+    "encryption": SUITES,
     "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
     "ensemble-weighting": tuple(Weighting),
     "resume": ("auto", "never"),
@@ -168,7 +173,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dfzsl-alignment": ("ridge", "none"),
     "dfzsl-generator": ("vmf", "cvae"),
     "warm-start": ("none", "dfzsl"),
-    "regulariser-answer": ("none", "value", "gradient"),
+    "regulariser-answer": REGULARISER_ANSWERS,
 }
 
 # What an owner's teacher depends on (with its data's fingerprint): its cache key.

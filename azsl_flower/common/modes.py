@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "REGULARISERS",
     "REGULARISER_ANSWERS",
     "SCENARIO_CEILING",
     "TEACHER_ANSWERS",
@@ -22,6 +23,11 @@ __all__ = [
 # Least revealing first: a later entry tells the service strictly more.
 TEACHER_ANSWERS = ("label", "topk", "probs", "logits")
 REGULARISER_ANSWERS = ("none", "value", "gradient")
+
+# The regulariser R an owner computes (owner/oracle.py make_regulariser implements each; the
+# run config's `regulariser` is checked against it). Here, not in the owner's oracle, so that
+# common/config.py can read it without importing the owner side.
+REGULARISERS = ("none", "kl", "mmd")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from azsl_flower.common.models import predict_logits
+from azsl_flower.common.modes import REGULARISERS
 
 __all__ = [
     "REGULARISERS",
@@ -23,8 +24,6 @@ __all__ = [
     "make_regulariser",
     "FeedbackOracle",
 ]
-
-REGULARISERS = ("none", "kl", "mmd")
 
 
 class Regulariser:
