@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from azsl_flower.common.modes import REGULARISER_ANSWERS, REGULARISERS, parse_teacher_answer
-from azsl_flower.wire.crypto import SUITES
 
 __all__ = [
     "ConfigError",
@@ -153,17 +152,17 @@ DEFAULTS: dict[str, Any] = {
     "warm-start-unseen": True,
 }
 
-# Each option list is written once. A list implemented in common/ or wire/ is read from
-# there (regularisers and regulariser answers: common/modes.py; cipher suites:
-# wire/crypto.py); the owner side reads the others from here (owner/partition.py,
-# owner/data.py, owner/policy.py), because common/ never imports owner/ or service/.
+# Each option list is written once. Regularisers and regulariser answers live in
+# common/modes.py; the others here, and the code above common/ reads them from here
+# (wire/crypto.py's cipher table is checked against "encryption"; owner/partition.py,
+# owner/data.py, owner/policy.py), because common/ never imports wire/, owner/ or service/.
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": ("digits", "xlsa17"),
     "semantics": ("att", "text", "onehot"),
     "scenario": tuple(Scenario),
     "teacher": tuple(TeacherSetting),
     "regulariser": REGULARISERS,
-    "encryption": SUITES,
+    "encryption": ("aes-256-gcm", "chacha20-poly1305", "none"),
     "partition": ("iid", "class-disjoint", "dirichlet", "explicit"),
     "ensemble-weighting": tuple(Weighting),
     "resume": ("auto", "never"),

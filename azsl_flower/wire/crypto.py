@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from azsl_flower.common.config import CHOICES
+
 __all__ = [
     "SUITES",
     "REASONS",
@@ -62,7 +64,9 @@ __all__ = [
 
 VERSION = "azsl-flower/2"  # 2: a fresh HKDF salt per message
 _AEADS = {"aes-256-gcm": AESGCM, "chacha20-poly1305": ChaCha20Poly1305}
-SUITES = (*_AEADS, "none")
+SUITES = CHOICES["encryption"]  # the run config's list, written once (common/ is below wire/)
+if set(SUITES) != {*_AEADS, "none"}:  # a suite named there has a cipher here, and back
+    raise ImportError(f"run-config encryption choices {SUITES} do not match {sorted(_AEADS)}")
 REASONS = (
     "malformed",  # the envelope or header cannot be parsed
     "wrong-suite",  # sealed with another cipher suite than this run uses
