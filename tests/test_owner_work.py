@@ -117,9 +117,20 @@ def test_set_ups_are_bounded_per_run_and_the_cache_by_max_teachers(tmp_path):
 def test_a_restarted_owner_answers_from_the_teacher_on_disk(tmp_path, monkeypatch):
     """A SuperNode restarted mid-run (a new process: nothing in memory) loads the teacher
     its set-up made; it neither trains nor refuses."""
+    monkeypatch.setattr(owner_state_module, "_STATE", {})
+    # the same teacher settings served from another cache first, in this process's memory
+    elsewhere = Owner(tmp_path, node_id=12, cache_dir=tmp_path / "elsewhere")
+    assert elsewhere.ask(schema.SETUP).answers
     owner = Owner(tmp_path, cache_dir=tmp_path / "c")
     assert owner.ask(schema.SETUP).answers
-    monkeypatch.setattr(owner_state_module, "_STATE", {})
+    # one process, two caches: each keeps its own state (its teacher file, its DP ledger)
+    held = {st.teacher_file.parent for st in owner_state_module._STATE.values()}
+    assert held == {elsewhere.cache, owner.cache}
+    [teacher] = _teachers(owner)  # this owner's cache has its own copy...
+    teacher.unlink()  # ...and when it loses it (pruned by another run), a set-up makes it again
+    assert owner.ask(schema.SETUP).answers
+    assert _teachers(owner) == [teacher]
+    monkeypatch.setattr(owner_state_module, "_STATE", {})  # the restart
     _no_training(monkeypatch)
     assert owner.ask(schema.FEEDBACK, [query_payload(schema.FEEDBACK, 4)]).answers
     assert owner.ask(schema.VERIFY, [query_payload(schema.VERIFY, 4)]).answers
