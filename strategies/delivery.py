@@ -32,7 +32,8 @@ class Delivery:
         """Every payload of ``request`` to each of its owners, sealed in one message per
         owner; the answers by node, for the owners that answered.
 
-        A message refused by either end, answered with an error, or not answered within
+        A message refused by either end, answered with an error (a Flower error reply, or
+        the owner's sealed ``error`` refusal: it failed answering), or not answered within
         ``timeout`` is re-sent, freshly sealed, up to ``max-retries`` times; an owner that
         still fails is dropped (the roster fails the run below quorum). An owner that
         refuses because of its query budget is only skipped this time: it has not failed.

@@ -39,6 +39,8 @@ class Outcome:
     or not an answer to the request; ``rejection`` is the reason code), ``budget`` (the
     owner's sealed refusal for its query budget; ``refusal`` = (budget, used, asked)),
     ``policy`` (the owner's sealed refusal under its policy: asking again will not help),
+    ``error`` also for the owner's sealed ``error`` refusal (it failed answering: re-sent,
+    then dropped, like an error reply),
     ``offline`` (Flower says the SuperNode is unavailable: restarting). ``answered``: the
     owner may have done the work.
     """
@@ -194,6 +196,9 @@ class Transport:
                 return Outcome(
                     failure="budget", refusal=(refusal.budget, refusal.used, refusal.asked)
                 )
+            if refusal.code == "error":  # it may have reserved the samples: answered
+                why = f"the owner failed: {_first_line(refusal.reason, 200)}"
+                return Outcome(failure="error", reason=why, answered=True)
             return Outcome(failure="policy", reason=f"refused by its owner: {refusal.reason}")
         return Outcome(answers=answers, answered=True)
 

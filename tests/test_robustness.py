@@ -242,6 +242,9 @@ def test_owner_refuses_bad_calibration_values(tmp_path):
         [reply] = grid.pull_messages(grid.push_messages([msg]))
         return reply
 
+    setup = schema.encode(schema.SETUP, "request", settings=settings)  # only set-up trains
+    msg = Message(content=codec.bundle([setup]), dst_node_id=1000, message_type="query.setup")
+    assert not grid.pull_messages(grid.push_messages([msg]))[0].has_error()
     ok = schema.decode(
         schema.EVALUATE, "reply", codec.unbundle(evaluate(np.array([0.0, 2.0])).content)[0]
     )

@@ -10,7 +10,6 @@ head. Which of the two, and the temperature, are the owner's choice: its policy
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from azsl_flower.common.models import CosineClassifier, fit
+from azsl_flower.owner.files import open_private, write_private
 
 __all__ = ["probe_logits", "train_cosine_teacher"]
 
@@ -32,13 +32,19 @@ def train_cosine_teacher(
     epochs: int,
     lr: float,
     seed: int,
-) -> CosineClassifier:
+    train: bool = True,
+) -> CosineClassifier | None:
     """A bias-free cosine classifier on L2-normalised features, from the disk cache or
-    trained (cross-entropy) and cached atomically."""
+    trained (cross-entropy) and cached atomically, mode 0600 (a teacher is private too).
+    ``train=False``: only from the cache (None when it holds none)."""
     teacher = CosineClassifier(x.shape[1], num_classes, temperature).to(device)
-    if path.is_file():
-        teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    try:
+        with open_private(path) as fh:
+            teacher.load_state_dict(torch.load(fh, map_location=device, weights_only=True))
         return teacher.eval()
+    except FileNotFoundError:
+        if not train:
+            return None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         teacher.weight.data.normal_(0.0, 0.01)
@@ -53,10 +59,7 @@ def train_cosine_teacher(
         batch_size=128,
         seed=seed,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(teacher.state_dict(), tmp)
-    os.replace(tmp, path)
+    write_private(path, lambda fh: torch.save(teacher.state_dict(), fh))
     return teacher.eval()
 
 

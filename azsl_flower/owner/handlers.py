@@ -7,6 +7,13 @@ only); what a run may cost is reserved in its run state before any work
 (:mod:`azsl_flower.owner.budget`). Replies carry only quantities computed on *generated*
 features, or per-class counts; never a real feature row, a label of a real sample, or
 teacher weights (except in the ``weights`` scenario, by the owner's opt-in).
+
+Work is bounded per message kind: only a set-up may train a teacher (within
+``max-setups`` per run, the cache pruned to ``max-teachers`` after it), and the run
+state records the teachers its set-ups made; feedback, verification, dfzsl probes and
+evaluation answer only from one of those (a sealed refusal otherwise). Any exception
+after the request is opened is answered by a sealed ``error`` refusal that names the
+exception's class only: its text (paths, values) stays in the owner's log.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from logging import WARNING
+from logging import ERROR, WARNING
 
 import numpy as np
 from flwr.app import Context, Error, Message
@@ -34,7 +41,15 @@ from azsl_flower.owner.evaluation import (
 from azsl_flower.owner.lifetime import declaration
 from azsl_flower.owner.policy import MAX_CALIBRATION_PER_REQUEST, OwnerPolicy
 from azsl_flower.owner.session import Session, open_session
-from azsl_flower.owner.state import OwnerState, owner_state, prune_teachers, teacher_weights
+from azsl_flower.owner.state import (
+    OwnerState,
+    check_settings,
+    mark_used,
+    no_teacher,
+    owner_state,
+    prune_teachers,
+    teacher_weights,
+)
 from azsl_flower.wire import errors, schema
 from azsl_flower.wire.crypto import RejectedError
 from azsl_flower.wire.errors import Refused
@@ -43,6 +58,7 @@ __all__ = ["MAX_CALIBRATION_VALUES", "dfzsl_probe", "evaluate", "feedback", "set
 
 Answer = dict[str, object]  # keyword arguments of schema.encode for one reply
 MAX_CALIBRATION_VALUES = MAX_CALIBRATION_PER_REQUEST  # values one evaluation may score
+TEACHERS = "teachers"  # section of the run state: the state keys this run's set-ups made
 
 
 @dataclass
@@ -52,14 +68,17 @@ class Job:
     payload: schema.Payload
     settings: dict[str, object]
     policy: OwnerPolicy
+    train: bool = False  # only a set-up may train a teacher (or make a DP release)
     _state: OwnerState | None = field(default=None, repr=False)
     lifetime: dict[str, int] = field(default_factory=dict)  # owner's use over all runs
 
     @property
     def state(self) -> OwnerState:
-        """This owner's data and teacher (trained once, then cached)."""
+        """This owner's data and teacher (trained once at set-up, then cached)."""
         if self._state is None:
-            self._state = owner_state(self.settings, *self.policy.partition, self.policy.privacy)
+            self._state = owner_state(
+                self.settings, *self.policy.partition, self.policy.privacy, train=self.train
+            )
         return self._state
 
 
@@ -99,6 +118,15 @@ def _serve(
                 exc.reason,
             )
             answers = [errors.refusal_record(exc)]
+        except Exception as exc:  # any defect: sealed, named by its class only
+            log(
+                ERROR,
+                "owner %s failed on a %s request (answered with a sealed error refusal)",
+                context.node_id,
+                kind.message_type,
+                exc_info=exc,
+            )
+            answers = [errors.refusal_record(errors.internal_error(exc))]
         return Message(session.security.seal(kind.message_type, request, answers), reply_to=msg)
 
 
@@ -109,18 +137,47 @@ def _answer(
         payloads = [schema.decode(kind, "request", rd) for rd in parts]
     except schema.ProtocolError as exc:
         raise Refused("policy", f"malformed request: {exc}") from None
-    identity = session.where.identity
-    jobs = [Job(p, session.policy.settings(p.settings, identity), session.policy) for p in payloads]
+    identity, setup = session.where.identity, kind is schema.SETUP
+    jobs = [
+        Job(p, session.policy.settings(p.settings, identity), session.policy, train=setup)
+        for p in payloads
+    ]
+    for job in jobs:  # settings no state can be built from: refused before any work
+        check_settings(job.settings, session.policy.privacy)
+    made: list[str] = list(session.ledger.get(TEACHERS) or [])
+    if not setup:
+        for job in jobs:  # load (never train) the teacher one of this run's set-ups made
+            if job.state.key not in made:
+                raise _other_settings() if made else no_teacher()
+            mark_used(job.state)
     lifetime = budget.reserve(session.ledger, session.policy, kind, payloads)
     for job in jobs:
         job.lifetime = lifetime
-    return [schema.encode(kind, "reply", **handle(job)) for job in jobs]  # type: ignore[arg-type]
+    answers = [schema.encode(kind, "reply", **handle(job)) for job in jobs]  # type: ignore[arg-type]
+    if setup:  # bind the run to the teachers its set-ups made (one entry per setting)
+        keys = dict.fromkeys([*made, *(job.state.key for job in jobs)])
+        if list(keys) != made:
+            session.ledger.put(TEACHERS, list(keys))
+    return answers
+
+
+def _other_settings() -> Refused:
+    """A message whose teacher settings no set-up of this run used: switching teachers
+    mid-run (or reading one a set-up of another run made) is refused."""
+    return Refused(
+        "policy",
+        "this run's set-ups used other teacher settings (dataset, teacher, teacher-epochs, "
+        "lr-teacher, seed, partition, split, regulariser or scenario dfzsl differ): send a "
+        "set-up with these settings first",
+    )
 
 
 def _state(payload: schema.Payload, context: Context) -> OwnerState:
-    """This owner's state for a payload, as its policy resolves the settings (tests)."""
+    """This owner's state for a payload, as its policy resolves the settings (tests): as a
+    set-up builds it (trained when the cache has none)."""
     policy = OwnerPolicy.from_node_config(context.node_config)
-    return Job(payload, policy.settings(payload.settings, f"node-{context.node_id}"), policy).state
+    settings = policy.settings(payload.settings, f"node-{context.node_id}")
+    return owner_state(settings, *policy.partition, policy.privacy)
 
 
 def _setup(job: Job) -> Answer:
@@ -190,9 +247,9 @@ def _verify(job: Job) -> Answer:
 
 def _dfzsl_probe(job: Job) -> Answer:
     """Scenario dfzsl: the cosine teacher's logits on the service's probe features."""
-    st = job.state
-    if job.settings.get("scenario") != Scenario.DFZSL:
+    if job.settings.get("scenario") != Scenario.DFZSL:  # before any work
         raise Refused("policy", "a dfzsl probe outside scenario=dfzsl: answered only there")
+    st = job.state
     x = job.payload.arrays["x"]
     if x.ndim != 2 or x.shape[1] != st.data.dim:
         raise Refused(

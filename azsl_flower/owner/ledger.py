@@ -23,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from azsl_flower.owner.files import PrivateFileError, open_private, private_dir, write_private
+
 __all__ = ["LedgerError", "RunLedger", "ledger_path", "read_ledger"]
 
 
@@ -52,12 +54,20 @@ class RunLedger:
         self.existed = False
 
     def __enter__(self) -> RunLedger:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)  # 0700, ours, not a link (PrivateFileError says why)
         lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if not lock.is_symlink():
+                raise
+            raise PrivateFileError(
+                f"run-state lock {lock} is a symbolic link; delete it (the owner locks only "
+                "its own files)"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the message of this run being handled
-            self.data, self.existed = self._read(), self.path.exists()
+            self.data, self.existed = self._read()
         except BaseException:
             os.close(fd)
             raise
@@ -75,11 +85,15 @@ class RunLedger:
             os.close(self._fd)
             self._fd = None
 
-    def _read(self) -> dict[str, Any]:
+    def _read(self) -> tuple[dict[str, Any], bool]:
+        """The state as last written and whether there was any (never through a link)."""
         try:
-            data = json.loads(self.path.read_text())
+            with open_private(self.path) as fh:
+                data = json.loads(fh.read())
         except FileNotFoundError:
-            return {}
+            return {}, False
+        except PrivateFileError:
+            raise
         except (OSError, ValueError) as exc:
             raise LedgerError(
                 f"unreadable run state {self.path} ({exc}); delete it to start a new session "
@@ -89,7 +103,7 @@ class RunLedger:
             raise LedgerError(
                 f"run state {self.path} is not a JSON object; delete it to start a new session"
             )
-        return data
+        return data, True
 
     def get(self, section: str) -> Any:
         return self.data.get(section)
@@ -99,19 +113,15 @@ class RunLedger:
         if self._fd is None:
             raise RuntimeError("RunLedger.put outside its with-block")
         self.data[section] = value
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        blob = json.dumps(self.data).encode()
+        write_private(self.path, lambda fh: fh.write(blob))
         self.existed = True
 
 
 def read_ledger(folder: Path, run_id: int, who: str) -> dict[str, Any]:
     """A run's state as last written (no lock: for reports and tests)."""
     try:
-        return json.loads(ledger_path(folder, run_id, who).read_text())
+        with open_private(ledger_path(folder, run_id, who)) as fh:
+            return json.loads(fh.read())
     except FileNotFoundError:
         return {}

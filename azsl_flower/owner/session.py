@@ -17,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from flwr.app import Context
 
+from azsl_flower.owner.files import private_dir
 from azsl_flower.owner.ledger import RunLedger
 from azsl_flower.owner.policy import OwnerPolicy
 from azsl_flower.wire.channels import OwnerSecurity, owner_keys
@@ -72,6 +73,7 @@ class Session:
 @contextmanager
 def open_session(context: Context) -> Iterator[Session]:
     at = where(context)
+    private_dir(at.folder.parent)  # the cache dir: nobody else may swap its runs/ folder
     with RunLedger(at.folder, context.run_id, at.identity) as ledger:
         security = OwnerSecurity(str(context.node_id), context.run_id, at.suite, at.keys, ledger)
         yield Session(at, ledger, security)

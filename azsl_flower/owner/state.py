@@ -1,8 +1,10 @@
 """The owner's state: its data and teacher, trained once per (data, settings) and cached.
 
-Everything here runs where the private features live. The teacher is trained on first use
-and kept on the owner's disk (keyed by its data and teacher settings) and in memory, so a
-SuperNode that answers each message in a new process does not retrain it.
+Everything here runs where the private features live. The teacher is trained at set-up
+(the only message that may train: ``owner_state(train=True)``, bounded per run by
+``max-setups``) and kept on the owner's disk (keyed by its data and teacher settings,
+mode 0600, :mod:`azsl_flower.owner.files`) and in memory, so a SuperNode that answers each
+message in a new process does not retrain it; every other message only loads it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ from azsl_flower.common.models import fit, resolve_device, state_to_numpy, teach
 from azsl_flower.owner import dp
 from azsl_flower.owner.data import OwnerData, load_owner_data
 from azsl_flower.owner.dfzsl import train_cosine_teacher
+from azsl_flower.owner.files import open_private, private_dir, write_private
 from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser, make_regulariser
 from azsl_flower.owner.privacy import OwnerPrivacy
 from azsl_flower.wire.errors import Refused
 
-__all__ = ["OwnerState", "owner_state", "prune_teachers", "released", "teacher_weights"]
+__all__ = [
+    "OwnerState",
+    "check_settings",
+    "mark_used",
+    "owner_state",
+    "prune_teachers",
+    "released",
+    "teacher_weights",
+]
 
 
 @dataclass
@@ -43,6 +54,9 @@ class OwnerState:
     privacy: OwnerPrivacy = field(default_factory=OwnerPrivacy)
     # DP releases behind the teacher and the statistics (empty: not private)
     mechanisms: dict[str, dp.Mechanism] = field(default_factory=dict)
+    # what the state is cached by (data, teacher, regulariser, DP settings): the run ledger
+    # binds a run to the keys its set-ups made
+    key: str = ""
 
     def spend(self, settings: dict) -> dp.PrivacySpend:
         """The (ε, δ) of everything this run's answers are computed from (set-up declares it).
@@ -81,18 +95,63 @@ EXACT_EVALUATION = (
 )
 
 
+def no_teacher() -> Refused:
+    """The refusal of a message that would need a teacher (or DP release) no set-up made."""
+    return Refused(
+        "policy",
+        "no teacher for these settings: this owner trains only at set-up (send a set-up "
+        "request with these settings first)",
+    )
+
+
+def check_settings(settings: dict, privacy: OwnerPrivacy) -> None:
+    """Refuse (sealed ``policy``), before any work, settings the state cannot be built from:
+    the reason names the key, never an exception's text."""
+    beta = settings.get("dirichlet-beta", 0.5)
+    try:
+        ok = math.isfinite(float(beta)) and float(beta) > 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or isinstance(beta, bool):
+        raise Refused("policy", f"dirichlet-beta={beta!r}: a finite number > 0")
+    seed = settings.get("seed", 0)
+    try:
+        whole = not isinstance(seed, bool) and int(seed) == float(seed) >= 0  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise Refused("policy", f"seed={seed!r}: a whole number >= 0")
+    reg = str(settings.get("regulariser", "kl"))
+    if privacy.dp_stats and reg not in ("kl", "none"):
+        raise Refused(
+            "policy",
+            f"regulariser={reg} keeps real samples and has no DP release; this owner "
+            "(node-config stats-epsilon) answers regulariser=kl or none",
+        )
+    if privacy.dp_teacher and str(settings.get("scenario")) == "dfzsl":
+        raise Refused(
+            "policy",
+            "scenario dfzsl's cosine teacher has no DP-SGD training yet; an owner with "
+            "teacher-epsilon answers the AZSL scenarios",
+        )
+
+
 def owner_state(
     settings: dict,
     partition_id: int,
     num_partitions: int,
     privacy: OwnerPrivacy | None = None,
+    train: bool = True,
 ) -> OwnerState:
     """Load this owner's data and teacher (train it once; reuse from memory or disk cache).
 
     ``privacy`` (the owner's node config): a DP-SGD teacher and/or DP statistics, each
     made once and kept in the cache with what it spent, so a restarted owner never
-    releases again with fresh noise."""
+    releases again with fresh noise. ``train=False`` (every message but set-up): only
+    what the cache holds; :func:`no_teacher` is raised where it holds no teacher or DP
+    release for these settings, so no such message makes the owner train or release."""
     privacy = privacy or OwnerPrivacy()
+    check_settings(settings, privacy)
     data = load_owner_data(
         str(settings["dataset"]),
         str(settings.get("data-dir", "")),
@@ -134,15 +193,16 @@ def owner_state(
             )
             + f"-{stats_cfg}"
         )
-    if state_key in _STATE:
-        cached = _STATE[state_key]
-        if cached.privacy == privacy:
-            return cached
+    cache = resolve_cache_dir(settings.get("cache-dir"))
+    path = cache / f"teacher-{key}.pt"
+    memory = f"{cache}|{state_key}"  # one process may serve owners with other caches
+    cached = _STATE.get(memory)
+    # a set-up makes sure its teacher is on disk (a restarted owner needs it there)
+    if cached is not None and cached.privacy == privacy and (not train or path.is_file()):
+        return cached
     device = resolve_device(str(settings.get("device", "auto")))
     classes = data.covered_classes
     seed = (0 if privacy.dp_teacher else int(settings.get("seed", 0))) + 7919 * partition_id
-    cache = resolve_cache_dir(settings.get("cache-dir"))
-    path = cache / f"teacher-{key}.pt"
     mechanisms: dict[str, dp.Mechanism] = {}
     # The teacher's initial weights and dropout draw from a generator seeded here, not from
     # whatever the process ran before: the same teacher under `flwr run`, the Python
@@ -151,12 +211,6 @@ def owner_state(
         torch.manual_seed(seed)
         spent = None
         if cosine:
-            if privacy.dp_teacher:
-                raise Refused(
-                    "policy",
-                    "scenario dfzsl's cosine teacher has no DP-SGD training yet; an owner with "
-                    "teacher-epsilon answers the AZSL scenarios",
-                )
             teacher = train_cosine_teacher(
                 data.train_x,
                 np.searchsorted(classes, data.train_y),
@@ -167,30 +221,30 @@ def owner_state(
                 epochs=int(settings.get("teacher-epochs", 40)),
                 lr=float(settings.get("lr-teacher", 1e-3)),
                 seed=seed,
+                train=train,
             )
         elif privacy.dp_teacher:
             with release_lock(cache):  # concurrent messages make one release, not two
-                teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy)
+                teacher, spent = _teacher(
+                    data, classes, device, path, settings, seed, privacy, train
+                )
         else:
-            teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy)
+            teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy, train)
+    if teacher is None:  # train=False and the cache holds none (never made, or pruned)
+        raise no_teacher()
     if spent is not None:
         mechanisms["teacher"] = spent
     teacher.eval()
-    if privacy.dp_stats and reg_name != "none":
-        if reg_name != "kl":
-            raise ValueError(
-                f"regulariser={reg_name} keeps real samples and has no DP release; an owner "
-                "with stats-epsilon answers regulariser=kl (or none)"
-            )
+    if privacy.dp_stats and reg_name != "none":  # kl: check_settings refused the others
         with release_lock(cache):
-            reg, mechanisms["stats"] = _dp_statistics(data, cache, stats_key, privacy)
+            reg, mechanisms["stats"] = _dp_statistics(data, cache, stats_key, privacy, train)
     else:
         reg = make_regulariser(reg_name, data.train_x, data.train_y, int(settings.get("seed", 0)))
     oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)
     while len(_STATE) >= 8:  # a simulation process may serve several owners: bound memory
         _STATE.pop(next(iter(_STATE)))
-    _STATE[state_key] = OwnerState(data, oracle, path, privacy, mechanisms)
-    return _STATE[state_key]
+    _STATE[memory] = OwnerState(data, oracle, path, privacy, mechanisms, state_key)
+    return _STATE[memory]
 
 
 # Run-config keys the service chooses freely (TEACHER_KEYS): never part of a DP release's key.
@@ -206,7 +260,7 @@ def _digest(data: OwnerData, cfg: dict[str, Any], partition_id: int) -> str:
 def release_lock(cache: Path) -> Iterator[None]:
     """Hold the owner's DP-release lock: two messages handled at once (a SuperNode runs each
     in its own process) find the release the first one made instead of making a second."""
-    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(cache)
     fd = os.open(cache / "dp-release.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -218,13 +272,16 @@ def release_lock(cache: Path) -> Iterator[None]:
 def released(cache: Path) -> list[dp.Mechanism]:
     """Every DP release this owner's cache holds: each DP teacher and each statistics
     release, whatever run or training set it was made for."""
-    out = [
-        dp.Mechanism(**json.loads(p.read_text())) for p in sorted(cache.glob("teacher-*.dp.json"))
-    ]
+    out = [_read_mechanism(p) for p in sorted(cache.glob("teacher-*.dp.json"))]
     for path in sorted(cache.glob("dpstats2-*.npz")):
-        with np.load(path) as saved:
+        with open_private(path) as fh, np.load(fh) as saved:
             out.append(dp.Mechanism(**json.loads(str(saved["mechanism"]))))
     return out
+
+
+def _read_mechanism(path: Path) -> dp.Mechanism:
+    with open_private(path) as fh:
+        return dp.Mechanism(**json.loads(fh.read()))
 
 
 def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: float) -> None:
@@ -244,33 +301,31 @@ def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: 
 
 
 def _dp_statistics(
-    data: OwnerData, cache: Path, stats_key: str, privacy: OwnerPrivacy
+    data: OwnerData, cache: Path, stats_key: str, privacy: OwnerPrivacy, train: bool = True
 ) -> tuple[KLRegulariser, dp.Mechanism]:
     """The KL regulariser's statistics released once with the Gaussian mechanism.
 
     The noise comes from the operating system, never from the run's seed (the service
     knows it), and the release is kept on disk: the owner answers from the same noisy
-    statistics for good instead of releasing again.
+    statistics for good instead of releasing again (``train=False``: only from disk).
     """
     path = cache / f"dpstats2-{hashlib.sha256(stats_key.encode()).hexdigest()[:24]}.npz"
     delta = privacy.delta(int(data.train_y.size))
-    if path.is_file():
-        saved = np.load(path)
-        mean, var = saved["mean"], saved["var"]
-        mech = dp.Mechanism(**json.loads(str(saved["mechanism"])))
-    else:
+    try:
+        with open_private(path) as fh, np.load(fh) as saved:
+            mean, var = saved["mean"], saved["var"]
+            mech = dp.Mechanism(**json.loads(str(saved["mechanism"])))
+    except FileNotFoundError:
+        if not train:
+            raise no_teacher() from None
         z = dp.stats_noise_multiplier(privacy.stats_epsilon, delta)
         _within_limit(cache, privacy, dp.stats_mechanism(z, privacy.stats_clip), delta)
         rng = np.random.default_rng(secrets.randbits(128))
         mean, var, mech = dp.gaussian_class_stats(
             data.train_x, data.train_y, data.covered_classes, privacy.stats_clip, z, rng
         )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, mean=mean, var=var, mechanism=np.array(json.dumps(asdict(mech))))
-        os.replace(tmp, path)
+        blob = np.array(json.dumps(asdict(mech)))
+        write_private(path, lambda fh: np.savez(fh, mean=mean, var=var, mechanism=blob))
     reg = KLRegulariser(
         torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(data.covered_classes)
     )
@@ -289,16 +344,21 @@ def _teacher(
     settings: dict,
     seed: int,
     privacy: OwnerPrivacy,
-) -> tuple[torch.nn.Module, dp.Mechanism | None]:
+    train: bool = True,
+) -> tuple[torch.nn.Module | None, dp.Mechanism | None]:
     """The owner's teacher from its disk cache, or trained on its data and cached; with
-    ``teacher-epsilon``, trained with DP-SGD (Opacus), and what it spent beside it."""
+    ``teacher-epsilon``, trained with DP-SGD (Opacus), and what it spent beside it.
+    ``train=False``: only from the cache ((None, None) when it holds none)."""
     teacher = teacher_network(privacy.teacher_network, data.dim, classes.size).to(device)
     spent_path = path.with_suffix(".dp.json")
-    if path.is_file() and (not privacy.dp_teacher or spent_path.is_file()):
-        teacher.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        if not privacy.dp_teacher:
-            return teacher, None
-        return teacher, dp.Mechanism(**json.loads(spent_path.read_text()))
+    try:
+        spent = _read_mechanism(spent_path) if privacy.dp_teacher else None
+        with open_private(path) as fh:
+            teacher.load_state_dict(torch.load(fh, map_location=device, weights_only=True))
+        return teacher, spent
+    except FileNotFoundError:
+        if not train:
+            return None, None
     local = np.searchsorted(classes, data.train_y)
     x = torch.from_numpy(data.train_x).to(device)
     epochs = int(settings.get("teacher-epochs", 40))
@@ -334,27 +394,34 @@ def _teacher(
             seed=seed,
             weight_decay=1e-5,
         )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as fh:  # owner-readable only: a teacher is private too
-        torch.save(teacher.state_dict(), fh)
-    if spent is not None:
-        spent_path.write_text(json.dumps(asdict(spent)))
-    os.replace(tmp, path)  # atomic: a concurrent owner never reads half a file
+    if spent is not None:  # first: a teacher file without its spend is trained again
+        blob = json.dumps(asdict(spent)).encode()
+        write_private(spent_path, lambda fh: fh.write(blob))
+    # owner-readable only (a teacher is private too), atomic: never half a file
+    write_private(path, lambda fh: torch.save(teacher.state_dict(), fh))
     return teacher, spent
+
+
+def mark_used(state: OwnerState) -> None:
+    """Mark the state's teacher file most recently used, so pruning (oldest first) keeps
+    the teachers runs are answering from."""
+    current = state.teacher_file
+    if current is not None and current.is_file() and not current.is_symlink():
+        os.utime(current)
 
 
 def prune_teachers(state: OwnerState, keep: int) -> None:
     """Keep the ``keep`` most recently used teacher files of this cache (0: keep all).
 
-    Every new teacher setting a run asks for (epochs, learning rate, split) leaves a file;
-    a bounded cache keeps that from filling the owner's disk. The teacher in use stays."""
+    Every new teacher setting a set-up asks for (epochs, learning rate, split) leaves a
+    file; a bounded cache keeps that from filling the owner's disk. Set-up prunes after it
+    trains, so the cache never holds more than ``keep`` files, except DP teachers: each
+    counts as one of the ``keep`` but is never deleted (a release: deleted, a later run
+    would make another one). The teacher in use stays."""
     if not keep or state.teacher_file is None:
         return
     current = state.teacher_file
-    if current.exists():
-        os.utime(current)  # most recently used
+    mark_used(state)  # most recently used
     files = sorted(
         current.parent.glob("teacher-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True
     )

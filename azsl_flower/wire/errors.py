@@ -7,9 +7,12 @@ Two kinds of "no", on purpose different:
   The service treats it like any failure (re-send, then drop): a relay that forges one
   can only delay an owner, as it could by dropping messages.
 - a **refusal**: the owner opened an authentic request and will not answer it, because
-  of its policy (``policy``) or its query budget (``budget``). It travels *sealed* like
-  an answer (one ``refusal`` record), so nobody but the owner can make the service skip
-  or drop an owner, and the service can trust the numbers in it.
+  of its policy (``policy``) or its query budget (``budget``), or because answering it
+  failed (``error``: any exception on the owner's side, named by its class only, so no
+  exception text, which may hold paths or data, leaves the owner). It travels *sealed*
+  like an answer (one ``refusal`` record), so nobody but the owner can make the service
+  skip or drop an owner, and the service can trust the numbers in it. The service treats
+  ``error`` as that owner's failure (re-sent, then dropped), not as a skip.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "REFUSAL",
     "Refused",
     "budget_refusal",
+    "internal_error",
     "parse_rejection",
     "read_refusal",
     "refusal_record",
@@ -33,7 +37,7 @@ __all__ = [
 REJECTED_CODE = 4100  # Flower Error code of an owner's "I rejected your message" reply
 _REJECTED = "azsl-rejected:"
 REFUSAL = "refusal"  # the one record of a sealed refusal
-_CODES = ("policy", "budget")
+_CODES = ("policy", "budget", "error")
 _MAX_REASON = 2000
 
 
@@ -50,7 +54,8 @@ def parse_rejection(code: int, text: str) -> str | None:
 
 
 class Refused(Exception):  # noqa: N818 - reads as "raise Refused(...)"
-    """An owner will not answer an authentic request: ``code`` ``policy`` or ``budget``.
+    """An owner will not answer an authentic request: ``code`` ``policy``, ``budget`` or
+    ``error`` (:func:`internal_error`).
 
     ``budget``/``used``/``asked``: the query budget, the samples already answered and the
     samples this request asked for (budget refusals; 0 otherwise).
@@ -76,6 +81,14 @@ def budget_refusal(budget: int, used: int, asked: int) -> Refused:
         budget,
         used,
         asked,
+    )
+
+
+def internal_error(exc: BaseException) -> Refused:
+    """The sealed refusal for an exception while answering: its class, never its text."""
+    return Refused(
+        "error",
+        f"internal error ({type(exc).__name__}) at the owner; its log has the details",
     )
 
 
