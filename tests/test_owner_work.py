@@ -172,8 +172,11 @@ def test_an_owners_failure_leaves_it_only_sealed(tmp_path, example):
     exception's text. Now each answer is the sealed envelope only, the service reads a
     refusal, and the text of an unforeseen exception stays at the owner."""
     if example == "dirichlet-beta":
-        owner = Owner(tmp_path)
-        request = owner.request(schema.SETUP, dirichlet_beta="lots")
+        # a deployed owner ignores every partition key (tests/test_lifetime.py); a simulated
+        # one reads them to find its share of the data
+        assert Owner(tmp_path, node_id=12).ask(schema.SETUP, dirichlet_beta="lots").answers
+        owner = Owner(tmp_path, partition_id=0, num_partitions=2)
+        request = owner.request(schema.SETUP, partition="dirichlet", dirichlet_beta="lots")
         code, says = "policy", "dirichlet-beta='lots'"
     elif example == "mmd-at-dp-stats":
         owner = Owner(tmp_path, stats_epsilon=1.0, stats_clip=20.0)
