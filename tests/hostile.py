@@ -9,6 +9,7 @@ a relay (replays, copies, reordering) with the project's own sealing code.
 from __future__ import annotations
 
 import copy
+import threading
 import traceback
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from azsl_flower.wire import codec, errors, schema
 from azsl_flower.wire.channels import SERVICE, ServiceSecurity
 from azsl_flower.wire.crypto import Channel, write_keypair
 
-__all__ = ["Owner", "Reply", "evaluate_payload", "query_payload"]
+__all__ = ["Owner", "Reply", "deliver_at_once", "evaluate_payload", "query_payload"]
 
 FAST_TEACHER = 1  # epochs: these tests need a teacher, not a good one
 
@@ -170,3 +171,23 @@ def evaluate_payload(
 
 def envelope_of(msg: Message) -> list[tuple[bytes, bytes]]:
     return codec.open_envelope(msg.content)
+
+
+def deliver_at_once(owners: list[Owner], messages: list[Message]) -> list[Message]:
+    """Deliver ``messages[i]`` to ``owners[i]`` all at once, each to its own copy of that
+    owner's Context, as a SuperNode runs concurrent tasks (the same owner may repeat)."""
+    copies = [copy.deepcopy(o.ctx) for o in owners]
+    start = threading.Barrier(len(messages))
+    replies: list[Message | None] = [None] * len(messages)
+
+    def task(i: int) -> None:
+        start.wait()
+        replies[i] = owners[i].deliver(messages[i], copies[i])
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(len(messages))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert all(r is not None for r in replies), "a task did not finish"
+    return replies  # type: ignore[return-value]

@@ -9,33 +9,18 @@ task is a thread with its own deep copy of one Context, started together at a ba
 from __future__ import annotations
 
 import copy
-import threading
 
 from flwr.app import Message
 
 from azsl_flower.owner.budget import queries_used
 from azsl_flower.wire import schema
 from azsl_flower.wire.crypto import Header
-from tests.hostile import Owner, envelope_of, query_payload
+from tests.hostile import Owner, deliver_at_once, envelope_of, query_payload
 
 
 def _at_once(owner: Owner, messages: list[Message]) -> list[Message]:
     """Deliver ``messages`` concurrently, each to its own copy of the owner's Context."""
-    copies = [copy.deepcopy(owner.ctx) for _ in messages]
-    start = threading.Barrier(len(messages))
-    replies: list[Message | None] = [None] * len(messages)
-
-    def task(i: int) -> None:
-        start.wait()
-        replies[i] = owner.deliver(messages[i], copies[i])
-
-    threads = [threading.Thread(target=task, args=(i,)) for i in range(len(messages))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert all(r is not None for r in replies), "a task did not finish"
-    return replies  # type: ignore[return-value]
+    return deliver_at_once([owner] * len(messages), messages)
 
 
 def test_concurrent_tasks_never_seal_two_replies_under_one_key_and_nonce(tmp_path):

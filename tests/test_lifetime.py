@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 
 import numpy as np
 from flwr.app import Context, RecordDict
@@ -23,7 +22,7 @@ from azsl_flower.owner.session import RUNS
 from azsl_flower.owner.state import EXACT_EVALUATION
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
-from tests.hostile import Owner, evaluate_payload
+from tests.hostile import Owner, deliver_at_once, evaluate_payload
 
 DIGITS_CLIP = 80.0  # digits rows are 64 pixels of 0..16: L2 norm mostly < 80
 DP_NODE = {"teacher-epsilon": 4.0, "stats-epsilon": 2.0, "stats-clip": DIGITS_CLIP, "dp-epochs": 1}
@@ -154,25 +153,6 @@ def _who(owner: Owner) -> str:
     return where(owner.ctx).identity
 
 
-def _at_once(owners: list[Owner], messages: list) -> list:
-    """Deliver ``messages[i]`` to ``owners[i]`` (each its own Context copy) all at once."""
-    start = threading.Barrier(len(messages))
-    replies: list = [None] * len(messages)
-
-    def task(i: int) -> None:
-        ctx = copy.deepcopy(owners[i].ctx)
-        start.wait()
-        replies[i] = owners[i].deliver(messages[i], ctx)
-
-    threads = [threading.Thread(target=task, args=(i,)) for i in range(len(messages))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert all(r is not None for r in replies), "a task did not finish"
-    return replies
-
-
 def test_concurrent_runs_and_a_restart_cannot_go_over_a_lifetime_cap(tmp_path):
     # four runs at once, each asking 4 models against a lifetime cap of 10 with 3 used: the
     # run locks do not order them (one per run); the lifetime lock does, so one is answered
@@ -187,7 +167,8 @@ def test_concurrent_runs_and_a_restart_cannot_go_over_a_lifetime_cap(tmp_path):
         for run in runs
     ]
     replies = [
-        run.open(schema.EVALUATE, r) for run, r in zip(runs, _at_once(runs, asks), strict=True)
+        run.open(schema.EVALUATE, r)
+        for run, r in zip(runs, deliver_at_once(runs, asks), strict=True)
     ]
     assert sum(bool(r.answers) for r in replies) == 1, [r.refusal or r.error for r in replies]
     for r in replies:
