@@ -27,7 +27,8 @@ Per mode (and owner ε) it reports:
     python -m simulations.audit --markdown docs/privacy.md --out docs/benchmarks/privacy-audit.json
 
 Rows are keyed by (mode, ε): a later invocation replaces or adds rows in ``--out``, so
-the sweep can be run in parts.
+the sweep can be run in parts. The attacks are :mod:`simulations.audit_attacks`; this module
+holds the modes, the owners' DP node configs, the student runs and the command line.
 """
 
 from __future__ import annotations
@@ -39,24 +40,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from azsl_flower.common.config import CHOICES, parse_run_config
-from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
-from azsl_flower.common.models import TEACHER_NETWORKS, Generator, classifier, fit, predict_logits
-from azsl_flower.common.semantics import load_class_side
+from azsl_flower.common.models import TEACHER_NETWORKS
 from azsl_flower.owner import dp
-from azsl_flower.owner.answers import feedback_answer, verify_answer
 from azsl_flower.owner.data import load_owner_data
-from azsl_flower.owner.evaluation import evaluate_model
-from azsl_flower.owner.oracle import KLRegulariser
 from azsl_flower.owner.privacy import OwnerPrivacy, owner_privacy
-from azsl_flower.owner.state import OwnerState, owner_state
-from azsl_flower.service.baseline import KLStatsFit, ncm_classifier
+from azsl_flower.owner.state import owner_state
+from simulations.audit_attacks import _generated, audit_mode, recover_statistics
 
 __all__ = ["MODES", "budget_split", "dp_node_config", "recover_statistics"]
+
 
 # name -> (what the service asks, a one-line description of what is on the wire)
 MODES: dict[str, tuple[dict[str, str], str]] = {
@@ -145,217 +138,11 @@ def dp_node_config(
     return node
 
 
-# -- attacks ---------------------------------------------------------------------------------
+# -- runs ------------------------------------------------------------------------------------
 
 
 def _settings(cfg_raw: dict[str, Any], **over: Any) -> dict[str, Any]:
     return parse_run_config({**cfg_raw, **over}).owner_settings()
-
-
-def recover_statistics(
-    st: OwnerState,
-    policy: OwnerPrivacy,
-    settings: dict[str, Any],
-    rng: np.random.Generator,
-    value_classes: int = 5,
-    per_class: int = 8,
-) -> dict[str, Any] | None:
-    """The strongest simple statistics attack the mode allows; None when it allows none."""
-    asked = settings["regulariser-answer"]
-    classes = st.data.covered_classes
-    d = st.data.dim
-    if settings["scenario"] == "weights":
-        reg = st.oracle.regulariser
-        if asked == "none" or not isinstance(reg, KLRegulariser):
-            return None
-        s = reg.stats()
-        return {"mean": s["mean"], "var": s["var"], "classes": s["classes"], "samples": 0}
-    if asked == "gradient":
-        # crafted features: every dimension varies inside each class's group of samples
-        y = np.repeat(classes, per_class)
-        x = rng.uniform(0.0, 1.0, (y.size, d)).astype(np.float32)
-        bs = 32 * per_class
-        fit = KLStatsFit(st.data.num_classes, d)
-        alpha = float(settings["alpha"])
-        g = feedback_answer(st.oracle, x, y, bs, settings, policy)["grad"]
-        samples = y.size
-        if settings["scenario"] == "whitebox":
-            # the same batch with alpha = 0: only the teacher's gradient; the difference
-            # is alpha ∇R exactly (alpha is the service's run setting)
-            zero = feedback_answer(st.oracle, x, y, bs, dict(settings, alpha=0.0), policy)
-            g = g - zero["grad"]
-            samples *= 2
-        fit.add(x, y, g, alpha, bs, classes)
-        mean, var, got = fit.estimate()
-        return {"mean": mean, "var": var, "classes": got, "samples": samples}
-    if asked == "value":
-        return _value_attack(st, policy, settings, classes[:value_classes])
-    return None
-
-
-def _value_attack(
-    st: OwnerState, policy: OwnerPrivacy, settings: dict[str, Any], classes: np.ndarray
-) -> dict[str, Any]:
-    """R for batches of two: base, and one dimension moved by ±δ: 2D+1 batches per class
-    give every dimension's mean and variance (R is a sum of per-dimension terms)."""
-    d, delta = st.data.dim, 0.5
-    base_m, spread = np.full(d, 0.2, np.float32), np.full(d, 0.3, np.float32)
-    pair = np.stack([base_m + spread, base_m - spread])
-    shifts = [np.zeros(d, np.float32)]
-    for k in range(d):
-        for sign in (1.0, -1.0):
-            e = np.zeros(d, np.float32)
-            e[k] = sign * delta
-            shifts.append(e)
-    xs = np.concatenate([pair + s for s in shifts]).astype(np.float32)
-    means, variances = [], []
-    for c in classes:
-        y = np.full(xs.shape[0], c, dtype=np.int64)
-        r = feedback_answer(st.oracle, xs, y, 2, settings, policy)["reg"].astype(np.float64)
-        r0, rp, rm = r[0], r[1::2], r[2::2]
-        var = delta**2 / (d * (rp + rm - 2 * r0))
-        means.append(base_m - (rp - rm) * d * var / (2 * delta))
-        variances.append(var)
-    return {
-        "mean": np.stack(means).astype(np.float32),
-        "var": np.stack(variances).astype(np.float32),
-        "classes": classes,
-        "samples": int(xs.shape[0] * classes.size),
-        "samples_per_class": int(xs.shape[0]),
-    }
-
-
-def _rel_err(est: np.ndarray, true: np.ndarray) -> float:
-    est = np.where(np.isfinite(est), est, 0.0)
-    return float(np.median(np.linalg.norm(est - true, axis=1) / np.linalg.norm(true, axis=1)))
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.where(np.isfinite(a), a, 0.0)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-
-
-def _h(model: torch.nn.Module, st: OwnerState) -> dict[str, float]:
-    c = evaluate_model(model, st.data, st.data.unseen_classes, torch.device("cpu"))
-    counts = ClassCounts(*(c[k] for k in ClassCounts.__dataclass_fields__))
-    return zsl_gzsl(counts, "all")
-
-
-def _teacher_pred(st: OwnerState, x: np.ndarray) -> np.ndarray:
-    return st.oracle.probs(x).argmax(1)
-
-
-def extract(
-    st: OwnerState, policy: OwnerPrivacy, settings: dict[str, Any], queries: np.ndarray, seed: int
-) -> dict[str, Any]:
-    """A surrogate trained only on the mode's answers to ``queries``; scored on real data."""
-    ans = verify_answer(st.oracle, queries, settings, policy)["probs"].astype(np.float32)
-    target = ans / np.maximum(ans.sum(1, keepdims=True), 1e-12)
-    torch.manual_seed(seed)
-    model = classifier(queries.shape[1], st.data.num_classes)
-
-    def soft_ce(logits: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return -(p * F.log_softmax(logits, 1)).sum(1).mean()
-
-    fit(
-        model,
-        torch.from_numpy(queries),
-        torch.from_numpy(target),
-        soft_ce,
-        epochs=5,
-        lr=1e-3,
-        seed=seed,
-    )
-    x = np.concatenate([st.data.test_seen_x, st.data.test_unseen_x])
-    agree = predict_logits(model, torch.from_numpy(x)).argmax(1).numpy() == _teacher_pred(st, x)
-    return {
-        "agreement": float(agree.mean()),
-        "h": _h(model, st)["h"],
-        "queries": int(queries.shape[0]),
-    }
-
-
-def _generated(run_dir: Path | None, st: OwnerState, data_dir: str, per_class: int, seed: int):
-    """Features from a run's trained generator (the service's own queries), or None."""
-    if run_dir is None or not (run_dir / "generator.pt").is_file():
-        return None
-    sem = load_class_side("xlsa17", data_dir, "att").semantics
-    state = torch.load(run_dir / "generator.pt", weights_only=True)
-    noise = state["net.0.weight"].shape[1] - sem.shape[1]
-    gen = Generator(sem.shape[1], noise, st.data.dim)
-    gen.load_state_dict(state)
-    gen.eval()
-    classes = st.data.covered_classes
-    y = np.repeat(classes, per_class)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        x = gen(torch.from_numpy(sem[y]), torch.randn(y.size, noise, generator=g)).numpy()
-    return x.astype(np.float32), y
-
-
-def audit_mode(
-    st: OwnerState,
-    policy: OwnerPrivacy,
-    settings: dict[str, Any],
-    generated: tuple[np.ndarray, np.ndarray] | None,
-    seed: int,
-    value_classes: int,
-    per_class: int = 100,
-) -> dict[str, Any]:
-    """Every attack of the audit against one owner in one mode."""
-    policy.check(settings)  # the service only asks what the owner allows
-    rng = np.random.default_rng(seed)
-    truth = KLRegulariser.from_features(st.data.train_x, st.data.train_y).stats()
-    true_mean = dict(zip(truth["classes"].tolist(), truth["mean"], strict=True))
-    true_var = dict(zip(truth["classes"].tolist(), truth["var"], strict=True))
-    out: dict[str, Any] = {}
-    rec = recover_statistics(st, policy, settings, rng, value_classes)
-    candidates: dict[str, np.ndarray] = {}
-    classes = st.data.covered_classes
-    queries = []
-    if rec is not None:
-        cls = rec["classes"]
-        tm = np.stack([true_mean[int(c)] for c in cls])
-        tv = np.stack([true_var[int(c)] for c in cls])
-        out["stats"] = {
-            "mean_rel_err": _rel_err(rec["mean"], tm),
-            "var_rel_err": _rel_err(rec["var"], tv),
-            "classes": int(cls.size),
-            "samples": rec["samples"],
-        }
-        if cls.size == classes.size:
-            model = ncm_classifier(rec["mean"], cls, st.data.num_classes)
-            out["prototype_h"] = _h(model, st)["h"] if model is not None else None
-            candidates["recovered statistics"] = rec["mean"]
-            std = np.sqrt(np.clip(np.nan_to_num(rec["var"]), 0, None))
-            y = np.repeat(np.arange(cls.size), per_class)
-            x = rec["mean"][y] + std[y] * rng.standard_normal((y.size, st.data.dim))
-            queries.append(np.clip(x, 0, None).astype(np.float32))
-        else:
-            out["prototype_h"] = None
-            out["stats"]["samples_all_classes"] = int(rec["samples"] / cls.size * classes.size)
-    if generated is not None:
-        gx, gy = generated
-        queries.append(gx)
-        keep = _teacher_pred(st, gx) == gy
-        means = np.stack(
-            [
-                gx[(gy == c) & keep].mean(0) if ((gy == c) & keep).any() else gx[gy == c].mean(0)
-                for c in classes
-            ]
-        )
-        candidates["verified generated features"] = means
-    if queries:
-        out["extraction"] = extract(st, policy, settings, np.concatenate(queries), seed)
-    tm = np.stack([true_mean[int(c)] for c in classes])
-    cos = {k: float(np.median(_cos(v, tm))) for k, v in candidates.items()}
-    if cos:
-        best = max(cos, key=cos.get)  # type: ignore[arg-type]
-        out["inversion"] = {"cosine": cos[best], "from": best, "all": cos}
-    return out
-
-
-# -- runs ------------------------------------------------------------------------------------
 
 
 def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -397,7 +184,8 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command line (the module docstring is its help)."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -450,24 +238,28 @@ def main() -> None:
     ap.add_argument("--output-dir", default="outputs/audit")
     ap.add_argument("--out", default="docs/benchmarks/privacy-audit.json")
     ap.add_argument("--markdown", default="", help="only render this markdown page from --out")
-    args = ap.parse_args()
-    if args.markdown:
-        from simulations.privacy_doc import render
+    return ap
 
-        page = Path(args.markdown)
-        previous = page.read_text() if page.is_file() else ""
-        merged: dict[str, Any] = {"rows": []}
-        for part in args.out.split(","):  # several sweeps run in parallel, one file each
-            audit = json.loads(Path(part).read_text())
-            merged["rows"] += audit["rows"]
-            first = {k: v for k, v in merged.get("settings", {}).items() if v is not None}
-            merged["settings"] = {**audit.get("settings", {}), **first}  # first file wins
-        page.write_text(render(merged, previous))
-        print(f"wrote {args.markdown} from {args.out}")
-        return
-    out = Path(args.out)
-    saved = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    cfg_raw = {
+
+def _render_markdown(markdown: str, out: str) -> None:
+    """``--markdown``: only render the page from the saved audit files (no attacks)."""
+    from simulations.privacy_doc import render
+
+    page = Path(markdown)
+    previous = page.read_text() if page.is_file() else ""
+    merged: dict[str, Any] = {"rows": []}
+    for part in out.split(","):  # several sweeps run in parallel, one file each
+        audit = json.loads(Path(part).read_text())
+        merged["rows"] += audit["rows"]
+        first = {k: v for k, v in merged.get("settings", {}).items() if v is not None}
+        merged["settings"] = {**audit.get("settings", {}), **first}  # first file wins
+    page.write_text(render(merged, previous))
+    print(f"wrote {markdown} from {out}")
+
+
+def _run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The raw run config every row starts from (each mode adds what it asks)."""
+    return {
         "dataset": "xlsa17",
         "data-dir": str(Path(args.data_dir).resolve()),
         "feature-file": args.feature_file,
@@ -482,72 +274,118 @@ def main() -> None:
         "checkpoint-every": 0,
         "split": args.split,
     }
+
+
+def _student_runs(
+    args: argparse.Namespace,
+    raw: dict[str, Any],
+    node: dict[str, Any],
+    seeds: list[int],
+    name: str,
+    eps: float,
+) -> list[dict[str, Any]]:
+    """The row's student runs: read from ``--runs-from``, else run (unless ``--no-runs``)."""
+    runs = [
+        _summary(json.loads((Path(f) / "results.json").read_text()))
+        for f in args.runs_from.split(",")
+        if f
+    ]
+    if not args.no_runs and not runs:
+        for seed in seeds:
+            runs.append(_summary(run_job(raw, node, seed, args.output_dir)))
+            print(
+                f"{name} ε={eps} seed {seed}: student H {runs[-1]['student']['h']:.3f}",
+                flush=True,
+            )
+    return runs
+
+
+def _audit_row(
+    args: argparse.Namespace,
+    cfg_raw: dict[str, Any],
+    name: str,
+    mode: tuple[dict[str, str], str],
+    eps: float,
+    n: int,
+    seeds: list[int],
+) -> tuple[dict[str, Any], OwnerPrivacy]:
+    """One row of the audit: the mode's student runs and every attack, with the owner's
+    privacy (the saved settings name its DP teacher)."""
+    asked, wire = mode  # MODES[name]
+    t0 = time.monotonic()
+    node = dp_node_config(eps, asked, n, args.stats_clip)
+    if args.teacher_model != "auto":
+        node["teacher-model"] = args.teacher_model
+    raw = {**cfg_raw, **asked}
+    runs = _student_runs(args, raw, node, seeds, name, eps)
+    settings = _settings(raw, seed=seeds[0])
+    policy = owner_privacy(node)
+    st = owner_state(settings, 0, 1, policy)
+    qdir = (
+        Path(args.queries_from)
+        if args.queries_from
+        else (Path(runs[0]["output_dir"]) if runs else None)
+    )
+    generated = _generated(qdir, st, cfg_raw["data-dir"], args.extract_per_class, seeds[0])
+    row = {
+        "mode": name,
+        "wire": wire,
+        "asked": asked,
+        "epsilon_target": eps if math.isfinite(eps) else None,
+        "owner_node_config": node,
+        "teacher_network": policy.teacher_network,
+        "declared": st.spend(settings).to_json(),
+        "attacks": audit_mode(
+            st,
+            policy,
+            settings,
+            generated,
+            seeds[0],
+            args.value_classes,
+            args.extract_per_class,
+        ),
+        "runs": runs,
+        "queries_from": str(qdir) if qdir else None,
+        "seconds": time.monotonic() - t0,
+    }
+    return row, policy
+
+
+def _saved_settings(
+    args: argparse.Namespace, cfg_raw: dict[str, Any], policy: OwnerPrivacy, n: int
+) -> dict[str, Any]:
+    """The audit file's settings: the run config (less the cache) and the protocol."""
+    return {k: v for k, v in cfg_raw.items() if k != "cache-dir"} | {
+        "stats_clip": args.stats_clip,
+        "dp_epochs": DP_EPOCHS,
+        "dp_batch": DP_BATCH,
+        "dp_teacher_model": policy.teacher_network if policy.dp_teacher else None,
+        "training_images": n,
+        "protocol": f"{args.steps_per_round} batches of 256 per round trip, "
+        f"{args.samples_per_class} verified samples per class, "
+        f"{args.student_epochs} student epochs, {args.teacher_epochs} teacher epochs",
+    }
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.markdown:
+        _render_markdown(args.markdown, args.out)
+        return
+    out = Path(args.out)
+    saved = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    cfg_raw = _run_config(args)
     data = load_owner_data(
         "xlsa17", cfg_raw["data-dir"], args.feature_file, "transductive", 0, 1, split=args.split
     )
     n = int(data.train_y.size)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for name in [m for m in args.modes.split(",") if m]:
-        asked, wire = MODES[name]
+        mode = MODES[name]
         for eps in [float(e) for e in args.epsilons.split(",") if e]:
-            t0 = time.monotonic()
-            node = dp_node_config(eps, asked, n, args.stats_clip)
-            if args.teacher_model != "auto":
-                node["teacher-model"] = args.teacher_model
-            raw = {**cfg_raw, **asked}
-            runs = [
-                _summary(json.loads((Path(f) / "results.json").read_text()))
-                for f in args.runs_from.split(",")
-                if f
-            ]
-            if not args.no_runs and not runs:
-                for seed in seeds:
-                    runs.append(_summary(run_job(raw, node, seed, args.output_dir)))
-                    print(
-                        f"{name} ε={eps} seed {seed}: student H {runs[-1]['student']['h']:.3f}",
-                        flush=True,
-                    )
-            settings = _settings(raw, seed=seeds[0])
-            policy = owner_privacy(node)
-            st = owner_state(settings, 0, 1, policy)
-            qdir = (
-                Path(args.queries_from)
-                if args.queries_from
-                else (Path(runs[0]["output_dir"]) if runs else None)
-            )
-            generated = _generated(qdir, st, cfg_raw["data-dir"], args.extract_per_class, seeds[0])
-            row = {
-                "mode": name,
-                "wire": wire,
-                "asked": asked,
-                "epsilon_target": eps if math.isfinite(eps) else None,
-                "owner_node_config": node,
-                "teacher_network": policy.teacher_network,
-                "declared": st.spend(settings).to_json(),
-                "attacks": audit_mode(
-                    st,
-                    policy,
-                    settings,
-                    generated,
-                    seeds[0],
-                    args.value_classes,
-                    args.extract_per_class,
-                ),
-                "runs": runs,
-                "queries_from": str(qdir) if qdir else None,
-                "seconds": time.monotonic() - t0,
-            }
+            row, policy = _audit_row(args, cfg_raw, name, mode, eps, n, seeds)
             saved["rows"] = [r for r in saved["rows"] if _row_key(r) != _row_key(row)] + [row]
-            saved["settings"] = {k: v for k, v in cfg_raw.items() if k != "cache-dir"} | {
-                "stats_clip": args.stats_clip,
-                "dp_epochs": DP_EPOCHS,
-                "dp_batch": DP_BATCH,
-                "dp_teacher_model": policy.teacher_network if policy.dp_teacher else None,
-                "training_images": n,
-                "protocol": f"{args.steps_per_round} batches of 256 per round trip, "
-                f"{args.samples_per_class} verified samples per class, "
-                f"{args.student_epochs} student epochs, {args.teacher_epochs} teacher epochs",
-            }
+            saved["settings"] = _saved_settings(args, cfg_raw, policy, n)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(saved, indent=1, default=float) + "\n")
             print(json.dumps(row["attacks"], default=float), flush=True)

@@ -4,19 +4,18 @@ Everything here runs where the private features live. The teacher is trained at 
 (the only message that may train: ``owner_state(train=True)``, bounded per run by
 ``max-setups``) and kept on the owner's disk (keyed by its data and teacher settings,
 mode 0600, :mod:`azsl_flower.owner.files`) and in memory, so a SuperNode that answers each
-message in a new process does not retrain it; every other message only loads it.
+message in a new process does not retrain it; every other message only loads it. The DP
+releases' files (their lock, what the cache holds, ``epsilon-limit``, the statistics
+release) are :mod:`azsl_flower.owner.releases`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,17 @@ from azsl_flower.common.models import fit, resolve_device, state_to_numpy, teach
 from azsl_flower.owner import dp
 from azsl_flower.owner.data import OwnerData, load_owner_data
 from azsl_flower.owner.dfzsl import train_cosine_teacher
-from azsl_flower.owner.files import open_private, private_dir, write_private
-from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser, make_regulariser
+from azsl_flower.owner.files import open_private, write_private
+from azsl_flower.owner.oracle import FeedbackOracle, Regulariser, make_regulariser
 from azsl_flower.owner.privacy import OwnerPrivacy
+from azsl_flower.owner.releases import (
+    _dp_statistics,
+    _read_mechanism,
+    _within_limit,
+    no_teacher,
+    release_lock,
+    released,
+)
 from azsl_flower.wire.errors import Refused
 
 __all__ = [
@@ -43,6 +50,9 @@ __all__ = [
     "prune_teachers",
     "released",
     "teacher_weights",
+    # importable from here as before the DP-release helpers moved to owner/releases.py
+    "no_teacher",
+    "release_lock",
 ]
 
 
@@ -93,15 +103,6 @@ EXACT_EVALUATION = (
     "evaluation counts (exact; bounded per run by max-eval-models and per lifetime by "
     "lifetime-eval-models and lifetime-calibration-values)"
 )
-
-
-def no_teacher() -> Refused:
-    """The refusal of a message that would need a teacher (or DP release) no set-up made."""
-    return Refused(
-        "policy",
-        "no teacher for these settings: this owner trains only at set-up (send a set-up "
-        "request with these settings first)",
-    )
 
 
 def check_settings(settings: dict, privacy: OwnerPrivacy) -> None:
@@ -254,82 +255,6 @@ SERVICE_CHOSEN = ("seed", "teacher-epochs", "lr-teacher")
 def _digest(data: OwnerData, cfg: dict[str, Any], partition_id: int) -> str:
     blob = json.dumps([data.fingerprint, cfg, partition_id], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
-
-
-@contextmanager
-def release_lock(cache: Path) -> Iterator[None]:
-    """Hold the owner's DP-release lock: two messages handled at once (a SuperNode runs each
-    in its own process) find the release the first one made instead of making a second."""
-    private_dir(cache)
-    fd = os.open(cache / "dp-release.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def released(cache: Path) -> list[dp.Mechanism]:
-    """Every DP release this owner's cache holds: each DP teacher and each statistics
-    release, whatever run or training set it was made for."""
-    out = [_read_mechanism(p) for p in sorted(cache.glob("teacher-*.dp.json"))]
-    for path in sorted(cache.glob("dpstats2-*.npz")):
-        with open_private(path) as fh, np.load(fh) as saved:
-            out.append(dp.Mechanism(**json.loads(str(saved["mechanism"]))))
-    return out
-
-
-def _read_mechanism(path: Path) -> dp.Mechanism:
-    with open_private(path) as fh:
-        return dp.Mechanism(**json.loads(fh.read()))
-
-
-def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: float) -> None:
-    """Refuse (sealed ``policy``) a new release that would take everything this owner has
-    released past its ``epsilon-limit`` (composed by Opacus's RDP accountant, ε at this δ)."""
-    if not math.isfinite(privacy.epsilon_limit):
-        return
-    before = released(cache)
-    total = dp.epsilon_of([*before, new], delta)
-    if total > privacy.epsilon_limit:
-        raise Refused(
-            "policy",
-            f"a new DP release ({new.name}) would bring the ε of all {len(before) + 1} releases "
-            f"of this owner to {total:.2f}, above its epsilon-limit={privacy.epsilon_limit:g}; "
-            "it answers only runs on training sets it has already released for",
-        )
-
-
-def _dp_statistics(
-    data: OwnerData, cache: Path, stats_key: str, privacy: OwnerPrivacy, train: bool = True
-) -> tuple[KLRegulariser, dp.Mechanism]:
-    """The KL regulariser's statistics released once with the Gaussian mechanism.
-
-    The noise comes from the operating system, never from the run's seed (the service
-    knows it), and the release is kept on disk: the owner answers from the same noisy
-    statistics for good instead of releasing again (``train=False``: only from disk).
-    """
-    path = cache / f"dpstats2-{hashlib.sha256(stats_key.encode()).hexdigest()[:24]}.npz"
-    delta = privacy.delta(int(data.train_y.size))
-    try:
-        with open_private(path) as fh, np.load(fh) as saved:
-            mean, var = saved["mean"], saved["var"]
-            mech = dp.Mechanism(**json.loads(str(saved["mechanism"])))
-    except FileNotFoundError:
-        if not train:
-            raise no_teacher() from None
-        z = dp.stats_noise_multiplier(privacy.stats_epsilon, delta)
-        _within_limit(cache, privacy, dp.stats_mechanism(z, privacy.stats_clip), delta)
-        rng = np.random.default_rng(secrets.randbits(128))
-        mean, var, mech = dp.gaussian_class_stats(
-            data.train_x, data.train_y, data.covered_classes, privacy.stats_clip, z, rng
-        )
-        blob = np.array(json.dumps(asdict(mech)))
-        write_private(path, lambda fh: np.savez(fh, mean=mean, var=var, mechanism=blob))
-    reg = KLRegulariser(
-        torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(data.covered_classes)
-    )
-    return reg, mech
 
 
 def teacher_weights(state: OwnerState) -> dict[str, np.ndarray]:
