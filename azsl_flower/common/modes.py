@@ -26,7 +26,7 @@ REGULARISER_ANSWERS = ("none", "value", "gradient")
 
 # The regulariser R an owner computes (owner/oracle.py make_regulariser implements each; the
 # run config's `regulariser` is checked against it). Here, not in the owner's oracle, so that
-# common/config.py can read it without importing the owner side.
+# common/defaults.py can read it without importing the owner side.
 REGULARISERS = ("none", "kl", "mmd")
 
 

@@ -17,7 +17,7 @@ from azsl_flower.common.config import DEFAULTS
 
 HEADER = "[tool.flwr.app.config]"
 NOTE = (
-    "# Generated from DEFAULTS in azsl_flower/common/config.py by\n"
+    "# Generated from DEFAULTS in azsl_flower/common/defaults.py by\n"
     "# `python -m azsl_flower.common.pyproject_sync` (a test checks it is current).\n"
 )
 
