@@ -54,13 +54,12 @@ def job_device(device: str) -> str:
     ``auto`` becomes ``cuda`` or ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` stay (an
     absent GPU is then the job's error, not a silent CPU run); anything else is an error
     naming the accepted names, before any job starts."""
+    from azsl_flower.common.config import is_device_name
     from azsl_flower.common.models import resolve_device
 
-    if device == "auto":
-        return str(resolve_device("auto"))
-    if device == "cpu" or device == "cuda" or device.startswith("cuda:"):
-        return device
-    raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    if not is_device_name(device):
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    return str(resolve_device("auto")) if device == "auto" else device
 
 
 def run_job(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -28,6 +29,7 @@ from azsl_flower.common.modes import parse_teacher_answer
 
 __all__ = [
     "ConfigError",
+    "is_device_name",
     "DEFAULTS",
     "CHOICES",
     "RunConfig",
@@ -179,6 +181,12 @@ def check_known_keys(raw: dict[str, Any]) -> None:
         raise ConfigError(f"unknown run-config key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
 
 
+def is_device_name(value: str) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the device names the run config, an
+    owner's node config and the benchmarks accept (one rule for all three)."""
+    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None
+
+
 def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     """Merge ``raw`` over DEFAULTS, coerce types, and reject unknown keys or values."""
     raw = dict(raw or {})
@@ -273,7 +281,7 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             "set both service-key (the service's private key) and owner-keys (the owners' "
             "public keys), or neither (simulation: per-run keys are generated)"
         )
-    if not (merged["device"] in ("auto", "cpu", "cuda") or merged["device"].startswith("cuda:")):
+    if not is_device_name(merged["device"]):
         raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
     for key, enum in ENUMS.items():
         merged[key] = enum(merged[key])

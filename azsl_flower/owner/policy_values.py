@@ -11,13 +11,12 @@ public names, so importers of the policy need not know the split.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
-from azsl_flower.common.config import CHOICES
+from azsl_flower.common.config import CHOICES, is_device_name
 
 __all__ = [
     "DEFAULT_TEMPERATURE",
@@ -142,7 +141,7 @@ def _partition(name: str, raw: object) -> int:
 def _device(name: str, raw: object) -> str:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: refused here, not at the first message."""
     value = str(raw).strip()
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+    if not is_device_name(value):
         raise PolicyError(f"node-config {name}={raw!r}: choose auto, cpu, cuda or cuda:N")
     return value
 
