@@ -27,7 +27,9 @@ __all__ = [
     "TEMPERATURE_RANGE",
     "PolicyError",
     "PolicyKey",
+    "number",
     "relative_file",
+    "whole_number",
 ]
 
 RUN = object()  # simulated default: take the run config's value
@@ -49,15 +51,29 @@ def _text(name: str, raw: object) -> str:
     return str(raw).strip()
 
 
+def whole_number(raw: object) -> int | None:
+    """``raw`` as a whole number, or None for 1.5, 'ten' and True alike (every node-config
+    count and size is read through this)."""
+    if isinstance(raw, bool):
+        return None
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        return None
+
+
+def number(raw: object) -> float:
+    """``raw`` as a float, NaN when it is none (the range checks then refuse it)."""
+    try:
+        return float(str(raw).strip())
+    except ValueError:
+        return math.nan
+
+
 def _whole(name: str, raw: object, high: int, meaning: str) -> int:
     """A whole number in 0..high; refuses 1.5, 'ten' and True alike."""
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = int(str(raw).strip())
-    except ValueError:
-        value = -1
-    if not 0 <= value <= high:
+    value = whole_number(raw)
+    if value is None or not 0 <= value <= high:
         raise PolicyError(f"node-config {name}={raw!r}: give a whole number in 0..{high} {meaning}")
     return value
 
@@ -147,10 +163,7 @@ def _device(name: str, raw: object) -> str:
 
 
 def _temperature(name: str, raw: object) -> float:
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
+    value = number(raw)
     low, high = TEMPERATURE_RANGE
     if not (math.isfinite(value) and low <= value <= high):
         raise PolicyError(

@@ -25,6 +25,7 @@ from azsl_flower.common.modes import (
     parse_teacher_answer,
     scenario_reveals,
 )
+from azsl_flower.owner.policy_values import number, whole_number
 from azsl_flower.wire.errors import Refused
 
 __all__ = [
@@ -58,7 +59,7 @@ def _span(low: float, high: float) -> str:
 def _number(node: dict[str, Any], key: str, default: object, low: float, high: float) -> float:
     """A finite number in (low, high]; the error names the key, the value and the range."""
     raw = node.get(key, default)
-    value = _float_or_nan(raw)
+    value = number(raw)
     if not (math.isfinite(value) and low < value <= high):
         raise ValueError(f"node-config {key}={raw!r}: a finite number in {_span(low, high)}")
     return value
@@ -67,13 +68,8 @@ def _number(node: dict[str, Any], key: str, default: object, low: float, high: f
 def _int(node: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     """A whole number in low..high (refuses 1.5, 'ten' and True alike)."""
     raw = node.get(key, default)
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = int(str(raw).strip())
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
+    value = whole_number(raw)
+    if value is None or not low <= value <= high:
         raise ValueError(f"node-config {key}={raw!r}: a whole number in {low}..{high}")
     return value
 
@@ -83,7 +79,7 @@ def _unbounded_or(node: dict[str, Any], key: str, high: float, meaning: str) -> 
     (0, high]."""
     raw = node.get(key, "")
     text = str(raw).strip().lower()
-    value = _float_or_nan(text)
+    value = number(text)
     if text in NOT_PRIVATE or value == 0:
         return math.inf
     if not (math.isfinite(value) and 0 < value <= high):
@@ -97,20 +93,13 @@ def _unbounded_or(node: dict[str, Any], key: str, high: float, meaning: str) -> 
 def _zero_or(node: dict[str, Any], key: str, high: float, meaning: str) -> float:
     """0.0 for empty or 0 (``meaning``), else a finite number in (0, high)."""
     raw = node.get(key, "")
-    value = 0.0 if str(raw).strip() == "" else _float_or_nan(raw)
+    value = 0.0 if str(raw).strip() == "" else number(raw)
     if value != 0 and not (math.isfinite(value) and 0 < value < high):
         span = _span(0, high).replace("]", ")")
         raise ValueError(
             f"node-config {key}={raw!r}: a finite number in {span}, or empty or 0 ({meaning})"
         )
     return value
-
-
-def _float_or_nan(raw: object) -> float:
-    try:
-        return float(str(raw).strip())
-    except ValueError:
-        return math.nan
 
 
 @dataclass(frozen=True)
