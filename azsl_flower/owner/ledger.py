@@ -49,6 +49,7 @@ class RunLedger:
 
     def __init__(self, folder: Path, run_id: int, who: str) -> None:
         self.path = ledger_path(folder, run_id, who)
+        self.who = who  # whose state: the owner's key fingerprint or node id
         self._fd: int | None = None
         self.data: dict[str, Any] = {}
         self.existed = False

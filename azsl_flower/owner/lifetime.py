@@ -13,7 +13,6 @@ wait on each other), so two messages at once and a restarted SuperNode cannot go
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ LIMITS: dict[str, tuple[str, str]] = {
     "eval_values": ("lifetime-calibration-values", "calibration values"),
 }
 FIELDS = tuple(LIMITS)
-_RUN_FILE = re.compile(r"run-\d+-(?P<who>[A-Za-z0-9_.-]{1,80})\.json")
 
 
 class LifetimeLedger(RunLedger):
@@ -56,10 +54,7 @@ class LifetimeLedger(RunLedger):
 
 def lifetime_of(run: RunLedger) -> LifetimeLedger:
     """The lifetime ledger of the owner whose run state ``run`` is (same folder, same who)."""
-    found = _RUN_FILE.fullmatch(run.path.name)
-    if found is None:
-        raise ValueError(f"{run.path} is not a run state file (run-<id>-<who>.json)")
-    return LifetimeLedger(run.path.parent, found["who"])
+    return LifetimeLedger(run.path.parent, run.who)
 
 
 def read_lifetime(folder: Path, who: str) -> dict[str, int]:
