@@ -1,20 +1,32 @@
 """Run configuration: one table of defaults, checked once, passed explicitly (no globals).
 
-The keys, their defaults, option lists and enums are :mod:`azsl_flower.common.defaults`
-(re-exported here); this module parses a raw run config into a :class:`RunConfig`, with
-every range and combination check, and the ``owner-classes`` syntax.
+The keys, their defaults, option lists and enums are :mod:`azsl_flower.common.defaults`;
+what one key's value looks like on its own (its type, the ``device``, ``calibration-grid``
+and ``owner-classes`` syntax, :class:`ConfigError`) is :mod:`azsl_flower.common.config_values`.
+Both are re-exported here. This module parses a raw run config into a :class:`RunConfig`:
+each key's choices and sign, then the ranges and the rules between keys, in one fixed order
+(so a run config with two faults is always refused for the same one). Adding a key: its
+default in DEFAULTS, its field in :class:`RunConfig`, its sign in ``POSITIVE`` or
+``NON_NEGATIVE`` and any other check in the ``_check_*`` rule of its concern.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from azsl_flower.common.config_values import (
+    ConfigError,
+    check_known_keys,
+    coerce,
+    is_device_name,
+    parse_calibration_grid,
+    parse_owner_classes,
+)
 from azsl_flower.common.defaults import (
     CHOICES,
     DEFAULTS,
@@ -28,28 +40,26 @@ from azsl_flower.common.defaults import (
 from azsl_flower.common.modes import parse_teacher_answer
 
 __all__ = [
-    "ConfigError",
-    "is_device_name",
     "DEFAULTS",
     "CHOICES",
     "RunConfig",
     "Scenario",
     "TeacherSetting",
     "Weighting",
-    "parse_calibration_grid",
     "owner_groups",
-    "parse_owner_classes",
     "parse_run_config",
     "resolve_cache_dir",
     # importable from here as before the keys moved to common/defaults.py (re-exports)
     "ENUMS",
     "OWNER_KEYS",
     "TEACHER_KEYS",
+    # importable from here as before the value parsers moved to common/config_values.py
+    "ConfigError",
+    "check_known_keys",
+    "is_device_name",
+    "parse_calibration_grid",
+    "parse_owner_classes",
 ]
-
-
-class ConfigError(ValueError):
-    """An unknown option or a bad value; the message names the key and the choices."""
 
 
 # rounds=0: an untrained generator (a baseline); checkpoint-every=0: no checkpoints
@@ -160,68 +170,40 @@ class RunConfig:
         return {k: d[k] for k in OWNER_KEYS}
 
 
-def parse_calibration_grid(text: str) -> list[float]:
-    """``calibration-grid``: comma-separated finite values >= 0, e.g. '0,1,2,5'."""
-    try:
-        grid = [float(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        grid = []
-    if not grid or not all(math.isfinite(g) and g >= 0 for g in grid):
-        raise ConfigError(
-            f"run-config calibration-grid={text!r}: comma-separated finite numbers >= 0, "
-            "e.g. '0,1,2,5,10'"
-        )
-    return grid
-
-
-def check_known_keys(raw: dict[str, Any]) -> None:
-    """Refuse keys that are not run-config keys, listing the known ones."""
-    unknown = sorted(set(raw) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown run-config key(s) {unknown}; known keys: {sorted(DEFAULTS)}")
-
-
-def is_device_name(value: str) -> bool:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the device names the run config, an
-    owner's node config and the benchmarks accept (one rule for all three)."""
-    return re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None
-
-
 def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     """Merge ``raw`` over DEFAULTS, coerce types, and reject unknown keys or values."""
     raw = dict(raw or {})
     check_known_keys(raw)
-    merged: dict[str, Any] = {}
-    for key, default in DEFAULTS.items():
-        value = raw.get(key, default)
-        try:
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    text = str(value).strip().lower()
-                    if text not in ("true", "false", "1", "0"):
-                        raise ValueError
-                    value = text in ("true", "1")
-            elif isinstance(default, int):
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-            else:
-                value = str(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"run-config {key}={value!r}: expected {type(default).__name__}"
-            ) from None
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(
-                f"run-config {key}={value!r}: choose one of {[str(c) for c in CHOICES[key]]}"
-            )
-        if key in POSITIVE and not value > 0:
-            raise ConfigError(f"run-config {key}={value!r}: must be > 0")
-        if key in NON_NEGATIVE and value < 0:
-            raise ConfigError(f"run-config {key}={value!r}: must be >= 0")
-        merged[key] = value
+    merged = {key: _parse_key(key, raw.get(key, default)) for key, default in DEFAULTS.items()}
+    _check_learning(merged)
+    _check_calibration(merged)
+    _check_dfzsl(merged)
+    _check_warm_start(merged)
+    _check_federation(merged)
+    _check_deployment(merged)
+    for key, enum in ENUMS.items():
+        merged[key] = enum(merged[key])
+    return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})
+
+
+def _parse_key(key: str, raw: Any) -> Any:
+    """One key on its own: its default's type, one of its choices, its sign."""
+    value = coerce(key, raw)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(
+            f"run-config {key}={value!r}: choose one of {[str(c) for c in CHOICES[key]]}"
+        )
+    if key in POSITIVE and not value > 0:
+        raise ConfigError(f"run-config {key}={value!r}: must be > 0")
+    if key in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"run-config {key}={value!r}: must be >= 0")
+    return value
+
+
+def _check_learning(merged: dict[str, Any]) -> None:
+    """What the generator learns from: the regulariser's weight, the dataset's files, a
+    regulariser the scenario can compute, and the teacher answer (normalised here) that the
+    ensemble weighting needs."""
     if not (math.isfinite(merged["alpha"]) and merged["alpha"] >= 0):
         raise ConfigError(f"run-config alpha={merged['alpha']!r}: must be a finite number >= 0")
     if merged["dataset"] == "xlsa17" and not merged["data-dir"]:
@@ -244,48 +226,16 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
             "ensemble-weighting=joint needs every owner's logits (teacher-answer=logits); "
             f"with teacher-answer={merged['teacher-answer']} use coverage or confidence"
         )
+
+
+def _check_calibration(merged: dict[str, Any]) -> None:
+    """Calibrated stacking: the offset, and the grid a ``split=val`` run also scores."""
     if not (math.isfinite(merged["calibration"]) and merged["calibration"] >= 0):
         raise ConfigError(
             f"run-config calibration={merged['calibration']!r}: a finite number >= 0, "
             "subtracted from the seen classes' logits (0: plain argmax)"
         )
     parse_calibration_grid(merged["calibration-grid"])
-    _check_dfzsl(merged)
-    _check_warm_start(merged)
-    for key in ("fault-tamper", "fault-replay"):
-        if not 0.0 <= merged[key] <= 1.0:
-            raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
-    if not 0.0 < merged["quorum"] <= 1.0:  # NaN fails too
-        raise ConfigError(
-            f"run-config quorum={merged['quorum']!r}: the fraction of the owners present at "
-            "set-up that must stay in the run, in (0, 1] (1.0: every owner; 0.5: half)"
-        )
-    if not math.isfinite(merged["dirichlet-beta"]):
-        raise ConfigError(
-            f"run-config dirichlet-beta={merged['dirichlet-beta']!r}: must be a finite number > 0"
-        )
-    if merged["partition"] == "explicit":
-        if not merged["owner-classes"].strip():
-            raise ConfigError(
-                "partition=explicit needs owner-classes, one group of classes per owner "
-                "separated by ';', e.g. owner-classes='0,1,2;3,4;5-9'"
-            )
-        parse_owner_classes(merged["owner-classes"])  # syntax now; counts when owners load
-    elif merged["owner-classes"].strip():
-        raise ConfigError(
-            f"run-config owner-classes={merged['owner-classes']!r} is only read with "
-            f"partition=explicit (partition is {merged['partition']!r}); set both or neither"
-        )
-    if bool(merged["service-key"]) != bool(merged["owner-keys"]):
-        raise ConfigError(
-            "set both service-key (the service's private key) and owner-keys (the owners' "
-            "public keys), or neither (simulation: per-run keys are generated)"
-        )
-    if not is_device_name(merged["device"]):
-        raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
-    for key, enum in ENUMS.items():
-        merged[key] = enum(merged[key])
-    return RunConfig(**{k.replace("-", "_"): v for k, v in merged.items()})
 
 
 def _check_dfzsl(merged: dict[str, Any]) -> None:
@@ -328,48 +278,48 @@ def _check_warm_start(merged: dict[str, Any]) -> None:
         )
 
 
+def _check_federation(merged: dict[str, Any]) -> None:
+    """The federation: the relay's fault rates, the quorum that must stay, and how
+    simulated owners share the data (``owner-classes`` only with ``partition=explicit``)."""
+    for key in ("fault-tamper", "fault-replay"):
+        if not 0.0 <= merged[key] <= 1.0:
+            raise ConfigError(f"run-config {key}={merged[key]!r}: a fraction in [0, 1]")
+    if not 0.0 < merged["quorum"] <= 1.0:  # NaN fails too
+        raise ConfigError(
+            f"run-config quorum={merged['quorum']!r}: the fraction of the owners present at "
+            "set-up that must stay in the run, in (0, 1] (1.0: every owner; 0.5: half)"
+        )
+    if not math.isfinite(merged["dirichlet-beta"]):
+        raise ConfigError(
+            f"run-config dirichlet-beta={merged['dirichlet-beta']!r}: must be a finite number > 0"
+        )
+    if merged["partition"] == "explicit":
+        if not merged["owner-classes"].strip():
+            raise ConfigError(
+                "partition=explicit needs owner-classes, one group of classes per owner "
+                "separated by ';', e.g. owner-classes='0,1,2;3,4;5-9'"
+            )
+        parse_owner_classes(merged["owner-classes"])  # syntax now; counts when owners load
+    elif merged["owner-classes"].strip():
+        raise ConfigError(
+            f"run-config owner-classes={merged['owner-classes']!r} is only read with "
+            f"partition=explicit (partition is {merged['partition']!r}); set both or neither"
+        )
+
+
+def _check_deployment(merged: dict[str, Any]) -> None:
+    """Where the run executes: both key files or neither, and a device name."""
+    if bool(merged["service-key"]) != bool(merged["owner-keys"]):
+        raise ConfigError(
+            "set both service-key (the service's private key) and owner-keys (the owners' "
+            "public keys), or neither (simulation: per-run keys are generated)"
+        )
+    if not is_device_name(merged["device"]):
+        raise ConfigError(f"run-config device={merged['device']!r}: choose auto, cpu, cuda, cuda:N")
+
+
 def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
-
-
-MAX_CLASS_INDEX = 10**6  # far above any dataset's class count; bounds what a range expands to
-
-
-def parse_owner_classes(spec: str) -> list[list[int]]:
-    """Parse owner-classes ("0,1,2;3,4;5-9") into one sorted class list per owner.
-
-    Only the syntax is checked here; the number of groups and the class range depend on the
-    federation and the dataset, which the data loader checks. Overlapping groups are allowed:
-    owners that list the same class share its samples.
-    """
-    example = "e.g. owner-classes='0,1,2;3,4;5-9'"
-    groups: list[list[int]] = []
-    for g, group in enumerate(str(spec).split(";"), start=1):
-        members: set[int] = set()
-        for token in (t.strip() for t in group.split(",")):
-            if not token:
-                continue
-            lo, dash, hi = token.partition("-")
-            try:
-                a, b = int(lo), int(hi) if dash else int(lo)
-            except ValueError:
-                raise ConfigError(
-                    f"owner-classes group {g} ({group.strip()!r}): {token!r} is not a class "
-                    f"index (0-based) or a range a-b; {example}"
-                ) from None
-            if a < 0 or b < a or b >= MAX_CLASS_INDEX:
-                raise ConfigError(
-                    f"owner-classes group {g}: bad class index or range {token!r}; write a or "
-                    f"a-b with 0 <= a <= b; {example}"
-                )
-            members.update(range(a, b + 1))
-        if not members:
-            raise ConfigError(
-                f"owner-classes group {g} is empty: every owner needs at least one class "
-                f"(one group per owner, separated by ';'); {example}"
-            )
-        groups.append(sorted(members))
-    return groups
 
 
 def owner_groups(

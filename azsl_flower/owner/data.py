@@ -251,56 +251,21 @@ def load_owner_data(
     :func:`class_holders` and :func:`split_owners`); train and test splits follow the same
     rule, so an owner is tested on the classes it holds, in about the proportions it holds.
     """
-    if teacher not in ("transductive", "inductive"):
-        raise DataError(f"unknown teacher setting {teacher!r}; choose transductive or inductive.")
-    if partition not in PARTITIONS:
-        raise DataError(f"unknown partition {partition!r}; choose one of {list(PARTITIONS)}.")
-    if not 0 <= partition_id < num_partitions:
-        raise DataError(f"partition-id {partition_id} outside 0..{num_partitions - 1}.")
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}.")
+    _check_request(teacher, partition, partition_id, num_partitions, split)
     t = _table(dataset, data_dir, feature_file)
     s = t.splits if split == "test" else validation_splits(t.splits, t.labels)
-    if teacher == "transductive":
-        if "tunseen_train_loc" in s and "tunseen_test_loc" in s:
-            tu_train, tu_test = s["tunseen_train_loc"], s["tunseen_test_loc"]
-        else:  # documented fallback: 80/20 split of each unseen class's test images
-            tu_train, tu_test = _split_per_class(s["test_unseen_loc"], t.labels)
-        train = np.concatenate([s["trainval_loc"], tu_train])
-        test_unseen = tu_test
-    else:
-        train, test_unseen = s["trainval_loc"], s["test_unseen_loc"]
-    test_seen = s["test_seen_loc"]
+    splits = _teacher_splits(s, t.labels, teacher)
     seen = np.unique(t.labels[s["trainval_loc"]])
     unseen = np.unique(t.labels[s["test_unseen_loc"]])
     if np.intersect1d(seen, unseen).size:
         raise DataError("trainval_loc and test_unseen_loc share classes; the split is not ZSL.")
     num_classes = len(t.names)
     held = class_holders(partition, num_partitions, seen, unseen, num_classes, seed, owner_classes)
-    props = (
-        dirichlet_proportions(num_partitions, num_classes, dirichlet_beta, seed)
-        if partition == "dirichlet"
-        else None
+    train, test_seen, test_unseen = _owner_share(
+        splits, t.labels, partition, held, partition_id, num_partitions, seed, dirichlet_beta
     )
-    splits = (train, test_seen, test_unseen)
-    if partition == "iid":  # exactly the historical slices (sorted), so old runs reproduce
-        parts = [owner_slice(idx, partition_id, num_partitions) for idx in splits]
-    else:
-        parts = [
-            idx[deal_samples(idx, t.labels, partition, held, props, seed, k) == partition_id]
-            for k, idx in enumerate(splits)
-        ]
-    train, test_seen, test_unseen = parts
     if train.size == 0:
-        what = "seen classes" if teacher == "inductive" else "classes"
-        fix = {
-            "dirichlet": "raise dirichlet-beta or use fewer owners",
-            "explicit": f"give every owner at least one of the {what} in owner-classes",
-        }.get(partition, f"use at most as many owners as there are {what}")
-        raise DataError(
-            f"owner {partition_id} of {num_partitions} gets no training sample under "
-            f"partition={partition} with teacher={teacher}; {fix}"
-        )
+        raise _no_training_sample(partition, teacher, partition_id, num_partitions)
     described = describe_partition(partition, seed, dirichlet_beta, owner_classes)
     ident = f"{t.source}|{teacher}|{partition_id}/{num_partitions}|{described}|{t.features.shape}"
     if split != "test":  # the historical key for split=test, so cached teachers stay valid
@@ -318,6 +283,79 @@ def load_owner_data(
         unseen_classes=unseen,
         num_classes=num_classes,
         fingerprint=h.hexdigest()[:16],
+    )
+
+
+def _check_request(
+    teacher: str, partition: str, partition_id: int, num_partitions: int, split: str
+) -> None:
+    """The loader's arguments, refused before any file is opened."""
+    if teacher not in ("transductive", "inductive"):
+        raise DataError(f"unknown teacher setting {teacher!r}; choose transductive or inductive.")
+    if partition not in PARTITIONS:
+        raise DataError(f"unknown partition {partition!r}; choose one of {list(PARTITIONS)}.")
+    if not 0 <= partition_id < num_partitions:
+        raise DataError(f"partition-id {partition_id} outside 0..{num_partitions - 1}.")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of {list(SPLITS)}.")
+
+
+def _teacher_splits(
+    s: dict[str, np.ndarray], labels: np.ndarray, teacher: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train, test-seen and test-unseen indices of the whole dataset for a teacher setting:
+    a transductive teacher also trains on part of the unseen classes' images
+    (``tunseen_train_loc``) and is tested on the rest; an inductive one on seen classes only."""
+    if teacher == "transductive":
+        if "tunseen_train_loc" in s and "tunseen_test_loc" in s:
+            tu_train, tu_test = s["tunseen_train_loc"], s["tunseen_test_loc"]
+        else:  # documented fallback: 80/20 split of each unseen class's test images
+            tu_train, tu_test = _split_per_class(s["test_unseen_loc"], labels)
+        train = np.concatenate([s["trainval_loc"], tu_train])
+        test_unseen = tu_test
+    else:
+        train, test_unseen = s["trainval_loc"], s["test_unseen_loc"]
+    return train, s["test_seen_loc"], test_unseen
+
+
+def _owner_share(
+    splits: tuple[np.ndarray, np.ndarray, np.ndarray],
+    labels: np.ndarray,
+    partition: str,
+    held: np.ndarray,
+    partition_id: int,
+    num_partitions: int,
+    seed: int,
+    dirichlet_beta: float,
+) -> list[np.ndarray]:
+    """This owner's part of each split: every split is dealt by the same rule, so an owner
+    is tested on the classes it holds, in about the proportions it holds."""
+    num_classes = held.shape[1]  # held: owners x classes (class_holders)
+    props = (
+        dirichlet_proportions(num_partitions, num_classes, dirichlet_beta, seed)
+        if partition == "dirichlet"
+        else None
+    )
+    if partition == "iid":  # exactly the historical slices (sorted), so old runs reproduce
+        return [owner_slice(idx, partition_id, num_partitions) for idx in splits]
+    return [
+        idx[deal_samples(idx, labels, partition, held, props, seed, k) == partition_id]
+        for k, idx in enumerate(splits)
+    ]
+
+
+def _no_training_sample(
+    partition: str, teacher: str, partition_id: int, num_partitions: int
+) -> DataError:
+    """Why an owner got no training sample under its partition, and what to change."""
+    what = "seen classes" if teacher == "inductive" else "classes"
+    fix = {
+        "dirichlet": "raise dirichlet-beta or use fewer owners",
+        "explicit": f"give every owner at least one of the {what} in owner-classes",
+    }.get(partition, f"use at most as many owners as there are {what}")
+    return DataError(
+        f"owner {partition_id} of {num_partitions} gets no training sample under "
+        f"partition={partition} with teacher={teacher}; {fix}"
     )
 
 

@@ -120,9 +120,8 @@ def _app_serve(args: argparse.Namespace) -> int:
             return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="azsl-flower", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="group", required=True)
+def _keys_group(sub: argparse._SubParsersAction) -> None:
+    """``keys generate`` / ``keys fingerprint``: X25519 keys for the sealed channel."""
     keys = sub.add_parser("keys", help="X25519 key pairs for the service and the data owners")
     ksub = keys.add_subparsers(dest="command", required=True)
     gen = ksub.add_parser("generate", help="write NAME.key (0600) and NAME.pub; never overwrites")
@@ -133,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     fpr.add_argument("files", nargs="+")
     fpr.set_defaults(func=_fingerprint)
 
+
+def _tls_group(sub: argparse._SubParsersAction) -> None:
+    """``tls generate``: the SuperLink's CA and server certificate."""
     tls = sub.add_parser("tls", help="CA and SuperLink server certificate")
     tsub = tls.add_subparsers(dest="command", required=True)
     tgen = tsub.add_parser(
@@ -156,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     tgen.add_argument("--ca-cert", help="the existing CA's certificate (with --ca-key)")
     tgen.set_defaults(func=_tls)
 
+
+def _node_auth_group(sub: argparse._SubParsersAction) -> None:
+    """``node-auth generate``: a SuperNode's authentication key pair."""
     node = sub.add_parser("node-auth", help="SuperNode authentication key pairs (EC P-384)")
     nsub = node.add_subparsers(dest="command", required=True)
     ngen = nsub.add_parser(
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ngen.add_argument("--name", required=True, help="file name stem, e.g. owner-1")
     ngen.set_defaults(func=_node_auth)
 
+
+def _connection_group(sub: argparse._SubParsersAction) -> None:
+    """``connection add``: a SuperLink entry in Flower's config.toml."""
     conn = sub.add_parser("connection", help="SuperLink connections in $FLWR_HOME/config.toml")
     csub = conn.add_subparsers(dest="command", required=True)
     cadd = csub.add_parser("add", help="add [superlink.NAME]; other entries are kept")
@@ -179,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     cadd.add_argument("--flwr-home", help="default: $FLWR_HOME, else ~/.flwr")
     cadd.set_defaults(func=_connection)
 
+
+def _app_group(sub: argparse._SubParsersAction) -> None:
+    """``app keys`` / ``app sign`` / ``app serve``: signed apps for owners."""
     app = sub.add_parser("app", help="signed apps: only code the owners trust runs at them")
     asub = app.add_subparsers(dest="command", required=True)
     akeys = asub.add_parser(
@@ -200,7 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     aserve.add_argument("--port", type=int, default=9095)
     aserve.set_defaults(func=_app_serve)
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser: one sub-command group per kind of deployment material."""
+    parser = argparse.ArgumentParser(prog="azsl-flower", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="group", required=True)
+    for add_group in (_keys_group, _tls_group, _node_auth_group, _connection_group, _app_group):
+        add_group(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; a bad input is one line on stderr and exit status 2."""
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except (KeyFileError, DeployError, ValueError, FileExistsError) as exc:

@@ -121,7 +121,32 @@ def write_connection(
     the local simulation.
     Comments in an existing file are not kept (Flower's own writer drops them too).
     """
-    import tomli_w
+    entry = _connection_entry(name, address, root_certificates, insecure)
+    cfg_path = flwr_home(home) / "config.toml"
+    doc = _read_flwr_config(cfg_path)
+    superlink = doc.setdefault("superlink", {})
+    if not isinstance(superlink, dict):
+        raise DeployError(f"{cfg_path}: 'superlink' must be a table")
+    old = superlink.get(name)
+    if old is not None and old != entry and not replace:
+        raise DeployError(
+            f"{cfg_path} already has [superlink.{name}] with other settings ({old}); "
+            "choose another connection name, or pass --replace to update that entry"
+        )
+    changed = old != entry
+    superlink[name] = entry
+    if make_default and superlink.get("default") != name:
+        superlink["default"] = name
+        changed = True
+    if changed:
+        _replace_file(cfg_path, doc)
+    return cfg_path
+
+
+def _connection_entry(
+    name: str, address: str, root_certificates: str | Path | None, insecure: bool
+) -> dict[str, Any]:
+    """The ``[superlink.NAME]`` table for these settings, or an error naming the option."""
     from flwr.cli.typing import SuperLinkConnection
 
     check_name(name, "connection name")
@@ -153,34 +178,26 @@ def write_connection(
         )
     except ValueError as exc:
         raise DeployError(str(exc)) from None
+    return entry
 
-    cfg_path = flwr_home(home) / "config.toml"
+
+def _read_flwr_config(cfg_path: Path) -> dict[str, Any]:
+    """The existing ``config.toml``, or the one Flower would write on first use."""
+    if not cfg_path.exists():
+        return _flower_default_config()
+    try:
+        return tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise DeployError(f"{cfg_path} is not valid TOML ({exc}); fix it first") from None
+
+
+def _replace_file(cfg_path: Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` atomically (a crash never leaves half a config), keeping the file's mode."""
+    import tomli_w
+
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg_path.with_name(f".{cfg_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(tomli_w.dumps(doc), encoding="utf-8")
     if cfg_path.exists():
-        try:
-            doc = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise DeployError(f"{cfg_path} is not valid TOML ({exc}); fix it first") from None
-    else:
-        doc = _flower_default_config()
-    superlink = doc.setdefault("superlink", {})
-    if not isinstance(superlink, dict):
-        raise DeployError(f"{cfg_path}: 'superlink' must be a table")
-    old = superlink.get(name)
-    if old is not None and old != entry and not replace:
-        raise DeployError(
-            f"{cfg_path} already has [superlink.{name}] with other settings ({old}); "
-            "choose another connection name, or pass --replace to update that entry"
-        )
-    changed = old != entry
-    superlink[name] = entry
-    if make_default and superlink.get("default") != name:
-        superlink["default"] = name
-        changed = True
-    if changed:
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cfg_path.with_name(f".{cfg_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(tomli_w.dumps(doc), encoding="utf-8")
-        if cfg_path.exists():
-            os.chmod(tmp, cfg_path.stat().st_mode & 0o777)
-        os.replace(tmp, cfg_path)  # atomic: a crash never leaves half a config
-    return cfg_path
+        os.chmod(tmp, cfg_path.stat().st_mode & 0o777)
+    os.replace(tmp, cfg_path)

@@ -158,6 +158,28 @@ def generate_tls(
     out = Path(out_dir).expanduser()
     sans = _sans(list(hosts))
     ca_life, server_life = _days(ca_days, "--ca-days"), _days(server_days, "--days")
+    files, reuse = _planned_files(out, ca_key, ca_cert)
+    now = now or dt.datetime.now(dt.UTC)
+    start = now - dt.timedelta(minutes=5)  # tolerate small clock skew between machines
+    if reuse:
+        ca_priv, ca_crt = _load_ca(files.ca_key, files.ca_cert)
+    else:
+        ca_priv, ca_crt = _new_ca(start, ca_life)
+    server_priv, server_crt = _server_certificate(ca_priv, ca_crt, sans, start, server_life)
+    out.mkdir(parents=True, exist_ok=True)
+    if not reuse:
+        write_new_file(files.ca_key, _private_pem(ca_priv), 0o600)
+        write_new_file(files.ca_cert, ca_crt.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_new_file(files.server_key, _private_pem(server_priv), 0o600)
+    write_new_file(files.server_cert, server_crt.public_bytes(serialization.Encoding.PEM), 0o644)
+    return files
+
+
+def _planned_files(
+    out: Path, ca_key: str | Path | None, ca_cert: str | Path | None
+) -> tuple[TlsFiles, bool]:
+    """Where each file goes, and whether an existing CA signs; refused before anything is
+    made if a file to be written is already there."""
     reuse = ca_key is not None or ca_cert is not None
     if reuse and (ca_key is None or ca_cert is None):
         raise DeployError("give both --ca-key and --ca-cert to sign with an existing CA")
@@ -174,38 +196,50 @@ def generate_tls(
         "choose an empty --out folder, or pass --ca-key/--ca-cert to sign a new server "
         "certificate with the existing CA into another folder",
     )
-    now = now or dt.datetime.now(dt.UTC)
-    start = now - dt.timedelta(minutes=5)  # tolerate small clock skew between machines
+    return files, reuse
 
-    if reuse:
-        ca_priv, ca_crt = _load_ca(files.ca_key, files.ca_cert)
-    else:
-        ca_priv = ec.generate_private_key(ec.SECP384R1())
-        ca_name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "azsl-flower deployment"),
-                x509.NameAttribute(NameOID.COMMON_NAME, "azsl-flower SuperLink CA"),
-            ]
-        )
-        ca_crt = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_priv.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + ca_life)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                _key_usage("key_cert_sign", "crl_sign"),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(ca_priv.public_key()), critical=False
-            )
-            .sign(ca_priv, hashes.SHA384())
-        )
 
+def _new_ca(
+    start: dt.datetime, life: dt.timedelta
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign server certificates only (path length 0)."""
+    ca_priv = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "azsl-flower deployment"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "azsl-flower SuperLink CA"),
+        ]
+    )
+    ca_crt = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_priv.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + life)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            _key_usage("key_cert_sign", "crl_sign"),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_priv.public_key()), critical=False
+        )
+        .sign(ca_priv, hashes.SHA384())
+    )
+    return ca_priv, ca_crt
+
+
+def _server_certificate(
+    ca_priv: ec.EllipticCurvePrivateKey,
+    ca_crt: x509.Certificate,
+    sans: list[x509.GeneralName],
+    start: dt.datetime,
+    life: dt.timedelta,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The SuperLink's key and certificate: server authentication for every SAN, signed by
+    the CA and expiring no later than it."""
     server_priv = ec.generate_private_key(ec.SECP256R1())
     first = sans[0].value
     common = str(first)
@@ -223,7 +257,7 @@ def generate_tls(
         .public_key(server_priv.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(min(start + server_life, ca_crt.not_valid_after_utc))
+        .not_valid_after(min(start + life, ca_crt.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -240,11 +274,4 @@ def generate_tls(
         )
         .sign(ca_priv, hashes.SHA384())
     )
-
-    out.mkdir(parents=True, exist_ok=True)
-    if not reuse:
-        write_new_file(files.ca_key, _private_pem(ca_priv), 0o600)
-        write_new_file(files.ca_cert, ca_crt.public_bytes(serialization.Encoding.PEM), 0o644)
-    write_new_file(files.server_key, _private_pem(server_priv), 0o600)
-    write_new_file(files.server_cert, server_crt.public_bytes(serialization.Encoding.PEM), 0o644)
-    return files
+    return server_priv, server_crt
