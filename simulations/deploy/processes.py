@@ -1,8 +1,8 @@
 """Start, watch and always stop a loopback SuperLink + SuperNodes, each its own process.
 
-Every process gets its own session and ``FLWR_HOME`` (folders from :mod:`deploy_layout`),
-so :meth:`LocalDeployment.stop` can stop it with its children, and then anything left
-with one of those homes.
+Every process gets its own session and ``FLWR_HOME`` (folders from
+:mod:`simulations.deploy.layout`), so :meth:`LocalDeployment.stop` can stop it with its
+children, and then anything left with one of those homes.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError, write_connection
 from azsl_flower.tools.signing import AppRegistry, SignedApp, sign_app
-from simulations.deploy_layout import CONNECTION, HOST, SIGNER, Layout
-from simulations.local_superlink import free_port
-from simulations.local_superlink import stop as stop_by_flwr_home
+from simulations.deploy.layout import CONNECTION, HOST, SIGNER, Layout
+from simulations.run.local_superlink import free_port
+from simulations.run.local_superlink import stop as stop_by_flwr_home
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the app folder
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path) -> None:
