@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from simulations.deploy.layout import DATA_FILE, prepare, write_owner_data
-from simulations.deploy.processes import LocalDeployment, results_of, round_trip_cost
+from simulations.deploy.processes import LocalDeployment
+from simulations.deploy.results import results_of, round_trip_cost
 from simulations.run.local_superlink import processes_of
 
 # A short job: each deployed round trip costs seconds (HTTP polling, a ClientApp process per

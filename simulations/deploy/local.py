@@ -39,7 +39,8 @@ from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError
 from simulations.deploy.layout import DATA_FILE, DEALT, HOST, prepare, write_owner_data
-from simulations.deploy.processes import LocalDeployment, results_of, round_trip_cost
+from simulations.deploy.processes import LocalDeployment
+from simulations.deploy.results import results_of, round_trip_cost
 
 
 def _demo(args: argparse.Namespace) -> int:
