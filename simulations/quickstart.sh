@@ -8,5 +8,5 @@ bash simulations/install.sh
 export PATH="$(pwd)/.venv/bin:$PATH"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1   # offline: never pip-install per run
 export FLWR_HOME="${FLWR_HOME:-$HOME/.flwr}"            # outside the app folder
-trap '.venv/bin/python -m simulations.local_superlink stop --flwr-home "$FLWR_HOME" >/dev/null' EXIT
+trap '.venv/bin/python -m simulations.run.local_superlink stop --flwr-home "$FLWR_HOME" >/dev/null' EXIT
 flwr run . --stream "$@"

@@ -22,7 +22,7 @@ from flwr.common.constant import ErrorCode
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
 from azsl_flower.wire.schema import KINDS
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.server_app import run_azsl
 
 # CI clones the repository with ../shared beside it; the real data lives in shared/data.
@@ -257,7 +257,7 @@ class FlakyGrid(InProcessGrid):
 def flwr_run(tmp_path: Path, run_config: str) -> tuple[dict, str]:
     """One real ``flwr run . --stream`` simulation (Flower's CLI, managed SuperLink, Ray),
     stopped afterwards: the one results.json it wrote, and its log."""
-    from simulations.local_superlink import free_port, processes_of, stop
+    from simulations.run.local_superlink import free_port, processes_of, stop
 
     flwr = Path(sys.executable).parent / "flwr"
     home = tmp_path / "flwr-home"  # outside the app folder: Flower bundles the app folder

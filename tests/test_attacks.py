@@ -25,7 +25,7 @@ from azsl_flower.tools.cli import main as cli
 from azsl_flower.wire import codec, errors, schema
 from azsl_flower.wire.channels import ServiceSecurity
 from azsl_flower.wire.crypto import KeyModeWarning, RejectedError, load_private_key, write_keypair
-from simulations.deploy_local import DATA_FILE, write_owner_data
+from simulations.deploy.local import DATA_FILE, write_owner_data
 from strategies.checks import check_evaluate, check_feedback, check_setup
 from strategies.transport import Transport
 from tests.hostile import Owner, envelope_of, evaluate_payload, query_payload

@@ -9,7 +9,7 @@ import torch
 
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import ConfigError, parse_run_config
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.server_app import run_azsl
 from tests.conftest import FAST
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from azsl_flower.common.config import DEFAULTS
-from simulations.collect import CollectError, collect, find_results, main
+from simulations.report.collect import CollectError, collect, find_results, main
 
 
 def _write(root: Path, name: str, seed: int, h: float, **config: object) -> Path:

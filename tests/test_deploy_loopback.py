@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.deploy_layout import DATA_FILE, prepare, write_owner_data
-from simulations.deploy_processes import LocalDeployment, results_of, round_trip_cost
-from simulations.local_superlink import processes_of
+from simulations.deploy.layout import DATA_FILE, prepare, write_owner_data
+from simulations.deploy.processes import LocalDeployment
+from simulations.deploy.results import results_of, round_trip_cost
+from simulations.run.local_superlink import processes_of
 
 # A short job: each deployed round trip costs seconds (HTTP polling, a ClientApp process per
 # message), so few of them. timeout is per round trip; the first one trains the teachers.

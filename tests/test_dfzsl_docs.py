@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from azsl_flower.owner.data import OwnerData
-from simulations.dfzsl_baselines import ridge_prototypes, score
-from simulations.dfzsl_page import section
+from simulations.bench.dfzsl_baselines import ridge_prototypes, score
+from simulations.report.dfzsl_page import section
 
 
 def _data(rng: np.random.Generator) -> tuple[OwnerData, np.ndarray]:

@@ -11,7 +11,7 @@ import pytest
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
 from azsl_flower.wire import codec
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.roster import OwnerError
 from strategies.server_app import run_azsl
 from tests.boundary import owner_modules_imported_by

@@ -8,7 +8,7 @@ from azsl_flower.common.config import parse_run_config
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.owner.evaluation import evaluate_model
 from azsl_flower.owner.state import owner_state
-from simulations.ensemble_bound import ensemble_figures
+from simulations.bench.ensemble_bound import ensemble_figures
 
 
 def test_one_owner_is_its_teacher_and_disjoint_owners_lose_little(tmp_path):

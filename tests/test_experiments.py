@@ -25,8 +25,8 @@ from azsl_flower.common.presets import (
     presets,
     resolve_run_config,
 )
-from simulations.inprocess import InProcessGrid
-from simulations.launch import run_config_from
+from simulations.run.inprocess import InProcessGrid
+from simulations.run.launch import run_config_from
 from strategies.server_app import main as server_main
 from strategies.server_app import run_azsl
 
@@ -113,7 +113,7 @@ def test_launcher_command_line_composes_like_the_compose_api():
     """hydra.main (the real launcher) against compose_settings, through --cfg job."""
     args = ["experiment=caltech_blackbox", "seed=2", "teacher=inductive", "alpha=0.5"]
     proc = subprocess.run(
-        [sys.executable, "-m", "simulations.launch", *args, "--cfg", "job"],
+        [sys.executable, "-m", "simulations.run.launch", *args, "--cfg", "job"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -244,7 +244,7 @@ def test_every_swept_value_composes(preset):
 
 def test_inprocess_runner_gives_the_launchers_run(tmp_path, monkeypatch):
     """AZSL_RUNNER=inprocess: the same run as the loopback grid, without Ray."""
-    from simulations.simulate import run
+    from simulations.run.simulate import run
 
     cache = str(tmp_path / "cache")
     settings = compose_settings("smoke", [*TINY, "seed=5", f"cache-dir={cache}"])
@@ -266,7 +266,7 @@ def test_inprocess_runs_never_share_a_key_folder(tmp_path, monkeypatch):
     keys must live in a folder of their own (a fixed run id made them delete and overwrite
     each other's keys: wrong-key and missing-key errors)."""
     import strategies.server_app as server_app
-    from simulations.simulate import run
+    from simulations.run.simulate import run
 
     made: list[int] = []
     real = server_app.provision_simulation_keys

@@ -13,7 +13,7 @@ from azsl_flower.common.config import parse_run_config
 from azsl_flower.common.semantics import DataError
 from azsl_flower.owner.data import load_owner_data
 from azsl_flower.wire import codec
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
 from tests.boundary import owner_modules_imported_by, service_modules_imported_by_owner_side

@@ -28,8 +28,10 @@ from azsl_flower.tools.signing import AppRegistry, SignedApp
 from azsl_flower.wire import codec, schema
 from azsl_flower.wire.channels import SERVICE, ServiceSecurity
 from azsl_flower.wire.crypto import Channel, RejectedError, fingerprint, generate_keypair
-from simulations import bench, benchmark_caltech, benchmark_owners
-from simulations.inprocess import InProcessGrid
+from simulations.bench import caltech as benchmark_caltech
+from simulations.bench import common as bench
+from simulations.bench import owners as benchmark_owners
+from simulations.run.inprocess import InProcessGrid
 from strategies.checks import MAX_COUNT, ReplyError, check_probe, check_setup
 from strategies.requests import sum_counts
 from strategies.server_app import run_azsl

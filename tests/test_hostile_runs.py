@@ -17,7 +17,7 @@ from azsl_flower.owner import handlers
 from azsl_flower.owner.session import open_session
 from azsl_flower.wire import codec, schema
 from azsl_flower.wire.crypto import write_keypair
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
 from tests.test_federation import FAST

@@ -1,5 +1,5 @@
-"""`deploy_local owner-data` on an xlsa17 folder: one folder per owner, by the simulation's
-partition rules, every sample held by exactly one owner."""
+"""`simulations.deploy.local owner-data` on an xlsa17 folder: one folder per owner, by the
+simulation's partition rules, every sample held by exactly one owner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 
 from azsl_flower.owner.data import load_owner_data, read_xlsa17
-from simulations.deploy_local import main, write_owner_data
+from simulations.deploy.local import main, write_owner_data
 
 
 @pytest.mark.parametrize("partition", ["iid", "class-disjoint", "dirichlet"])

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from azsl_flower.common.config import DEFAULTS
-from simulations.collect import CollectError
-from simulations.paper import build, main
-from simulations.paper_archive import archive
+from simulations.report.collect import CollectError
+from simulations.report.paper import build, main
+from simulations.report.paper_archive import archive
 
 CALTECH = {"dataset": "xlsa17", "data-dir": "../shared/data/caltech101", "alpha": 50.0}
 
@@ -131,7 +131,7 @@ def test_committed_page_is_what_the_filed_runs_give(tmp_path):
     shutil.copytree(repo / "docs" / "results" / "runs", runs)
     text = build(runs, tmp_path / "docs" / "results.md")
     assert text == (repo / "docs" / "results.md").read_text(), (
-        "docs/results.md is out of date: run `python -m simulations.paper` and commit it"
+        "docs/results.md is out of date: run `python -m simulations.report.paper` and commit it"
     )
 
 

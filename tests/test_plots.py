@@ -12,7 +12,7 @@ import torch
 from azsl_flower.common.config import DEFAULTS
 from azsl_flower.common.models import Generator
 from azsl_flower.common.semantics import load_class_side
-from simulations.plots import feature_stats, main, owner_and_generated
+from simulations.report.plots import feature_stats, main, owner_and_generated
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

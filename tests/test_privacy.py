@@ -29,8 +29,8 @@ from azsl_flower.owner.state import EXACT_EVALUATION, owner_state
 from azsl_flower.service.baseline import KLStatsFit, ncm_classifier
 from azsl_flower.wire import codec
 from azsl_flower.wire.errors import Refused
-from simulations.audit import recover_statistics
-from simulations.inprocess import InProcessGrid
+from simulations.bench.audit import recover_statistics
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
 from tests.conftest import FAST

@@ -14,7 +14,7 @@ from azsl_flower.common.config import parse_run_config
 from azsl_flower.common.metrics import ClassCounts, zsl_gzsl
 from azsl_flower.owner.budget import queries_used
 from azsl_flower.wire import codec, errors, schema
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
 from tests.conftest import FAST, FlakyGrid

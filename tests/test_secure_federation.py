@@ -9,7 +9,7 @@ from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import ConfigError, parse_run_config
 from azsl_flower.wire import codec
 from azsl_flower.wire.crypto import write_keypair
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import OwnerError
 from strategies.server_app import run_azsl
 from tests.conftest import FAST, run_digits

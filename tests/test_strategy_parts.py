@@ -16,7 +16,7 @@ from azsl_flower.common.models import classifier
 from azsl_flower.common.semantics import load_class_side
 from azsl_flower.wire import codec, errors, schema
 from azsl_flower.wire.channels import ServiceSecurity
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import AZSLStrategy
 from strategies.checks import ReplyError, check_setup
 from strategies.delivery import Delivery

@@ -15,7 +15,7 @@ from azsl_flower.service.tracking import (
     TensorBoardObserver,
     open_observer,
 )
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.server_app import run_azsl
 
 pytest.importorskip("tensorboard")

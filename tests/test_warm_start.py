@@ -78,7 +78,7 @@ def test_warm_start_round_trips_and_probes_are_those_of_dfzsl(cold_and_warm):
 
 def test_owner_budget_bounds_the_warm_start_probes(tmp_path):
     from azsl_flower.client_app import app as client_app
-    from simulations.inprocess import InProcessGrid
+    from simulations.run.inprocess import InProcessGrid
     from strategies.server_app import run_azsl
     from tests.conftest import FAST
 
@@ -164,12 +164,12 @@ def test_bad_regression_inputs_are_named():
 
 
 def test_hybrid_curve_scores_both_arms_at_their_round_trips(tmp_path):
-    """simulations/hybrid_curve.py on digits: each arm scored at rounds 0, 1 and its last;
+    """simulations/bench/hybrid_curve.py on digits: each arm scored at rounds 0, 1 and its last;
     a point's round trips are what a run stopped there would have used, so the hybrid's
     points sit its warm start's round trips to the right; a test split needs val first."""
     import json
 
-    from simulations.hybrid_curve import main
+    from simulations.bench.hybrid_curve import main
 
     out, png = tmp_path / "curve.json", tmp_path / "curve.png"
     tiny = "dataset=digits,teacher=inductive,rounds=2,steps-per-round=2,student-epochs=2,"
@@ -186,7 +186,8 @@ def test_hybrid_curve_scores_both_arms_at_their_round_trips(tmp_path):
         trips = [p["round_trips"] for p in run["points"]]
         # the run itself also spent two round trips (verification, evaluation) per earlier point
         assert trips == sorted(trips) and trips[-1] == run["round_trips"] - 2 * 2
-        assert run["command"].startswith("python -m simulations.hybrid_curve --set dataset=digits")
+        command = "python -m simulations.bench.hybrid_curve --set dataset=digits"
+        assert run["command"].startswith(command)
     azsl, hybrid = runs["azsl"]["points"], runs["hybrid"]["points"]
     # set-up, verification, evaluation; the hybrid adds its set-up, probes, two verifications
     assert azsl[0]["round_trips"] == 3 and hybrid[0]["round_trips"] == 3 + 4

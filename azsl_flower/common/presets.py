@@ -2,7 +2,7 @@
 
 Both entry points compose the same way, so a preset means the same run everywhere:
 
-* the launcher (``python -m simulations.launch experiment=NAME key=value ...``) lets Hydra
+* the launcher (``python -m simulations.run.launch experiment=NAME key=value ...``) lets Hydra
   compose ``configs/config.yaml`` with its command-line overrides;
 * the ServerApp (``flwr run . --run-config "experiment='NAME ...'"``) calls
   :func:`resolve_run_config`, which composes the same tree with Hydra's compose API.

@@ -43,7 +43,7 @@ __all__ = [
 MAX_EPSILON = 1000.0  # a DP target above this bounds nothing; Opacus still plans it in seconds
 MAX_DP_BATCH = 2**20  # expected DP-SGD batch (Poisson sampling)
 MAX_DP_EPOCHS = 10_000
-MAX_DP_LR = 10.0  # simulations/dp_settings.py tries rates up to 2 (SGD, momentum 0.9)
+MAX_DP_LR = 10.0  # simulations/bench/dp_settings.py tries rates up to 2 (SGD, momentum 0.9)
 # A float32 answer carries at most 9 significant decimal digits (9 round-trip any float32),
 # so 9 decimals keep every digit of any answer of magnitude 1 or more; from 39 decimals on
 # float32's 10**d overflows and every rounded answer becomes NaN.

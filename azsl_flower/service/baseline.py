@@ -11,7 +11,7 @@ K, D, n and α, so one least-squares line per class and dimension returns the ow
 and variance (:class:`KLStatsFit`). In black-box mode with regulariser gradients this is
 exact; against DP statistics it returns the noisy ones, no more; in white-box mode the
 teacher's cross-entropy gradient is mixed in and this naive fit is biased (the audit,
-``simulations/audit.py``, shows a stronger request that removes it).
+``simulations/bench/audit.py``, shows a stronger request that removes it).
 
 :func:`ncm_classifier` writes an NCM classifier as the project's classifier MLP, so owners
 score it like any other model: every results table carries it as the baseline that shows

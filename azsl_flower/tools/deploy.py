@@ -9,7 +9,7 @@
 
 Nothing here overwrites an existing file, and private keys are created with mode 0600.
 :class:`DeployError` is the one error of the deployment tools and of the loopback
-deployment (``simulations.deploy_local``).
+deployment (``simulations.deploy.local``).
 """
 
 from __future__ import annotations

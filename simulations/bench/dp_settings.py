@@ -7,7 +7,7 @@ survives the noise. This script trains the DP teacher for each setting on the ow
 loaded) and scores its per-class top-1 on the validation split's held-out samples, for each
 teacher network (``teacher-model``: the paper's MLP and a linear one).
 
-    python -m simulations.dp_settings --data-dir ../shared/data/caltech101 \
+    python -m simulations.bench.dp_settings --data-dir ../shared/data/caltech101 \
         --feature-file effnetlite0.mat --out docs/benchmarks/dp-settings-val.json
 """
 
@@ -117,7 +117,7 @@ def _doc(args: argparse.Namespace, argv: list[str] | None, delta: float, rows: l
         for net in dict.fromkeys(r["teacher_model"] for r in rows)
     }
     return {
-        "command": "python -m simulations.dp_settings "
+        "command": "python -m simulations.bench.dp_settings "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "split": "val",
         "epsilon_target": args.epsilon,

@@ -1,16 +1,16 @@
 """GPU vs CPU: the Caltech-101 white-box transductive job (1 owner) on each device.
 
 The job (default steps, alpha=50, seed 0) runs through the in-process Flower grid
-(`simulations.inprocess`: real Messages, the real ClientApp, no Ray) once per device,
+(`simulations.run.inprocess`: real Messages, the real ClientApp, no Ray) once per device,
 service and owner both on that device (run-config ``device``, which the service also
 sends to the owners). Each run gets a fresh cache folder, so its owner trains its teacher
 on that device, and the owners' in-memory caches are emptied between runs, so the setup
 phase also includes reading the features. Per-phase seconds, wall seconds and student H
 are printed and saved as JSON after each device (an existing file is never overwritten):
 
-    python -m simulations.benchmark_gpu --data-dir ../shared/data/caltech101 \
+    python -m simulations.bench.gpu --data-dir ../shared/data/caltech101 \
         --out outputs/gpu.json
-    python -m simulations.benchmark_gpu --devices cpu rounds=2 student-epochs=1 \
+    python -m simulations.bench.gpu --devices cpu rounds=2 student-epochs=1 \
         teacher-epochs=1                                   # a quick smoke run
 
 Without a usable GPU, ``cuda`` is skipped with a message (the run fails when only GPUs
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from azsl_flower.common.models import cuda_problem
-from simulations.bench import FiguresFile, job_device, run_job
-from simulations.simulate import parse_overrides
+from simulations.bench.common import FiguresFile, job_device, run_job
+from simulations.run.simulate import parse_overrides
 
 PHASES = ("setup", "generator", "verification", "student", "evaluation")
 JOB = {"scenario": "whitebox", "teacher": "transductive", "alpha": 50.0, "seed": 0}

@@ -8,8 +8,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from simulations.collect import CollectError, Run, find_results, load_run
-from simulations.paper_tables import experiment, signature
+from simulations.report.collect import CollectError, Run, find_results, load_run
+from simulations.report.paper_tables import experiment, signature
 
 
 def archive_name(run: Run) -> Path:

@@ -10,11 +10,11 @@ azsl --stream``: the SuperNodes start with ``--trusted-entities`` and run nothin
 exits 0 when the ServerApp failed) and always stops every process it started (also on
 Ctrl-C or failure).
 
-    python -m simulations.deploy_local demo --work /tmp/azsl-deploy --owners 2 \\
+    python -m simulations.deploy.local demo --work /tmp/azsl-deploy --owners 2 \\
         --run-config "rounds=2 steps-per-round=2 student-epochs=2 samples-per-class=30"
-    python -m simulations.deploy_local demo --work /tmp/azsl-deploy --restart-owner 1
-    python -m simulations.deploy_local owner-data --out DIR --owners 2   # data only
-    python -m simulations.deploy_local owner-data --out DIR --owners 3 --partition iid \
+    python -m simulations.deploy.local demo --work /tmp/azsl-deploy --restart-owner 1
+    python -m simulations.deploy.local owner-data --out DIR --owners 2   # data only
+    python -m simulations.deploy.local owner-data --out DIR --owners 3 --partition iid \
         --data-dir ../shared/data/caltech101 --feature-file effnetlite0.mat
 
 Owners' data: scikit-learn's digits (or any xlsa17 folder), dealt sample by sample over the
@@ -23,8 +23,8 @@ owners by the simulation's partition rules (``iid``: every class at every owner;
 folder (features file + ``att_splits.mat``), so each SuperNode reads only its own files
 while the service keeps the class side only.
 
-The work folder and the owners' data: ``simulations/deploy_layout.py``; the processes:
-``simulations/deploy_processes.py``; this file: the two commands.
+The work folder and the owners' data: ``simulations/deploy/layout.py``; the processes:
+``simulations/deploy/processes.py``; this file: the two commands.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import threading
 from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError
-from simulations.deploy_layout import DATA_FILE, DEALT, HOST, prepare, write_owner_data
-from simulations.deploy_processes import LocalDeployment, results_of, round_trip_cost
+from simulations.deploy.layout import DATA_FILE, DEALT, HOST, prepare, write_owner_data
+from simulations.deploy.processes import LocalDeployment
+from simulations.deploy.results import results_of, round_trip_cost
 
 
 def _demo(args: argparse.Namespace) -> int:

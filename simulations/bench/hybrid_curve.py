@@ -11,9 +11,9 @@ earlier points' scoring, plus its own two (verification, evaluation).
 the calibration its arm's val run chose (best H at the last point, seed-averaged), never one
 chosen on test classes. Rows accumulate in ``--out``; ``--plot`` draws the PNG from it.
 
-    python -m simulations.hybrid_curve --split val --seeds 0
-    python -m simulations.hybrid_curve --split test --seeds 0
-    python -m simulations.hybrid_curve --plot
+    python -m simulations.bench.hybrid_curve --split val --seeds 0
+    python -m simulations.bench.hybrid_curve --split test --seeds 0
+    python -m simulations.bench.hybrid_curve --plot
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from azsl_flower.common.metrics import zsl_gzsl
 from azsl_flower.service.generator import GeneratorTrainer
 from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import OwnerTotals, RunEvents
-from simulations.inprocess import InProcessGrid
+from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import AZSLStrategy
 from strategies.server_app import run_azsl
 from strategies.sources import FeedbackSource
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plot", action="store_true", help="only draw the PNG from --out")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    command = " ".join(["python -m simulations.hybrid_curve", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m simulations.bench.hybrid_curve", *(argv or sys.argv[1:])])
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.is_file() else {"runs": []}
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
     if doc["runs"]:
         doc["plot_command"] = (
-            f"python -m simulations.hybrid_curve --plot --out {out} --png {args.png}"
+            f"python -m simulations.bench.hybrid_curve --plot --out {out} --png {args.png}"
         )
         out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         print(f"wrote {plot(doc, Path(args.png))}")

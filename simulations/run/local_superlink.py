@@ -4,7 +4,7 @@ Flower starts a detached `flower-superlink` on the first `flwr run` and keeps it
 the run. Tests and the quickstart stop the processes they started, found by the
 FLWR_HOME in their environment, so a user's other Flower processes are never touched.
 
-    python -m simulations.local_superlink stop [--flwr-home DIR]
+    python -m simulations.run.local_superlink stop [--flwr-home DIR]
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Hydra launcher: one simulated AZSL run per composed config, or a sweep with --multirun.
 
-    python -m simulations.launch experiment=caltech_whitebox seed=1
-    python -m simulations.launch experiment=smoke scenario=blackbox rounds=5
-    python -m simulations.launch --multirun experiment=caltech_blackbox seed=0,1,2
-    python -m simulations.launch -m experiment=table3_blackbox_transductive   # its seeds
-    python -m simulations.launch experiment=caltech_whitebox --cfg job        # print only
+    python -m simulations.run.launch experiment=caltech_whitebox seed=1
+    python -m simulations.run.launch experiment=smoke scenario=blackbox rounds=5
+    python -m simulations.run.launch --multirun experiment=caltech_blackbox seed=0,1,2
+    python -m simulations.run.launch -m experiment=table3_blackbox_transductive   # its seeds
+    python -m simulations.run.launch experiment=caltech_whitebox --cfg job        # print only
 
 Overrides use Hydra's syntax: ``key=value`` for run-config keys (``data-dir=/x``), a group
 option for ``dataset``, ``scenario``, ``teacher``, ``regulariser``, ``federation``,
@@ -12,7 +12,7 @@ option for ``dataset``, ``scenario``, ``teacher``, ``regulariser``, ``federation
 ``outputs/multirun/<time>/<job number>``) holding Hydra's record of the config
 (``.hydra/``) and the run folder itself (``<stamp>/results.json``, models, ``tb/``),
 unless ``output-dir`` is given; curves and scores are plotted into ``<run folder>/plots``
-(``python -m simulations.plots <run folder> --tsne`` adds the owner-side t-SNE). The same
+(``python -m simulations.report.plots <run folder> --tsne`` adds the owner-side t-SNE). The same
 preset and overrides give the same run config as
 ``flwr run . --run-config "experiment='NAME key=value ...'"`` (tested).
 """
@@ -48,7 +48,7 @@ def run_config_from(settings: dict[str, Any], job_dir: str | None = None) -> tup
 
 def _plots(run_dir: Path) -> list[str]:
     """Curves and scores of a finished run (cheap); a plotting error never fails the run."""
-    from simulations.plots import main as plots
+    from simulations.report.plots import main as plots
 
     try:
         return [str(p) for p in plots([str(run_dir)])]
@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> float:
     """One job: compose, simulate, print where everything went; returns student H."""
     from hydra.core.hydra_config import HydraConfig
 
-    from simulations.simulate import run
+    from simulations.run.simulate import run
 
     runtime = HydraConfig.get().runtime
     settings = settings_from_cfg(cfg, runtime.choices.get("experiment"))

@@ -1,9 +1,9 @@
 """Caltech-101 benchmark of the core AZSL loop (1 owner), run in Flower's simulation runtime.
 
-Each case runs in its own process (`python -m simulations.simulate ...`) with the default
+Each case runs in its own process (`python -m simulations.run.simulate ...`) with the default
 steps; figures are read back from each run's results.json and saved as JSON:
 
-    python -m simulations.benchmark_caltech --data-dir ../shared/data/caltech101 \
+    python -m simulations.bench.caltech --data-dir ../shared/data/caltech101 \
         --out docs/benchmarks/caltech101.json
 
 Targets (issue 2): white-box student H >= 0.90 x teacher H; black-box >= 0.50 x teacher H;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from simulations.bench import FiguresFile, caltech_run_config, run_case
+from simulations.bench.common import FiguresFile, caltech_run_config, run_case
 
 CASES = {
     "whitebox-transductive": {"scenario": "whitebox", "teacher": "transductive"},

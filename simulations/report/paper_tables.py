@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from simulations.collect import DEFAULT_METRICS, LATE_KEYS, Row, Run, summarise
+from simulations.report.collect import DEFAULT_METRICS, LATE_KEYS, Row, Run, summarise
 
-LAUNCH = "AZSL_RUNNER=inprocess python -m simulations.launch -m"
+LAUNCH = "AZSL_RUNNER=inprocess python -m simulations.run.launch -m"
 TABLE_METRICS = DEFAULT_METRICS  # T1, u, s, H, teacher H, verified %, wall s
 FIG_METRICS = ("student.u", "student.s", "student.h")
 CURVE_METRICS = FIG_METRICS  # a calibration curve: u, s, H per value
@@ -80,7 +80,8 @@ TABLES = (
         "inductive teacher the scored model is classifier C (Eq. 7) trained on generated "
         "features of all classes; the teacher's own H is 0 by construction (it cannot name an "
         "unseen class), and features generated for unseen classes get no teacher feedback. "
-        "`python -m simulations.plots <run folder> --stats` (owner side, simulation only) shows "
+        "`python -m simulations.report.plots <run folder> --stats` "
+        "(owner side, simulation only) shows "
         "what that costs: on the white-box inductive runs of 2026-11-26 (seeds 0-2) the "
         "generated unseen-class means are nearly parallel to each other (mean cosine 0.89 "
         "between classes, real means 0.52), and nearest-generated-mean classification of real "

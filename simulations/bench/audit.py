@@ -21,13 +21,14 @@ Per mode (and owner ε) it reports:
 - beside each row: the student H the mode buys (a full run per seed, in-process grid),
   the NCM baseline of that run, and the samples queried.
 
-    python -m simulations.audit --data-dir ../shared/data/caltech101 \\
+    python -m simulations.bench.audit --data-dir ../shared/data/caltech101 \\
         --modes whitebox,strict --epsilons inf,8,4,1 --seeds 0 \\
         --out docs/benchmarks/privacy-audit.json
-    python -m simulations.audit --markdown docs/privacy.md --out docs/benchmarks/privacy-audit.json
+    python -m simulations.bench.audit --markdown docs/privacy.md \\
+        --out docs/benchmarks/privacy-audit.json
 
 Rows are keyed by (mode, ε): a later invocation replaces or adds rows in ``--out``, so
-the sweep can be run in parts. The attacks are :mod:`simulations.audit_attacks`; this module
+the sweep can be run in parts. The attacks are :mod:`simulations.bench.audit_attacks`; this module
 holds the modes, the owners' DP node configs, the student runs and the command line.
 """
 
@@ -46,7 +47,7 @@ from azsl_flower.owner import dp
 from azsl_flower.owner.data import load_owner_data
 from azsl_flower.owner.privacy import OwnerPrivacy, owner_privacy
 from azsl_flower.owner.state import owner_state
-from simulations.audit_attacks import _generated, audit_mode, recover_statistics
+from simulations.bench.audit_attacks import _generated, audit_mode, recover_statistics
 
 __all__ = ["MODES", "budget_split", "dp_node_config", "recover_statistics"]
 
@@ -91,7 +92,7 @@ MODES: dict[str, tuple[dict[str, str], str]] = {
     ),
 }
 # the owners' DP-SGD settings in this audit (node config), the owner policy's defaults:
-# selected on validation classes by simulations/dp_settings.py
+# selected on validation classes by simulations/bench/dp_settings.py
 # (docs/benchmarks/dp-settings-val.json; teacher-model=auto gives the linear teacher)
 _OWNER = OwnerPrivacy()
 DP_EPOCHS, DP_BATCH, DP_LR = _OWNER.dp_epochs, _OWNER.dp_batch_size, _OWNER.dp_lr
@@ -155,7 +156,7 @@ def run_job(
 ) -> dict[str, Any]:
     """One AZSL run in-process (real Messages, real ClientApp) with this owner node config."""
     from azsl_flower.client_app import app as client_app
-    from simulations.inprocess import InProcessGrid
+    from simulations.run.inprocess import InProcessGrid
     from strategies.server_app import run_azsl
 
     cfg = parse_run_config({**cfg_raw, "seed": seed, "output-dir": out_dir})
@@ -243,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _render_markdown(markdown: str, out: str) -> None:
     """``--markdown``: only render the page from the saved audit files (no attacks)."""
-    from simulations.privacy_doc import render
+    from simulations.report.privacy_doc import render
 
     page = Path(markdown)
     previous = page.read_text() if page.is_file() else ""

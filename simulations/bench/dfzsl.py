@@ -5,10 +5,10 @@ xlsa17's validation classes (test classes never loaded) and keeps each run's cal
 curve; ``--split test`` runs a case with the calibration that its val runs chose
 (seed-averaged H), never one chosen on test classes. Rows accumulate in one JSON file
 (``--out``), keyed by case, split and seed, so a sweep can be run in pieces; ``--baselines``
-adds the real-data baselines (:mod:`simulations.dfzsl_baselines`). The page is
-``python -m simulations.dfzsl_page``.
+adds the real-data baselines (:mod:`simulations.bench.dfzsl_baselines`). The page is
+``python -m simulations.report.dfzsl_page``.
 
-    python -m simulations.dfzsl_bench --data-dir ../shared/data/caltech101 --split val \\
+    python -m simulations.bench.dfzsl --data-dir ../shared/data/caltech101 --split val \\
         --cases bb-rule-vmf,bb-dim-vmf --seeds 0
 """
 
@@ -26,8 +26,8 @@ import torch
 
 from azsl_flower.client_app import app as client_app
 from azsl_flower.common.config import parse_run_config
-from simulations.dfzsl_baselines import baselines
-from simulations.inprocess import InProcessGrid
+from simulations.bench.dfzsl_baselines import baselines
+from simulations.run.inprocess import InProcessGrid
 from strategies.server_app import run_azsl
 
 __all__ = ["CASES", "DEFAULT_OUT", "run_case", "select_calibration"]

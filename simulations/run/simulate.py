@@ -1,6 +1,6 @@
 """Run one AZSL job in Flower's simulation runtime from Python (same code as `flwr run .`).
 
-    python -m simulations.simulate dataset=xlsa17 data-dir=../shared/data/caltech101 \
+    python -m simulations.run.simulate dataset=xlsa17 data-dir=../shared/data/caltech101 \
         feature-file=effnetlite0.mat scenario=blackbox --owners 1
 """
 
@@ -28,7 +28,7 @@ def run(
     does) or a RunConfig already composed (the Hydra launcher). ``owners`` defaults to
     the preset's, else 1. ``runner`` (default ``$AZSL_RUNNER``, else ``ray``): ``ray`` is
     Flower's simulation runtime, owners in Ray workers; ``inprocess`` serves the same
-    ClientApp and ServerApp logic in this one process (simulations/inprocess.py), owners
+    ClientApp and ServerApp logic in this one process (simulations/run/inprocess.py), owners
     one after another: less overhead on a small machine, and what a sweep there wants.
     """
     from flwr.app import Context
@@ -50,7 +50,7 @@ def run(
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r} (AZSL_RUNNER); choose one of {RUNNERS}")
     if runner == "inprocess":
-        from simulations.inprocess import InProcessGrid
+        from simulations.run.inprocess import InProcessGrid
 
         grid = InProcessGrid(client_app, owners, cfg.as_dict())
         results, _ = run_azsl(grid, cfg, run_id=grid.run_id)

@@ -1,18 +1,17 @@
 """Start, watch and always stop a loopback SuperLink + SuperNodes, each its own process.
 
-Every process gets its own session and ``FLWR_HOME`` (folders from :mod:`deploy_layout`),
-so :meth:`LocalDeployment.stop` can stop it with its children, and then anything left
-with one of those homes.
+Every process gets its own session (:mod:`simulations.deploy.groups`) and ``FLWR_HOME``
+(folders from :mod:`simulations.deploy.layout`), so :meth:`LocalDeployment.stop` can stop it
+with its children, and then anything left with one of those homes. What the runs wrote:
+:mod:`simulations.deploy.results`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,24 +22,12 @@ from pathlib import Path
 
 from azsl_flower.tools.deploy import DeployError, write_connection
 from azsl_flower.tools.signing import AppRegistry, SignedApp, sign_app
-from simulations.deploy_layout import CONNECTION, HOST, SIGNER, Layout
-from simulations.local_superlink import free_port
-from simulations.local_superlink import stop as stop_by_flwr_home
+from simulations.deploy.groups import kill_group, spawn, stop_group, wait_port
+from simulations.deploy.layout import CONNECTION, HOST, SIGNER, Layout
+from simulations.run.local_superlink import free_port
+from simulations.run.local_superlink import stop as stop_by_flwr_home
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DeployError(f"process exited with {proc.returncode}; see {log}")
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.settimeout(0.5)
-            s.connect((HOST, port))
-            return
-        time.sleep(0.2)
-    raise DeployError(f"nothing listens on {HOST}:{port} after {timeout:.0f}s; see {log}")
+ROOT = Path(__file__).resolve().parents[2]  # the app folder
 
 
 @dataclass
@@ -90,40 +77,16 @@ class LocalDeployment:
         log = self.layout.logs / f"{name}.log"
         home = self.layout.home_of(name)
         home.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as f:
-            f.write(f"\n$ {' '.join(argv)}\n".encode())
-            f.flush()
-            # own session: stop() signals the process group, children included
-            proc = subprocess.Popen(
-                argv,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(self.env, FLWR_HOME=str(home), **(env or {})),
-                cwd=self.layout.work,
-                start_new_session=True,
-            )
+        proc = spawn(
+            argv, log, dict(self.env, FLWR_HOME=str(home), **(env or {})), self.layout.work
+        )
         self.procs[name] = proc
         return proc
 
     def _kill(self, name: str, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
         proc = self.procs.pop(name, None)
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            self._reap(proc, grace)
-
-    @staticmethod
-    def _reap(proc: subprocess.Popen, grace: float = 15.0) -> None:
-        """Wait for the leader, then SIGKILL whatever is left of its process group."""
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # children that outlived their parent
-            os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, sig, grace)
 
     def stop(self) -> None:
         """Every process this deployment started, then anything left with one of its
@@ -183,7 +146,7 @@ class LocalDeployment:
             ],
             env={"FLWR_SUPERGRID_API_URL": self.registry.url},
         )
-        _wait_port(self.port, proc, timeout, lay.logs / "superlink.log")
+        wait_port(self.port, proc, timeout, lay.logs / "superlink.log")
         write_connection(
             CONNECTION,
             f"{HOST}:{self.port}",
@@ -348,7 +311,7 @@ class LocalDeployment:
 
         def expire() -> None:
             expired.set()
-            _killpg(proc)
+            kill_group(proc)
 
         timer = threading.Timer(timeout, expire)
         timer.start()
@@ -364,7 +327,7 @@ class LocalDeployment:
             proc.wait()
         finally:
             timer.cancel()
-            _killpg(proc)
+            kill_group(proc)
         text = "".join(lines)
         if expired.is_set():
             text += f"\n[deploy_local] flwr run killed after {timeout:.0f}s\n"
@@ -386,29 +349,3 @@ class LocalDeployment:
             return str(listing["runs"][0]["status"])
         except (ValueError, KeyError, IndexError):
             return f"unknown ({out.stdout.strip()[-200:]})"
-
-
-def _killpg(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def results_of(layout: Layout) -> list[dict]:
-    """Every results.json written under the work folder's outputs."""
-    return [json.loads(p.read_text()) for p in sorted(layout.outputs.glob("*/results.json"))]
-
-
-def round_trip_cost(results: dict) -> dict[str, float]:
-    """What a deployed round trip costs: the generator phase's seconds per round trip
-    (Flower's SuperNode polling, a ClientApp process per message, the owners' work)."""
-    rounds = len(results.get("history", [])) or 1
-    generator = float(results.get("phase_seconds", {}).get("generator", 0.0))
-    return {
-        "round_trips": int(results.get("round_trips", 0)),
-        "wall_seconds": round(float(results.get("wall_seconds", 0.0)), 1),
-        "generator_seconds_per_round_trip": round(generator / rounds, 2),
-        "wall_seconds_per_round_trip": round(
-            float(results.get("wall_seconds", 0.0)) / max(1, int(results.get("round_trips", 1))), 2
-        ),
-    }

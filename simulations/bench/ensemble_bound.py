@@ -1,6 +1,6 @@
 """What the owners' teachers reach *together* on real test data (simulation-only diagnostic).
 
-    python -m simulations.ensemble_bound --data-dir ../shared/data/caltech101 --owners 1,2,5
+    python -m simulations.bench.ensemble_bound --data-dir ../shared/data/caltech101 --owners 1,2,5
 
 With several owners holding different classes, the student can at best learn what the
 owners' teachers know between them. This scores that ensemble: each simulated owner's
@@ -24,8 +24,8 @@ from azsl_flower.owner.data import load_owner_data
 from azsl_flower.owner.oracle import FeedbackOracle
 from azsl_flower.owner.state import owner_state
 from azsl_flower.service.ensemble import joint_gates
-from simulations.bench import FiguresFile
-from simulations.simulate import parse_overrides
+from simulations.bench.common import FiguresFile
+from simulations.run.simulate import parse_overrides
 
 
 def joint_scores(oracles: list[FeedbackOracle], x: np.ndarray) -> np.ndarray:

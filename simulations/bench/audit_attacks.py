@@ -1,4 +1,4 @@
-"""The leakage audit's attacks on one owner in one mode (``simulations/audit.py`` runs them).
+"""The leakage audit's attacks on one owner in one mode (``simulations/bench/audit.py`` runs them).
 
 Each attack plays the honest-but-curious service against answers built by the owner's own
 code (``azsl_flower/owner/answers.py``), and is scored against the ground truth the

@@ -1,8 +1,8 @@
 """Collect many runs' results.json into one Markdown and one CSV table (mean ± std over seeds).
 
-    python -m simulations.collect outputs/multirun/20260101-120000 --out docs/results/table3
-    python -m simulations.collect 'outputs/**/results.json' --group-by scenario,teacher
-    python -m simulations.collect outputs/multirun/<sweep with split=val> --select student.h
+    python -m simulations.report.collect outputs/multirun/20260101-120000 --out docs/results/table3
+    python -m simulations.report.collect 'outputs/**/results.json' --group-by scenario,teacher
+    python -m simulations.report.collect outputs/multirun/<sweep with split=val> --select student.h
 
 Arguments are results.json files, folders (searched recursively) or glob patterns. Runs
 are grouped by the settings that differ between them, apart from the seed and keys that

@@ -1,6 +1,6 @@
 """Cost of the end-to-end encryption: AEAD throughput and a Caltech-101 run with vs without.
 
-    python -m simulations.benchmark_crypto --data-dir ../shared/data/caltech101
+    python -m simulations.bench.crypto --data-dir ../shared/data/caltech101
 
 1. Throughput (MB/s) of sealing + opening one message, per cipher suite and size, with and
    without the serialisation of a bundle of float32 arrays into the plaintext that is sealed.
@@ -24,8 +24,8 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from azsl_flower.wire import codec
 from azsl_flower.wire.crypto import Channel, generate_keypair
-from simulations.bench import FiguresFile, caltech_run_config, job_device, run_case, run_job
-from simulations.simulate import RUNNERS, parse_overrides
+from simulations.bench.common import FiguresFile, caltech_run_config, job_device, run_case, run_job
+from simulations.run.simulate import RUNNERS, parse_overrides
 
 
 def throughput(suite: str, megabytes: int, repeats: int = 3) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Plots of one run (PNG): training curves, and a t-SNE of real vs generated unseen features.
 
-    python -m simulations.plots outputs/20260101-120000              # curves.png, scores.png
-    python -m simulations.plots outputs/20260101-120000 --tsne       # + tsne.png (owner side)
-    python -m simulations.plots outputs/20260101-120000 --stats      # + feature_stats.json
+    python -m simulations.report.plots outputs/20260101-120000          # curves.png, scores.png
+    python -m simulations.report.plots outputs/20260101-120000 --tsne   # + tsne.png (owner side)
+    python -m simulations.report.plots outputs/20260101-120000 --stats  # + feature_stats.json
 
 Curves and scores come from results.json alone. The t-SNE and ``--stats`` (how far
 generated unseen-class features are from real ones, in numbers) need real features, which only

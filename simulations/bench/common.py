@@ -33,7 +33,7 @@ def caltech_run_config(args: argparse.Namespace, **extra: object) -> dict[str, o
 def run_case(overrides: dict[str, object], owners: int = 1) -> dict:
     """One simulated run in a fresh process; returns its results.json."""
     args = [f"{k}={v}" for k, v in overrides.items()]
-    cmd = [sys.executable, "-m", "simulations.simulate", *args, "--owners", str(owners)]
+    cmd = [sys.executable, "-m", "simulations.run.simulate", *args, "--owners", str(owners)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
@@ -72,7 +72,7 @@ def run_job(
 
     from azsl_flower.client_app import app as client_app
     from azsl_flower.common.config import parse_run_config
-    from simulations.inprocess import InProcessGrid
+    from simulations.run.inprocess import InProcessGrid
     from strategies.server_app import run_azsl
 
     device = job_device(device)

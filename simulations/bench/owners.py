@@ -1,6 +1,6 @@
 """Several owners with class-disjoint data on Caltech-101: student quality and wall time vs N.
 
-    python -m simulations.benchmark_owners --data-dir ../shared/data/caltech101 --owners 1,2,5,10
+    python -m simulations.bench.owners --data-dir ../shared/data/caltech101 --owners 1,2,5,10
 
 Each N is one white-box, transductive simulated run (default steps, same seed) with
 ``partition=class-disjoint``: every class, seen and unseen, belongs to exactly one owner, and
@@ -11,7 +11,7 @@ wall time <= 2 x one owner's). Figures are printed and saved as JSON, never over
 
 ``--runner ray`` (default) runs each N in Flower's simulation runtime, owners in parallel
 Ray workers on this machine's cores; ``--runner inprocess --device cuda`` runs service and
-owners in one process (simulations/inprocess.py) on one device, owners one after another,
+owners in one process (simulations/run/inprocess.py) on one device, owners one after another,
 so its wall time is the *sum* of the owners' work: an upper bound on a deployment, where
 each owner answers on its own machine at the same time. For that deployment the in-process
 rows also give ``parallel_wall_seconds``: the wall time with, in each round trip, only the
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from azsl_flower.common.config import DEFAULTS, TEACHER_KEYS
-from simulations.bench import FiguresFile, caltech_run_config, job_device, run_case, run_job
-from simulations.simulate import RUNNERS, parse_overrides
+from simulations.bench.common import FiguresFile, caltech_run_config, job_device, run_case, run_job
+from simulations.run.simulate import RUNNERS, parse_overrides
 
 TARGET_H_RATIO = {5: 0.85}
 TARGET_TIME_RATIO = {10: 2.0}
