@@ -26,6 +26,7 @@ from azsl_flower.common.defaults import (
     Weighting,
 )
 from azsl_flower.common.modes import parse_teacher_answer
+from azsl_flower.common.regularisers import REGISTRY, names_where
 
 __all__ = [
     "ConfigError",
@@ -226,10 +227,10 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
         raise ConfigError(f"run-config alpha={merged['alpha']!r}: must be a finite number >= 0")
     if merged["dataset"] == "xlsa17" and not merged["data-dir"]:
         raise ConfigError("dataset=xlsa17 needs data-dir=<folder with att_splits.mat + features>")
-    if merged["scenario"] == "weights" and merged["regulariser"] == "mmd":
+    if merged["scenario"] == "weights" and not REGISTRY[merged["regulariser"]].sendable:
         raise ConfigError(
-            "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
-            "use kl or none"
+            f"scenario=weights cannot use regulariser={merged['regulariser']} (it needs real "
+            f"features at the service); use {names_where(lambda k: k.sendable)}"
         )
     if merged["teacher-answer"] != "auto":
         try:
