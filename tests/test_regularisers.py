@@ -74,7 +74,7 @@ def _settings(tmp_path: Path, **over: object) -> dict:
 def test_the_config_option_list_is_the_registry():
     """What the run config accepts is what the registry holds: not a copy of it."""
     assert CHOICES["regulariser"] is regularisers.REGULARISERS
-    assert regularisers.REGULARISERS == tuple(REGISTRY)
+    assert tuple(REGISTRY) == regularisers.REGULARISERS
 
 
 def test_a_registered_regulariser_runs_through_config_owner_and_oracle(tmp_path, monkeypatch):
