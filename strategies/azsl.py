@@ -26,8 +26,9 @@ from azsl_flower.common.config import (
     Weighting,
 )
 from azsl_flower.common.modes import feedback_fields, parse_teacher_answer
+from azsl_flower.common.regularisers import regulariser_kind
 from azsl_flower.service import ensemble
-from azsl_flower.service.baseline import KLStatsFit, class_means, ncm_classifier
+from azsl_flower.service.baseline import REVEALED_FITS, StatisticsFit, class_means, ncm_classifier
 from azsl_flower.service.generator import GeneratorSettings, GeneratorTrainer, Pool
 from azsl_flower.service.results import RunResult
 from azsl_flower.service.student import StudentSettings, train_models
@@ -37,7 +38,7 @@ from strategies.checks import check_feedback
 from strategies.phases import OwnerPhases
 from strategies.requests import Evaluation, Feedback, Request, Verified
 from strategies.roster import OwnerError
-from strategies.sources import FeedbackSource, LocalTeachers, RemoteOwners
+from strategies.sources import FeedbackSource, LocalTeachers, RemoteOwners, SourceSettings
 from strategies.warm_start import warm_start
 
 __all__ = ["AZSLStrategy", "OwnerError"]
@@ -53,7 +54,7 @@ class AZSLStrategy(OwnerPhases):
     """Runs AZSL over a Flower Grid for any number of owners (set-up, verification and
     evaluation are :class:`~strategies.phases.OwnerPhases`')."""
 
-    _fit: KLStatsFit | None = None  # the closed-form fit of what the regulariser revealed
+    _fit: StatisticsFit | None = None  # the closed-form fit of what the regulariser revealed
 
     # -- generator feedback -----------------------------------------------------------------
 
@@ -175,14 +176,15 @@ class AZSLStrategy(OwnerPhases):
         self, grid: Grid, setup: dict[int, schema.Payload], declared: ensemble.Declarations
     ) -> FeedbackSource:
         """Remote owners (budgets checked before any query), or scenario weights' teachers."""
+        settings = SourceSettings.from_config(self.cfg)
         if self.cfg.scenario is Scenario.WEIGHTS:
             num_classes = self.classes.num_classes
             return LocalTeachers.from_setup(
-                setup, num_classes, self.device, self.cfg, self.lse_grad
+                setup, num_classes, self.device, settings, self.lse_grad
             )
         verify_size = self.cfg.samples_per_class * int(declared.trainable.size)
         self.roster.check_budgets(verify_size, self.cfg.samples_per_class)
-        return RemoteOwners(self, self.delivery, grid, self.cfg, verify_size)
+        return RemoteOwners(self, self.delivery, grid, settings, verify_size)
 
     def _train_generator(
         self, source: FeedbackSource, trainer: GeneratorTrainer, events: RunEvents
@@ -231,7 +233,7 @@ class AZSLStrategy(OwnerPhases):
     def released(self) -> str:
         """What the owners' answers in this run's mode release about their class statistics."""
         cfg = self.cfg
-        if cfg.regulariser != "kl" or cfg.regulariser_answer == "none":
+        if not regulariser_kind(cfg.regulariser).has_statistics or cfg.regulariser_answer == "none":
             return "none"
         dp = any(
             d.get("mechanisms") and any("statistics" in str(m.get("name")) for m in d["mechanisms"])
@@ -240,7 +242,7 @@ class AZSLStrategy(OwnerPhases):
         kind = "DP statistics" if dp else "exact statistics"
         if cfg.scenario is Scenario.WEIGHTS:
             return f"{kind}, sent at set-up"
-        if cfg.regulariser_answer != "gradient":
+        if cfg.regulariser_answer != "gradient" or cfg.regulariser not in REVEALED_FITS:
             return "none"  # the value alone needs many crafted queries (see the audit)
         if cfg.scenario is Scenario.BLACKBOX:
             return f"{kind}, recovered from the regulariser gradient (closed-form fit)"
@@ -251,7 +253,8 @@ class AZSLStrategy(OwnerPhases):
         if grad is None or "recover" not in self.released and "naive" not in self.released:
             return
         if self._fit is None:
-            self._fit = KLStatsFit(self.classes.num_classes, pool.x.shape[1])
+            fit = REVEALED_FITS[self.cfg.regulariser]
+            self._fit = fit(self.classes.num_classes, pool.x.shape[1])
         covered = np.unique(np.concatenate([self.roster.covered[n] for n in nodes]))
         self._fit.add(pool.x, pool.labels, grad, self.cfg.alpha, pool.batch_size, covered)
 

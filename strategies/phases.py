@@ -31,7 +31,7 @@ from azsl_flower.common.models import state_to_numpy
 from azsl_flower.common.modes import parse_teacher_answer, verify_fields
 from azsl_flower.common.semantics import ClassSide
 from azsl_flower.service import ensemble
-from azsl_flower.service.checkpoint import Checkpointer
+from azsl_flower.service.checkpoint import Checkpointer, CheckpointSettings, fingerprint
 from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import OwnerTotals
 from azsl_flower.wire import schema
@@ -63,7 +63,7 @@ class OwnerPhases:
         self.transport = Transport(security, cfg.timeout, cfg.poll_interval, faults)
         self.roster = Roster(cfg.quorum)
         self.delivery = Delivery(self.transport, self.roster, self.settings, cfg.max_retries)
-        self.checkpoint = Checkpointer(cfg)
+        self.checkpoint = Checkpointer(CheckpointSettings.from_config(cfg), fingerprint(cfg))
         self.privacy: dict[int, dict[str, object]] = {}  # what each owner declared at set-up
 
     # -- set-up -----------------------------------------------------------------------------

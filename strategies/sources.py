@@ -24,17 +24,41 @@ from flwr.serverapp import Grid
 
 from azsl_flower.common.config import RunConfig
 from azsl_flower.common.models import load_numpy_state, teacher_network, teacher_network_of
-from azsl_flower.owner.oracle import FeedbackOracle, KLRegulariser, Regulariser
+from azsl_flower.common.regularisers import regulariser_kind
+from azsl_flower.owner.oracle import FeedbackOracle, Regulariser
 from azsl_flower.service.generator import GeneratorTrainer, Pool
 from azsl_flower.wire import schema
 from strategies.delivery import Delivery
 from strategies.requests import Request
 from strategies.roster import OwnerError
 
-__all__ = ["FeedbackSource", "LocalTeachers", "RemoteOwners", "VerifyAnswers"]
+__all__ = ["FeedbackSource", "LocalTeachers", "RemoteOwners", "SourceSettings", "VerifyAnswers"]
 
 Answers = dict[int, dict[str, np.ndarray]]  # node -> reply arrays
 MAX_MESSAGE_BYTES = 2**30  # generated features per verification round trip
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """The run-config values a feedback source reads (built once by the strategy)."""
+
+    rounds: int
+    steps_per_round: int
+    batch_size: int
+    samples_per_class: int
+    alpha: float
+    regulariser: str  # the one scenario weights' owners sent the statistics of
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> SourceSettings:
+        return cls(
+            rounds=cfg.rounds,
+            steps_per_round=cfg.steps_per_round,
+            batch_size=cfg.batch_size,
+            samples_per_class=cfg.samples_per_class,
+            alpha=cfg.alpha,
+            regulariser=cfg.regulariser,
+        )
 
 
 @dataclass
@@ -74,16 +98,16 @@ class RemoteOwners:
         requests: Requests,
         delivery: Delivery,
         grid: Grid,
-        cfg: RunConfig,
+        settings: SourceSettings,
         verify_size: int,
     ) -> None:
         self.requests, self.delivery, self.grid = requests, delivery, grid
-        self.cfg, self.verify_size = cfg, verify_size
+        self.settings, self.verify_size = settings, verify_size
 
     def feedback_round(
         self, trainer: GeneratorTrainer, r: int
     ) -> list[tuple[Pool, Answers]] | None:
-        cfg, roster = self.cfg, self.delivery.roster
+        cfg, roster = self.settings, self.delivery.roster
         pool_size = cfg.steps_per_round * cfg.batch_size
         asked = roster.with_budget(pool_size, "generator", reserve=self.verify_size)
         if not asked:
@@ -109,7 +133,7 @@ class RemoteOwners:
         anyway). Chunks keep one message under protobuf's 2 GB limit; an owner must answer
         every chunk to count.
         """
-        roster, spc = self.delivery.roster, self.cfg.samples_per_class
+        roster, spc = self.delivery.roster, self.settings.samples_per_class
         asked = roster.with_budget(spc * int(classes.size), "verification")
         if not asked:
             raise OwnerError(
@@ -147,11 +171,13 @@ class RemoteOwners:
 
 
 class LocalTeachers:
-    """Scenario ``weights``: copies of the owners' teachers (and KL statistics) sent once at
-    set-up; every generator update gets fresh feedback computed here, no message at all."""
+    """Scenario ``weights``: copies of the owners' teachers (and regulariser statistics) sent
+    once at set-up; every generator update gets fresh feedback computed here, no message."""
 
-    def __init__(self, oracles: dict[int, FeedbackOracle], cfg: RunConfig, lse_grad: bool) -> None:
-        self.oracles, self.cfg, self.lse_grad = oracles, cfg, lse_grad
+    def __init__(
+        self, oracles: dict[int, FeedbackOracle], settings: SourceSettings, lse_grad: bool
+    ) -> None:
+        self.oracles, self.settings, self.lse_grad = oracles, settings, lse_grad
 
     @classmethod
     def from_setup(
@@ -159,7 +185,7 @@ class LocalTeachers:
         setup: dict[int, schema.Payload],
         num_classes: int,
         device: torch.device,
-        cfg: RunConfig,
+        settings: SourceSettings,
         lse_grad: bool,
     ) -> LocalTeachers:
         """Rebuild each owner's oracle from the weights and statistics it chose to send."""
@@ -172,26 +198,19 @@ class LocalTeachers:
             kind = teacher_network_of(r.weights, dim, covered.size)
             teacher = teacher_network(kind, dim, covered.size)
             load_numpy_state(teacher, r.weights)
-            reg: Regulariser = Regulariser()
-            if "reg_mean" in r.arrays:
-                reg = KLRegulariser(
-                    torch.from_numpy(r.arrays["reg_mean"]),
-                    torch.from_numpy(r.arrays["reg_var"]),
-                    torch.from_numpy(r.arrays["reg_classes"]),
-                ).to(device)
+            reg = _sent_regulariser(settings.regulariser, r.arrays).to(device)
             oracles[node] = FeedbackOracle(
                 teacher.to(device).eval(), covered, num_classes, reg, device
             )
-        return cls(oracles, cfg, lse_grad)
+        return cls(oracles, settings, lse_grad)
 
     def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The class means the owners sent with their teachers (averaged where several
         cover a class), or None when none sent statistics."""
         sums: dict[int, list[np.ndarray]] = {}
         for oracle in self.oracles.values():
-            reg = oracle.regulariser
-            if isinstance(reg, KLRegulariser):
-                s = reg.stats()
+            s = oracle.regulariser.stats()
+            if "mean" in s and "classes" in s:
                 for c, m in zip(s["classes"], s["mean"], strict=True):
                     sums.setdefault(int(c), []).append(m)
         if not sums:
@@ -201,20 +220,35 @@ class LocalTeachers:
 
     def feedback_round(self, trainer: GeneratorTrainer, r: int) -> Iterator[tuple[Pool, Answers]]:
         """``steps-per-round`` one-batch pools, each answered on the current generator."""
-        for _ in range(self.cfg.steps_per_round):
+        for _ in range(self.settings.steps_per_round):
             pool = trainer.make_pool(1)
             yield (
                 pool,
                 {
                     n: o.feedback(
-                        pool.x, pool.labels, pool.batch_size, True, self.cfg.alpha, self.lse_grad
+                        pool.x,
+                        pool.labels,
+                        pool.batch_size,
+                        True,
+                        self.settings.alpha,
+                        self.lse_grad,
                     )
                     for n, o in self.oracles.items()
                 },
             )
 
     def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
-        x, y = trainer.generate(classes, self.cfg.samples_per_class)
+        x, y = trainer.generate(classes, self.settings.samples_per_class)
         nodes = list(self.oracles)
         answers = [self.oracles[n].probs_lse(x) for n in nodes]
         return VerifyAnswers(nodes, x, y, [a[0] for a in answers], [a[1] for a in answers])
+
+
+def _sent_regulariser(name: str, arrays: dict[str, np.ndarray]) -> Regulariser:
+    """The run's regulariser rebuilt from the statistics an owner sent at set-up (its
+    ``reg_<name>`` arrays); R = 0 where it sent none (``regulariser-answer=none``)."""
+    kind = regulariser_kind(name)
+    wire = {stat: f"reg_{stat}" for stat, _, _ in kind.statistics}
+    if not wire or not all(key in arrays for key in wire.values()):
+        return Regulariser()
+    return kind.load().from_stats({stat: arrays[key] for stat, key in wire.items()})

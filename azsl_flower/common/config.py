@@ -38,6 +38,7 @@ from azsl_flower.common.defaults import (
     Weighting,
 )
 from azsl_flower.common.modes import parse_teacher_answer
+from azsl_flower.common.regularisers import REGISTRY, names_where
 
 __all__ = [
     "DEFAULTS",
@@ -208,10 +209,10 @@ def _check_learning(merged: dict[str, Any]) -> None:
         raise ConfigError(f"run-config alpha={merged['alpha']!r}: must be a finite number >= 0")
     if merged["dataset"] == "xlsa17" and not merged["data-dir"]:
         raise ConfigError("dataset=xlsa17 needs data-dir=<folder with att_splits.mat + features>")
-    if merged["scenario"] == "weights" and merged["regulariser"] == "mmd":
+    if merged["scenario"] == "weights" and not REGISTRY[merged["regulariser"]].sendable:
         raise ConfigError(
-            "scenario=weights cannot use regulariser=mmd (it needs real features at the service); "
-            "use kl or none"
+            f"scenario=weights cannot use regulariser={merged['regulariser']} (it needs real "
+            f"features at the service); use {names_where(lambda k: k.sendable)}"
         )
     if merged["teacher-answer"] != "auto":
         try:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The regulariser R an owner computes: the registry's names (common/regularisers.py,
+# torch-free, so common/defaults.py reads them without importing the owner side or torch).
+from azsl_flower.common.regularisers import REGULARISERS
+
 __all__ = [
     "REGULARISERS",
     "REGULARISER_ANSWERS",
@@ -23,11 +27,6 @@ __all__ = [
 # Least revealing first: a later entry tells the service strictly more.
 TEACHER_ANSWERS = ("label", "topk", "probs", "logits")
 REGULARISER_ANSWERS = ("none", "value", "gradient")
-
-# The regulariser R an owner computes (owner/oracle.py make_regulariser implements each; the
-# run config's `regulariser` is checked against it). Here, not in the owner's oracle, so that
-# common/defaults.py can read it without importing the owner side.
-REGULARISERS = ("none", "kl", "mmd")
 
 
 @dataclass(frozen=True)

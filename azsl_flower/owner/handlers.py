@@ -195,9 +195,8 @@ def _setup(job: Job) -> Answer:
     if job.settings.get("scenario") == Scenario.WEIGHTS:  # allowed: the policy checked it
         weights = teacher_weights(st)
         reg = st.oracle.regulariser
-        if hasattr(reg, "stats") and job.settings.get("regulariser-answer", "gradient") != "none":
-            s = reg.stats()
-            arrays |= {"reg_mean": s["mean"], "reg_var": s["var"], "reg_classes": s["classes"]}
+        if reg.has_statistics and job.settings.get("regulariser-answer", "gradient") != "none":
+            arrays |= {f"reg_{name}": value for name, value in reg.stats().items()}
     if job.settings.get("scenario") == Scenario.DFZSL:
         temperature = float(policy["dfzsl-temperature"])
         arrays["cosine_temperature"] = np.asarray([temperature], dtype=np.float32)

@@ -7,6 +7,7 @@ the ``weights`` scenario, on teacher copies and statistics the owners chose to s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from azsl_flower.common.models import predict_logits
 from azsl_flower.common.modes import REGULARISERS
+from azsl_flower.common.regularisers import RegulariserKind, regulariser_kind
 
 __all__ = [
     "REGULARISERS",
@@ -27,7 +29,42 @@ __all__ = [
 
 
 class Regulariser:
-    """R(x̃ | y): distance between generated and the owner's real per-class distributions."""
+    """R(x̃ | y): distance between generated and the owner's real per-class distributions.
+
+    This base is ``none`` (R = 0). A regulariser is a subclass with its ``name`` (its line
+    in :data:`azsl_flower.common.regularisers.REGISTRY` says the rest: statistics, DP
+    release), built by the owner from its data (:meth:`from_features`) and, where it has
+    class statistics, sent as :meth:`stats` and rebuilt from them (:meth:`from_stats`) by
+    the service in scenario ``weights`` and by the owner from its DP release."""
+
+    name: ClassVar[str] = "none"
+
+    @property
+    def kind(self) -> RegulariserKind:
+        """Its registry line: what the run config, the wire and the service know of it."""
+        return regulariser_kind(self.name)
+
+    @property
+    def has_statistics(self) -> bool:
+        return self.kind.has_statistics
+
+    @property
+    def reads_data(self) -> bool:
+        return self.kind.reads_data
+
+    @classmethod
+    def from_features(cls, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Regulariser:
+        """Built by the owner from its training features and labels."""
+        return cls()
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, np.ndarray]) -> Regulariser:
+        """Rebuilt from its class statistics (:meth:`stats`, or a DP release of them)."""
+        raise ValueError(f"regulariser {cls.name!r} has no class statistics to rebuild it from")
+
+    def stats(self) -> dict[str, np.ndarray]:
+        """Its class statistics by name (the registry's ``statistics``; none here)."""
+        return {}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(())
@@ -42,12 +79,14 @@ class KLRegulariser(Regulariser):
     Averaged over feature dimensions so alpha does not scale with the feature size.
     """
 
+    name: ClassVar[str] = "kl"
+
     def __init__(self, mean: torch.Tensor, var: torch.Tensor, classes: torch.Tensor) -> None:
         self.mean, self.var = mean, var
         self.index = {int(c): i for i, c in enumerate(classes.tolist())}
 
     @classmethod
-    def from_features(cls, x: np.ndarray, y: np.ndarray) -> KLRegulariser:
+    def from_features(cls, x: np.ndarray, y: np.ndarray, seed: int = 0) -> KLRegulariser:
         classes = np.unique(y)
         mean = np.stack([x[y == c].mean(0) for c in classes])
         var = np.stack([x[y == c].var(0) for c in classes])
@@ -56,6 +95,14 @@ class KLRegulariser(Regulariser):
             torch.from_numpy(mean).float(),
             torch.from_numpy(np.maximum(var, floor)).float(),
             torch.from_numpy(classes),
+        )
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, np.ndarray]) -> KLRegulariser:
+        return cls(
+            torch.from_numpy(stats["mean"]),
+            torch.from_numpy(stats["var"]),
+            torch.from_numpy(stats["classes"]),
         )
 
     def stats(self) -> dict[str, np.ndarray]:
@@ -83,6 +130,8 @@ class KLRegulariser(Regulariser):
 class MMDRegulariser(Regulariser):
     """Per-class squared MMD with a sum of RBF kernels (bandwidths around the median distance)."""
 
+    name: ClassVar[str] = "mmd"
+
     def __init__(self, x: np.ndarray, y: np.ndarray, per_class: int = 64, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         self.real: dict[int, torch.Tensor] = {}
@@ -93,6 +142,10 @@ class MMDRegulariser(Regulariser):
         sample = torch.cat(list(self.real.values()))[:512]
         d2 = torch.cdist(sample, sample).pow(2)
         self.scales = [float(d2[d2 > 0].median()) * f for f in (0.25, 1.0, 4.0)]
+
+    @classmethod
+    def from_features(cls, x: np.ndarray, y: np.ndarray, seed: int = 0) -> MMDRegulariser:
+        return cls(x, y, seed=seed)
 
     def to(self, device: torch.device) -> MMDRegulariser:
         self.real = {c: r.to(device) for c, r in self.real.items()}
@@ -114,13 +167,8 @@ class MMDRegulariser(Regulariser):
 
 
 def make_regulariser(name: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> Regulariser:
-    if name == "kl":
-        return KLRegulariser.from_features(x, y)
-    if name == "mmd":
-        return MMDRegulariser(x, y, seed=seed)
-    if name == "none":
-        return Regulariser()
-    raise ValueError(f"unknown regulariser {name!r}; choose one of {REGULARISERS}.")
+    """The registered regulariser ``name``, built from the owner's features and labels."""
+    return regulariser_kind(name).load().from_features(x, y, seed=seed)
 
 
 @dataclass

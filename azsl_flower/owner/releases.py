@@ -5,7 +5,8 @@ and kept in the owner's cache beside what it spent (mode 0600,
 :mod:`azsl_flower.owner.files`), so a restarted owner answers from it instead of releasing
 again with fresh noise. Here: the lock that makes concurrent messages share one release,
 every release the cache holds (for ``epsilon-limit`` and the declared lifetime spend), the
-limit check, and the statistics release. The DP teacher's training is in
+limit check, and the statistics release (of any regulariser whose registry line has a
+``dp_release``: KL's). The DP teacher's training is in
 :mod:`azsl_flower.owner.state` (with the non-private teacher's), the mechanisms and the
 accountant in :mod:`azsl_flower.owner.dp`.
 """
@@ -24,12 +25,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from azsl_flower.owner import dp
 from azsl_flower.owner.data import OwnerData
 from azsl_flower.owner.files import open_private, private_dir, write_private
-from azsl_flower.owner.oracle import KLRegulariser
+from azsl_flower.owner.oracle import Regulariser
 from azsl_flower.owner.privacy import OwnerPrivacy
 from azsl_flower.wire.errors import Refused
 
@@ -90,9 +90,16 @@ def _within_limit(cache: Path, privacy: OwnerPrivacy, new: dp.Mechanism, delta: 
 
 
 def _dp_statistics(
-    data: OwnerData, cache: Path, stats_key: str, privacy: OwnerPrivacy, train: bool = True
-) -> tuple[KLRegulariser, dp.Mechanism]:
-    """The KL regulariser's statistics released once with the Gaussian mechanism.
+    kind: type[Regulariser],
+    data: OwnerData,
+    cache: Path,
+    stats_key: str,
+    privacy: OwnerPrivacy,
+    train: bool = True,
+) -> tuple[Regulariser, dp.Mechanism]:
+    """A regulariser with a DP release (its registry line's ``dp_release``: it is computed
+    from class means and variances), built from those statistics released once with the
+    Gaussian mechanism.
 
     The noise comes from the operating system, never from the run's seed (the service
     knows it), and the release is kept on disk: the owner answers from the same noisy
@@ -115,7 +122,5 @@ def _dp_statistics(
         )
         blob = np.array(json.dumps(asdict(mech)))
         write_private(path, lambda fh: np.savez(fh, mean=mean, var=var, mechanism=blob))
-    reg = KLRegulariser(
-        torch.from_numpy(mean), torch.from_numpy(var), torch.from_numpy(data.covered_classes)
-    )
+    reg = kind.from_stats({"mean": mean, "var": var, "classes": data.covered_classes})
     return reg, mech

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from azsl_flower.common.config import TEACHER_KEYS, resolve_cache_dir
 from azsl_flower.common.models import fit, resolve_device, state_to_numpy, teacher_network
+from azsl_flower.common.regularisers import REGISTRY, names_where, regulariser_kind
 from azsl_flower.owner import dp
 from azsl_flower.owner.data import OwnerData, load_owner_data
 from azsl_flower.owner.dfzsl import train_cosine_teacher
@@ -84,7 +85,7 @@ class OwnerState:
         not_covered = []
         if "teacher" not in self.mechanisms:
             not_covered.append("teacher (trained without DP)")
-        if reg_used and type(reg) is not Regulariser and "stats" not in self.mechanisms:
+        if reg_used and reg.reads_data and "stats" not in self.mechanisms:
             not_covered.append(f"{settings.get('regulariser', 'kl')} regulariser statistics")
         answers_covered = not not_covered
         not_covered.append(EXACT_EVALUATION)
@@ -123,11 +124,13 @@ def check_settings(settings: dict, privacy: OwnerPrivacy) -> None:
     if not whole:
         raise Refused("policy", f"seed={seed!r}: a whole number >= 0")
     reg = str(settings.get("regulariser", "kl"))
-    if privacy.dp_stats and reg not in ("kl", "none"):
+    kind = REGISTRY.get(reg)
+    if privacy.dp_stats and (kind is None or not kind.privately_releasable):
         raise Refused(
             "policy",
             f"regulariser={reg} keeps real samples and has no DP release; this owner "
-            "(node-config stats-epsilon) answers regulariser=kl or none",
+            f"(node-config stats-epsilon) answers regulariser="
+            f"{names_where(lambda k: k.privately_releasable)}",
         )
     if privacy.dp_teacher and str(settings.get("scenario")) == "dfzsl":
         raise Refused(
@@ -153,7 +156,35 @@ def owner_state(
     release for these settings, so no such message makes the owner train or release."""
     privacy = privacy or OwnerPrivacy()
     check_settings(settings, privacy)
-    data = load_owner_data(
+    data = _load_data(settings, partition_id, num_partitions)
+    keys = _keys(data, settings, privacy, partition_id)
+    cache = resolve_cache_dir(settings.get("cache-dir"))
+    path = cache / f"teacher-{keys.teacher}.pt"
+    memory = f"{cache}|{keys.state}"  # one process may serve owners with other caches
+    cached = _STATE.get(memory)
+    # a set-up makes sure its teacher is on disk (a restarted owner needs it there)
+    if cached is not None and cached.privacy == privacy and (not train or path.is_file()):
+        return cached
+    device = resolve_device(str(settings.get("device", "auto")))
+    mechanisms: dict[str, dp.Mechanism] = {}
+    teacher, spent = _make_teacher(data, settings, privacy, partition_id, path, device, train)
+    if teacher is None:  # train=False and the cache holds none (never made, or pruned)
+        raise no_teacher()
+    if spent is not None:
+        mechanisms["teacher"] = spent
+    teacher.eval()
+    reg = _regulariser(data, settings, privacy, cache, keys.stats, train, mechanisms)
+    classes = data.covered_classes
+    oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)
+    while len(_STATE) >= 8:  # a simulation process may serve several owners: bound memory
+        _STATE.pop(next(iter(_STATE)))
+    _STATE[memory] = OwnerState(data, oracle, path, privacy, mechanisms, keys.state)
+    return _STATE[memory]
+
+
+def _load_data(settings: dict, partition_id: int, num_partitions: int) -> OwnerData:
+    """This owner's share of the dataset the settings name, split as they ask."""
+    return load_owner_data(
         str(settings["dataset"]),
         str(settings.get("data-dir", "")),
         str(settings.get("feature-file", "res101.mat")),
@@ -166,6 +197,21 @@ def owner_state(
         owner_classes=str(settings.get("owner-classes", "")),
         split=str(settings.get("split", "test")),
     )
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """What the owner's state is cached by: the teacher file, the whole state (teacher,
+    regulariser, DP settings) and the DP statistics release ("" without one)."""
+
+    teacher: str
+    state: str
+    stats: str
+
+
+def _keys(data: OwnerData, settings: dict, privacy: OwnerPrivacy, partition_id: int) -> _Keys:
+    """The cache keys of these settings (their values are those of the cache's file names:
+    changing them would retrain every cached teacher)."""
     teacher_cfg = {k: settings.get(k) for k in TEACHER_KEYS}
     cosine = str(settings.get("scenario")) == "dfzsl"  # DFZSL's cosine teacher, not the MLP
     if cosine:  # only then in the key: cached MLP teachers keep their keys
@@ -185,33 +231,32 @@ def owner_state(
     reg_name = str(settings.get("regulariser", "kl"))
     stats_cfg = f"{privacy.stats_epsilon}-{privacy.stats_clip}-{privacy.teacher_delta}"
     state_key = f"{key}-{reg_name}-{stats_cfg if privacy.dp_stats else 'exact'}"
+    stats_key = ""
     if privacy.dp_stats:  # the statistics depend on the data and the release settings only
-        stats_key = (
-            _digest(
-                data,
-                {k: v for k, v in release_cfg.items() if k not in ("dp", "network")},
-                partition_id,
-            )
-            + f"-{stats_cfg}"
-        )
-    cache = resolve_cache_dir(settings.get("cache-dir"))
-    path = cache / f"teacher-{key}.pt"
-    memory = f"{cache}|{state_key}"  # one process may serve owners with other caches
-    cached = _STATE.get(memory)
-    # a set-up makes sure its teacher is on disk (a restarted owner needs it there)
-    if cached is not None and cached.privacy == privacy and (not train or path.is_file()):
-        return cached
-    device = resolve_device(str(settings.get("device", "auto")))
+        stats_release = {k: v for k, v in release_cfg.items() if k not in ("dp", "network")}
+        stats_key = _digest(data, stats_release, partition_id) + f"-{stats_cfg}"
+    return _Keys(key, state_key, stats_key)
+
+
+def _make_teacher(
+    data: OwnerData,
+    settings: dict,
+    privacy: OwnerPrivacy,
+    partition_id: int,
+    path: Path,
+    device: torch.device,
+    train: bool,
+) -> tuple[torch.nn.Module | None, dp.Mechanism | None]:
+    """The teacher (cosine for dfzsl, DP-SGD with ``teacher-epsilon``, else the MLP) from
+    the cache or trained, and what a DP teacher spent."""
     classes = data.covered_classes
     seed = (0 if privacy.dp_teacher else int(settings.get("seed", 0))) + 7919 * partition_id
-    mechanisms: dict[str, dp.Mechanism] = {}
     # The teacher's initial weights and dropout draw from a generator seeded here, not from
     # whatever the process ran before: the same teacher under `flwr run`, the Python
     # launchers and in-process tests, and the process's own RNG left as it was.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        spent = None
-        if cosine:
+        if str(settings.get("scenario")) == "dfzsl":
             teacher = train_cosine_teacher(
                 data.train_x,
                 np.searchsorted(classes, data.train_y),
@@ -224,28 +269,32 @@ def owner_state(
                 seed=seed,
                 train=train,
             )
-        elif privacy.dp_teacher:
-            with release_lock(cache):  # concurrent messages make one release, not two
-                teacher, spent = _teacher(
-                    data, classes, device, path, settings, seed, privacy, train
-                )
-        else:
-            teacher, spent = _teacher(data, classes, device, path, settings, seed, privacy, train)
-    if teacher is None:  # train=False and the cache holds none (never made, or pruned)
-        raise no_teacher()
-    if spent is not None:
-        mechanisms["teacher"] = spent
-    teacher.eval()
-    if privacy.dp_stats and reg_name != "none":  # kl: check_settings refused the others
+            return teacher, None
+        if privacy.dp_teacher:
+            with release_lock(path.parent):  # concurrent messages make one release, not two
+                return _teacher(data, classes, device, path, settings, seed, privacy, train)
+        return _teacher(data, classes, device, path, settings, seed, privacy, train)
+
+
+def _regulariser(
+    data: OwnerData,
+    settings: dict,
+    privacy: OwnerPrivacy,
+    cache: Path,
+    stats_key: str,
+    train: bool,
+    mechanisms: dict[str, dp.Mechanism],
+) -> Regulariser:
+    """The asked regulariser: from its DP release with ``stats-epsilon`` (what it spent
+    goes into ``mechanisms``), else from the owner's features."""
+    kind = regulariser_kind(str(settings.get("regulariser", "kl")))
+    if privacy.dp_stats and kind.reads_data:  # check_settings refused those without a release
         with release_lock(cache):
-            reg, mechanisms["stats"] = _dp_statistics(data, cache, stats_key, privacy, train)
-    else:
-        reg = make_regulariser(reg_name, data.train_x, data.train_y, int(settings.get("seed", 0)))
-    oracle = FeedbackOracle(teacher, classes, data.num_classes, reg.to(device), device)
-    while len(_STATE) >= 8:  # a simulation process may serve several owners: bound memory
-        _STATE.pop(next(iter(_STATE)))
-    _STATE[memory] = OwnerState(data, oracle, path, privacy, mechanisms, state_key)
-    return _STATE[memory]
+            reg, mechanisms["stats"] = _dp_statistics(
+                kind.load(), data, cache, stats_key, privacy, train
+            )
+        return reg
+    return make_regulariser(kind.name, data.train_x, data.train_y, int(settings.get("seed", 0)))
 
 
 # Run-config keys the service chooses freely (TEACHER_KEYS): never part of a DP release's key.

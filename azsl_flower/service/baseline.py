@@ -20,13 +20,16 @@ what the generator and student add over the released statistics alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import numpy as np
 import torch
 from torch import nn
 
 from azsl_flower.common.models import classifier
 
-__all__ = ["KLStatsFit", "class_means", "ncm_classifier"]
+__all__ = ["REVEALED_FITS", "KLStatsFit", "StatisticsFit", "class_means", "ncm_classifier"]
 
 
 class KLStatsFit:
@@ -90,6 +93,27 @@ class KLStatsFit:
         mean = np.where(ok, -c0 / np.where(ok, a, 1.0), sx / n)
         var = np.where(ok, 1.0 / np.where(ok, a, 1.0), np.nan)
         return mean.astype(np.float32), var.astype(np.float32), classes
+
+
+class StatisticsFit(Protocol):
+    """A closed-form fit of the class statistics a regulariser's gradients reveal."""
+
+    def add(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        grad: np.ndarray,
+        alpha: float,
+        batch_size: int,
+        covered: np.ndarray,
+    ) -> None: ...
+
+    def estimate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+# The service's fit of what each regulariser's gradients reveal, by its registered name
+# (azsl_flower/common/regularisers.py): (num_classes, dim) -> fit. Not listed: none.
+REVEALED_FITS: dict[str, Callable[[int, int], StatisticsFit]] = {"kl": KLStatsFit}
 
 
 def class_means(x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

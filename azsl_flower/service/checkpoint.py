@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -82,17 +83,32 @@ def _restore_rng(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class Checkpointer:
-    """Saves and finds the checkpoint of one run configuration."""
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """The run-config values a :class:`Checkpointer` reads."""
 
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
+    folder: Path  # checkpoint-dir, or the output-dir's checkpoints/
+    every: int  # checkpoint-every (0: never)
+    rounds: int
+    resume: str
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> CheckpointSettings:
         folder = cfg.checkpoint_dir or str(Path(cfg.output_dir) / "checkpoints")
-        self.path = Path(folder).expanduser() / f"azsl-{fingerprint(cfg)}.pt"
+        return cls(Path(folder).expanduser(), cfg.checkpoint_every, cfg.rounds, cfg.resume)
+
+
+class Checkpointer:
+    """Saves and finds the checkpoint of one run configuration (``fingerprint``: its
+    :func:`fingerprint`, which names the file)."""
+
+    def __init__(self, settings: CheckpointSettings, fingerprint: str) -> None:
+        self.settings = settings
+        self.path = settings.folder / f"azsl-{fingerprint}.pt"
 
     def due(self, round_: int) -> bool:
-        every = self.cfg.checkpoint_every
-        return every > 0 and (round_ % every == 0 or round_ == self.cfg.rounds)
+        every = self.settings.every
+        return every > 0 and (round_ % every == 0 or round_ == self.settings.rounds)
 
     def save(self, round_: int, service_state: dict[str, Any], extra: dict[str, Any]) -> None:
         """Atomically replace the checkpoint with the state after ``round_``."""
@@ -113,7 +129,7 @@ class Checkpointer:
         """The saved state (RNGs restored), or None when there is nothing to resume."""
         if not self.path.is_file():
             return None
-        if self.cfg.resume == "never":
+        if self.settings.resume == "never":
             log(WARNING, "resume='never': starting over; %s will be replaced", self.path)
             return None
         try:
@@ -128,7 +144,7 @@ class Checkpointer:
                 f"checkpoint {self.path} was written by another version or settings; delete "
                 "it or set resume='never' to start over"
             )
-        if blob["round"] >= self.cfg.rounds:
+        if blob["round"] >= self.settings.rounds:
             log(WARNING, "checkpoint %s already holds all %d rounds", self.path, blob["round"])
         _restore_rng(blob["rng"])
         log(INFO, "resuming from %s: generator rounds 1-%d are done", self.path, blob["round"])

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from azsl_flower.common.regularisers import REGISTRY
+
 __all__ = [
     "ProtocolError",
     "Spec",
@@ -68,6 +70,12 @@ class Kind:
 
 
 F32, I64 = "float32", "int64"
+# every registered regulariser's class statistics, as the set-up reply's reg_<name> arrays
+REGULARISER_STATISTICS = {
+    f"reg_{name}": (dtype, rank)
+    for kind in REGISTRY.values()
+    for name, dtype, rank in kind.statistics
+}
 _COUNTS = ("seen_correct", "seen_total", "unseen_correct", "unseen_total", "zsl_correct")
 
 SETUP = Kind(
@@ -96,13 +104,12 @@ SETUP = Kind(
             # JSON: its response modes, rounding and DP mechanisms (azsl_flower/owner/dp.py)
             "privacy": str,
         },
-        # weights scenario only: the teacher and the KL regulariser's per-class statistics;
-        # dfzsl only: the cosine teacher's temperature, and its head (unit class directions,
-        # rows in `covered` order) where the owner's policy releases it
+        # weights scenario only: the teacher and the regulariser's per-class statistics
+        # (reg_<name>: each registered regulariser's, common/regularisers.py; KL's mean, var,
+        # classes); dfzsl only: the cosine teacher's temperature, and its head (unit class
+        # directions, rows in `covered` order) where the owner's policy releases it
         optional_arrays={
-            "reg_mean": (F32, 2),
-            "reg_var": (F32, 2),
-            "reg_classes": (I64, 1),
+            **REGULARISER_STATISTICS,
             "cosine_temperature": (F32, 1),
             "cosine_head": (F32, 2),
         },
