@@ -444,7 +444,7 @@ def test_pruning_the_teacher_cache_keeps_dp_teachers(tmp_path):
     # on its training set would release again
     from types import SimpleNamespace
 
-    from azsl_flower.owner.state import prune_teachers
+    from azsl_flower.owner.teacher_files import prune_teachers
 
     files = [tmp_path / f"teacher-{i}.pt" for i in range(4)]
     for i, f in enumerate(files):

@@ -44,12 +44,11 @@ from azsl_flower.owner.session import Session, open_session
 from azsl_flower.owner.state import (
     OwnerState,
     check_settings,
-    mark_used,
     no_teacher,
     owner_state,
-    prune_teachers,
     teacher_weights,
 )
+from azsl_flower.owner.teacher_files import mark_used, prune_teachers
 from azsl_flower.wire import errors, schema
 from azsl_flower.wire.crypto import RejectedError
 from azsl_flower.wire.errors import Refused

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,9 +45,7 @@ from azsl_flower.wire.errors import Refused
 __all__ = [
     "OwnerState",
     "check_settings",
-    "mark_used",
     "owner_state",
-    "prune_teachers",
     "released",
     "teacher_weights",
     # importable from here as before the DP-release helpers moved to owner/releases.py
@@ -374,32 +371,3 @@ def _teacher(
     # owner-readable only (a teacher is private too), atomic: never half a file
     write_private(path, lambda fh: torch.save(teacher.state_dict(), fh))
     return teacher, spent
-
-
-def mark_used(state: OwnerState) -> None:
-    """Mark the state's teacher file most recently used, so pruning (oldest first) keeps
-    the teachers runs are answering from."""
-    current = state.teacher_file
-    if current is not None and current.is_file() and not current.is_symlink():
-        os.utime(current)
-
-
-def prune_teachers(state: OwnerState, keep: int) -> None:
-    """Keep the ``keep`` most recently used teacher files of this cache (0: keep all).
-
-    Every new teacher setting a set-up asks for (epochs, learning rate, split) leaves a
-    file; a bounded cache keeps that from filling the owner's disk. Set-up prunes after it
-    trains, so the cache never holds more than ``keep`` files, except DP teachers: each
-    counts as one of the ``keep`` but is never deleted (a release: deleted, a later run
-    would make another one). The teacher in use stays."""
-    if not keep or state.teacher_file is None:
-        return
-    current = state.teacher_file
-    mark_used(state)  # most recently used
-    files = sorted(
-        current.parent.glob("teacher-*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True
-    )
-    for old in files[keep:]:
-        # a DP teacher is a release: deleted, a later run would make another one
-        if old != current and not old.with_suffix(".dp.json").exists():
-            old.unlink(missing_ok=True)
