@@ -85,7 +85,7 @@ class Transport:
             )
             for n in nodes
         ]
-        replies = self._round_trip(grid, messages)
+        replies = self._round_trip(grid, messages, phase)
         return {
             node: self._outcome(node, kind, phase, len(parts), reply, check)
             for node, reply in zip(nodes, replies, strict=True)
@@ -107,8 +107,11 @@ class Transport:
                 return
             time.sleep(max(self.poll_interval, 0.5))
 
-    def _round_trip(self, grid: Grid, messages: list[Message]) -> list[Message | str]:
-        """Push all messages at once, poll for every reply; one round trip, counted.
+    def _round_trip(
+        self, grid: Grid, messages: list[Message], phase: str = ""
+    ) -> list[Message | str]:
+        """Push all messages at once, poll for every reply; one round trip, counted and timed
+        (``traffic.timings``: when it was pushed, each reply's seconds after that).
 
         A message the grid did not queue, or whose reply did not come within ``timeout``,
         comes back as the reason why not.
@@ -121,21 +124,34 @@ class Transport:
             nbytes, node = codec.payload_nbytes(m.content), m.metadata.dst_node_id
             self.traffic.bytes_sent += nbytes
             self.traffic.sent_by_node[node] = self.traffic.sent_by_node.get(node, 0) + nbytes
+        pushed, start = time.time(), time.monotonic()
         ids = list(grid.push_messages(messages))
         if len(ids) != len(messages):
             raise OwnerError(
                 f"the grid returned {len(ids)} message ids for {len(messages)} messages"
             )
-        pending, replies = {i for i in ids if i}, {}
+        pending, replies, took = {i for i in ids if i}, {}, {}
         deadline = time.monotonic() + self.timeout
         while pending:
             for reply in grid.pull_messages(list(pending)):
                 replies[reply.metadata.reply_to_message_id] = reply
                 pending.discard(reply.metadata.reply_to_message_id)
+                took[reply.metadata.reply_to_message_id] = round(time.monotonic() - start, 4)
             if pending:
                 if time.monotonic() > deadline:
                     break  # the silent owners fail this round trip; the others go on
                 time.sleep(self.poll_interval)
+        self.traffic.timings.append(
+            {
+                "kind": messages[0].metadata.message_type if messages else "",
+                "phase": phase,
+                "pushed": round(pushed, 4),
+                "replies": [
+                    {"node": m.metadata.dst_node_id, "message": i, "seconds": took.get(i)}
+                    for m, i in zip(messages, ids, strict=True)
+                ],
+            }
+        )
         silent = f"no answer within timeout={self.timeout}s"
         out: list[Message | str] = [
             replies.get(mid, silent) if mid else "the grid did not queue the message" for mid in ids

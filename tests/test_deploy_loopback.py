@@ -22,7 +22,13 @@ import pytest
 
 from simulations.deploy.layout import DATA_FILE, prepare, write_owner_data
 from simulations.deploy.processes import LocalDeployment
-from simulations.deploy.results import results_of, round_trip_cost
+from simulations.deploy.results import (
+    PARTS,
+    breakdown,
+    owner_timings_of,
+    results_of,
+    round_trip_cost,
+)
 from simulations.run.local_superlink import processes_of
 
 # A short job: each deployed round trip costs seconds (HTTP polling, a ClientApp process per
@@ -85,6 +91,11 @@ def test_loopback_deployment_tls_node_auth_two_owners(deployment):
     assert "run status: finished:completed" in log
     assert dep.registry is not None and dep.registry.fetched[-1] == dep.app.spec  # signed app
     print(f"loopback run: {time.monotonic() - t0:.0f}s; {round_trip_cost(res)}")
+    # where the seconds went: every reply joined to its owner's timing line (issue 23)
+    split = breakdown(res, owner_timings_of(dep.layout))
+    every = split["kinds"]["all"]
+    assert split["unmatched"] == 0 and every["messages"] == 2 * res["round_trips"], split
+    assert every["wall"] == pytest.approx(sum(every[p] for p in PARTS), abs=0.01)
 
 
 def test_loopback_owners_refuse_an_unsigned_app(deployment):

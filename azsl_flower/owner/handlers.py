@@ -29,7 +29,7 @@ from flwr.common.logger import log
 
 from azsl_flower.common.config import Scenario
 from azsl_flower.common.models import classifier, resolve_device
-from azsl_flower.owner import budget
+from azsl_flower.owner import budget, timing
 from azsl_flower.owner.answers import feedback_answer, rounded, verify_answer
 from azsl_flower.owner.dfzsl import probe_logits
 from azsl_flower.owner.evaluation import (
@@ -90,8 +90,10 @@ def _serve(
     """Open the sealed request, check it against the policy, reserve what it costs, answer
     each payload in it and seal the answers together; all under this run's lock."""
     with open_session(context) as session:
+        timing.mark("session")  # policy, keys, run state locked and read
         try:
             request, parts = session.security.open(msg, kind.message_type)
+            timing.mark("opened")
         except RejectedError as exc:
             # Refused before any use; the reply says why but carries nothing else.
             log(
@@ -126,7 +128,10 @@ def _serve(
                 exc_info=exc,
             )
             answers = [errors.refusal_record(errors.internal_error(exc))]
-        return Message(session.security.seal(kind.message_type, request, answers), reply_to=msg)
+        timing.mark("answered")
+        reply = Message(session.security.seal(kind.message_type, request, answers), reply_to=msg)
+        timing.mark("sealed")
+        return reply
 
 
 def _answer(
@@ -152,6 +157,7 @@ def _answer(
     lifetime = budget.reserve(session.ledger, session.policy, kind, payloads)
     for job in jobs:
         job.lifetime = lifetime
+    timing.mark("state")  # teachers loaded (a set-up trains in its answer), budget reserved
     answers = [schema.encode(kind, "reply", **handle(job)) for job in jobs]  # type: ignore[arg-type]
     if setup:  # bind the run to the teachers its set-ups made (one entry per setting)
         keys = dict.fromkeys([*made, *(job.state.key for job in jobs)])

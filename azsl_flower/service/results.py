@@ -43,6 +43,8 @@ class TrafficStats:
     rejections: list[dict[str, object]] = field(default_factory=list)
     sent_by_node: dict[int, int] = field(default_factory=dict)  # payload bytes per owner
     received_by_node: dict[int, int] = field(default_factory=dict)
+    # per round trip: kind, phase, pushed (epoch s), replies [{node, message id, seconds}]
+    timings: list[dict[str, object]] = field(default_factory=list)
 
     def per_owner(self) -> dict[str, dict[str, int]]:
         return {
@@ -157,6 +159,7 @@ class RunResult:
             "rejected_messages": self.traffic.rejected,
             "rejections": self.traffic.rejections,
             "retries": self.traffic.retries,
+            "round_trip_timings": self.traffic.timings,
             "faults_injected": self.faults_injected,
             "verification": self.verification,
             "federation": self.federation.to_json(),

@@ -8,7 +8,10 @@ a private ``FLWR_HOME``, runs the *signed* app (``flwr run @azsl-flower/azsl-flo
 azsl --stream``: the SuperNodes start with ``--trusted-entities`` and run nothing else, see
 :mod:`azsl_flower.tools.signing`), checks the run's real status (``flwr run --stream``
 exits 0 when the ServerApp failed) and always stops every process it started (also on
-Ctrl-C or failure).
+Ctrl-C or failure). After the run it prints where a round trip's seconds went (Flower's
+waits, the owners' ClientApp process start, imports, state load, crypto, compute: from the
+service's timings in results.json and the owners' timing lines in their SuperNode logs) and
+saves that in ``<work>/round-trip-breakdown.json``.
 
     python -m simulations.deploy.local demo --work /tmp/azsl-deploy --owners 2 \\
         --run-config "rounds=2 steps-per-round=2 student-epochs=2 samples-per-class=30"
@@ -40,7 +43,14 @@ from pathlib import Path
 from azsl_flower.tools.deploy import DeployError
 from simulations.deploy.layout import DATA_FILE, DEALT, HOST, prepare, write_owner_data
 from simulations.deploy.processes import LocalDeployment
-from simulations.deploy.results import results_of, round_trip_cost
+from simulations.deploy.results import (
+    BREAKDOWN,
+    breakdown,
+    format_breakdown,
+    owner_timings_of,
+    results_of,
+    round_trip_cost,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -73,6 +83,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"flwr run exited with {rc}; {len(found)} results.json under {lay.outputs}")
     if found:
         print(f"round-trip cost: {json.dumps(round_trip_cost(found[-1]))}")
+        split = breakdown(found[-1], owner_timings_of(lay))
+        (lay.work / BREAKDOWN).write_text(json.dumps(split, indent=2))
+        print(f"{format_breakdown(split)}\n(saved in {lay.work / BREAKDOWN})")
     return rc
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from azsl_flower.owner.timing import ENV as OWNER_TIMINGS
 from azsl_flower.tools.deploy import DeployError, write_connection
 from azsl_flower.tools.signing import AppRegistry, SignedApp, sign_app
 from simulations.deploy.groups import kill_group, spawn, stop_group, wait_port
@@ -192,6 +193,8 @@ class LocalDeployment:
                 str(self.node_ports[i]),
                 # no dependency flag: SuperNodes never install (only the SuperLink does)
             ],
+            # each ClientApp process logs its timings to this owner's log (never the wire)
+            env={OWNER_TIMINGS: "1"},
         )
 
     def nodes(self) -> dict[int, str]:
