@@ -2,9 +2,10 @@
 
 Shaped like Flower's Message-API strategies: each phase has a ``configure_*`` that builds
 the request (message kind, payloads, owners) and an ``aggregate_*`` that turns the owners'
-answers into what the learner uses; :meth:`AZSLStrategy.start` runs Algorithm 1 as a few
-short phases. Sending is :class:`~strategies.delivery.Delivery`'s job (transport + roster: re-sends,
-skips, drops); generator feedback comes from a
+answers into what the learner uses; the method runs Algorithm 1 as a few short phases
+(set-up and evaluation are :meth:`strategies.methods.Method.start`'s, the rounds between
+them :meth:`AZSLStrategy.learn`'s). Sending is :class:`~strategies.delivery.Delivery`'s
+job (transport + roster: re-sends, skips, drops); generator feedback comes from a
 :mod:`feedback source <strategies.sources>` (remote owners, or the teachers of scenario
 ``weights``). Round trips are the expensive part (≈0.1 s simulated, ≈10 s deployed), so
 each carries a pool of ``steps-per-round`` generated batches.
@@ -30,16 +31,14 @@ from azsl_flower.common.regularisers import regulariser_kind
 from azsl_flower.service import ensemble
 from azsl_flower.service.baseline import REVEALED_FITS, StatisticsFit, class_means, ncm_classifier
 from azsl_flower.service.generator import GeneratorSettings, GeneratorTrainer, Pool
-from azsl_flower.service.results import RunResult
 from azsl_flower.service.student import StudentSettings, train_models
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
 from strategies.checks import check_feedback
-from strategies.phases import OwnerPhases
-from strategies.requests import Evaluation, Feedback, Request, Verified
+from strategies.methods import Learnt, Method
+from strategies.requests import Feedback, Request, Verified
 from strategies.roster import OwnerError
 from strategies.sources import FeedbackSource, LocalTeachers, RemoteOwners, SourceSettings
-from strategies.warm_start import warm_start
 
 __all__ = ["AZSLStrategy", "OwnerError"]
 
@@ -50,7 +49,7 @@ def _per_batch(values: list[np.ndarray | None]) -> np.ndarray:
     return np.mean(sent, 0) if sent else np.full(1, np.nan, dtype=np.float32)
 
 
-class AZSLStrategy(OwnerPhases):
+class AZSLStrategy(Method):
     """Runs AZSL over a Flower Grid for any number of owners (set-up, verification and
     evaluation are :class:`~strategies.phases.OwnerPhases`')."""
 
@@ -115,11 +114,16 @@ class AZSLStrategy(OwnerPhases):
 
     # -- Algorithm 1 ------------------------------------------------------------------------
 
-    def start(self, grid: Grid, events: RunEvents | None = None) -> RunResult:
-        """Set-up, generator rounds, verification, student (and classifier C), evaluation."""
-        events = events or RunEvents()
+    def learn(
+        self,
+        *,
+        grid: Grid,
+        setup: dict[int, schema.Payload],
+        declared: ensemble.Declarations,
+        events: RunEvents,
+    ) -> Learnt:
+        """Generator rounds, verification, student (and classifier C), the NCM baselines."""
         t0, phases = time.monotonic(), {}
-        setup, declared = self.setup(grid)
         trainer = GeneratorTrainer(
             GeneratorSettings.from_config(self.cfg), self.classes.semantics, declared, self.device
         )
@@ -135,18 +139,18 @@ class AZSLStrategy(OwnerPhases):
             declared.unseen.size,
             self.cfg.scenario,
         )
-        warm: dict[str, object] = {}
-        if self.cfg.warm_start == "dfzsl" and not self._resumable():
-            t = time.monotonic()
-            warm = warm_start(self, grid, trainer, declared)
+        t = time.monotonic()
+        warm, contributors = self.warm_start(grid=grid, trainer=trainer, declared=declared)
+        if warm:
             phases["warm_start"] = time.monotonic() - t
         t = time.monotonic()
         history, resumed = self._train_generator(source, trainer, events)
+        contributors["generator"] = sorted(self.roster.generator_answers)
         phases["generator"] = time.monotonic() - t
         t = time.monotonic()
         trainable = self.roster.declarations().trainable
         answers = source.verify(trainer, trainable)
-        self.roster.contributors["verification"] = answers.nodes
+        contributors["verification"] = answers.nodes
         verified = self.aggregate_verify(answers, trainable)
         phases["verification"] = time.monotonic() - t
         t = time.monotonic()
@@ -154,18 +158,27 @@ class AZSLStrategy(OwnerPhases):
         phases["student"] = time.monotonic() - t
         t = time.monotonic()
         models |= self._baselines(source, verified)
-        request = self.configure_evaluate(models, declared.unseen)
-        replies = self.delivery.ask(grid, request)
-        evaluation = self.aggregate_evaluate(replies, list(models))
-        self.roster.contributors["evaluation"] = list(replies)
-        phases["evaluation"] = time.monotonic() - t
-        result = self._result(evaluation, models, trainer, verified, history, phases)
-        result.resumed_from_round = resumed
-        if warm:
-            result.method = {"name": "azsl", "warm_start": warm}
-        result.wall_seconds = time.monotonic() - t0
-        events.finished(result)
-        return result
+        phases["evaluation"] = time.monotonic() - t  # the loop adds its round trip's
+        main = next(iter(models))
+        return Learnt(
+            models=models,
+            saved={"generator": trainer.generator, "student": models[main]},
+            verification=verified.report,
+            contributors=contributors,
+            phase_seconds=phases,
+            history=history,
+            method={"name": "azsl", "warm_start": warm} if warm else {},
+            baseline={"released": self.released},
+            resumed_from_round=resumed,
+        )
+
+    def warm_start(
+        self, *, grid: Grid, trainer: GeneratorTrainer, declared: ensemble.Declarations
+    ) -> tuple[dict[str, object], dict[str, list[int]]]:
+        """Before the generator rounds: nothing here (the hybrid, :mod:`strategies.hybrid`,
+        fits the generator to DFZSL's virtual features); what results.json's ``method``
+        shows of it, and who answered its round trips."""
+        return {}, {}
 
     def _resumable(self) -> bool:
         """A checkpoint of this run's settings will be resumed: its generator is already
@@ -224,7 +237,6 @@ class AZSLStrategy(OwnerPhases):
                 extra = {"history": history, "answers": answers_by_node}
                 self.checkpoint.save(r, trainer.state_dict(), extra)
             events.round_done(r, cfg.rounds, stats, self._owner_totals())
-        roster.contributors["generator"] = sorted(roster.generator_answers)
         return history, resumed
 
     # -- the nearest-class-mean baseline -----------------------------------------------------
@@ -303,18 +315,3 @@ class AZSLStrategy(OwnerPhases):
             self.device,
             events.epoch_done,
         )
-
-    def _result(
-        self,
-        evaluation: Evaluation,
-        models: dict[str, torch.nn.Module],
-        trainer: GeneratorTrainer,
-        verified: Verified,
-        history: list[dict[str, float]],
-        phases: dict[str, float],
-    ) -> RunResult:
-        main = next(iter(models))
-        saved = {"generator": trainer.generator, "student": models[main]}
-        result = self.run_result(evaluation, models, verified.report, history, phases, saved)
-        result.baseline = {"released": self.released}
-        return result

@@ -7,32 +7,38 @@ by black-box matching; with ``dfzsl-kappa=dimension`` one verification of a ladd
 concentrations; one verification of the virtual features; one evaluation. Learning in
 between is :class:`~azsl_flower.service.dfzsl.learner.DFZSLLearner`'s; set-up,
 verification and evaluation are :class:`~strategies.phases.OwnerPhases`'.
+
+:class:`DFZSLPhases` are DFZSL's own round trips, constructible over another run's link
+(the hybrid, :mod:`strategies.hybrid`, asks them before AZSL's rounds);
+:class:`DFZSLStrategy` is the method that runs them from set-up to evaluation.
 """
 
 from __future__ import annotations
 
 import time
 from logging import INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from azsl_flower.service import ensemble
 from azsl_flower.service.dfzsl.directions import match_directions, merge_directions, probe_features
 from azsl_flower.service.dfzsl.learner import LADDER, DFZSLLearner, DFZSLSettings
-from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
 from strategies.checks import check_probe
+from strategies.methods import Learnt, Method
 from strategies.phases import OwnerPhases
 from strategies.requests import Request, Verified
 from strategies.roster import OwnerError
 
-__all__ = ["DFZSLStrategy"]
+__all__ = ["DFZSLPhases", "DFZSLStrategy"]
 
 
-class DFZSLStrategy(OwnerPhases):
-    """Runs DFZSL over a Flower Grid for any number of owners."""
+class DFZSLPhases(OwnerPhases):
+    """DFZSL's round trips: the cosine set-up's reading, directions, virtual features."""
 
     temperatures: dict[int, float]
 
@@ -75,8 +81,11 @@ class DFZSLStrategy(OwnerPhases):
             parts.append((covered, match_directions(probes, logits, self.temperatures[node])))
         return merge_directions(parts, self.classes.num_classes)
 
-    def directions(self, grid: Grid, heads: dict[int, np.ndarray], dim: int) -> np.ndarray:
-        """Read from released heads (dfzsl-directions=head) or recovered from probes."""
+    def directions(
+        self, grid: Grid, heads: dict[int, np.ndarray], dim: int
+    ) -> tuple[np.ndarray, list[int]]:
+        """Read from released heads (dfzsl-directions=head) or recovered from probes; and
+        who answered the probes (none asked: [])."""
         if self.cfg.dfzsl_directions == "head":
             missing = [n for n in self.roster.live if n not in heads]
             if missing:
@@ -86,7 +95,7 @@ class DFZSLStrategy(OwnerPhases):
                     "dfzsl-directions=blackbox"
                 )
             parts = [(self.roster.covered[n], heads[n]) for n in self.roster.live]
-            return merge_directions(parts, self.classes.num_classes)
+            return merge_directions(parts, self.classes.num_classes), []
         # keep what verification will ask in reserve, as AZSL's generator rounds do
         reserve = self.cfg.dfzsl_samples * int(self.roster.declarations().trainable.size)
         nodes = self.ask_with_budget(self.cfg.dfzsl_probes, "dfzsl-probe", reserve)
@@ -94,26 +103,30 @@ class DFZSLStrategy(OwnerPhases):
         replies = self.delivery.ask(grid, self.configure_probe(probes, nodes))
         if not replies:
             raise OwnerError("no owner answered the dfzsl probes; see the failures above")
-        self.roster.contributors["dfzsl-probe"] = list(replies)
-        return self.aggregate_probe({n: a[0] for n, a in replies.items()}, probes)
+        answers = {n: a[0] for n, a in replies.items()}
+        return self.aggregate_probe(answers, probes), list(replies)
 
     # -- virtual features -------------------------------------------------------------------
 
     def virtual_features(
         self, grid: Grid, learner: DFZSLLearner, directions: np.ndarray, phase: str
-    ) -> tuple[float, Verified]:
+    ) -> tuple[float, Verified, dict[str, list[int]]]:
         """The concentration (DFZSL's rule, or the dimension-aware ladder: one verification
-        round trip), then the virtual features and their verification (one more)."""
+        round trip), then the virtual features and their verification (one more); and who
+        answered each of those round trips."""
         self._without_direction(learner, directions)
         dim = directions.shape[1]
+        contributors = {}
         if self.cfg.dfzsl_kappa == "dimension":
             xl, yl, rungs = learner.ladder(directions)
             ladder = self.verify(grid, xl, yl, "dfzsl-ladder")
+            contributors["dfzsl-ladder"] = ladder.nodes
             kappa = learner.ladder_kappa(ladder.keep, rungs, dim)
         else:
             kappa = learner.rule_kappa(directions)
         x, y = learner.virtual(directions, kappa)
         verified = self.verify(grid, x, y, phase)
+        contributors[phase] = verified.nodes
         log(
             INFO,
             "DFZSL: %d owner(s), kappa %.1f (%s), %d/%d virtual features accepted",
@@ -123,7 +136,7 @@ class DFZSLStrategy(OwnerPhases):
             int(verified.keep.sum()),
             verified.y.size,
         )
-        return kappa, verified
+        return kappa, verified, contributors
 
     @staticmethod
     def _without_direction(learner: DFZSLLearner, directions: np.ndarray) -> None:
@@ -142,13 +155,21 @@ class DFZSLStrategy(OwnerPhases):
             learner.known = np.setdiff1d(learner.known, lost)
             learner.unseen = np.union1d(learner.unseen, lost)
 
-    # -- the run ----------------------------------------------------------------------------
 
-    def start(self, grid: Grid, events: RunEvents | None = None) -> RunResult:
-        """Set-up, directions, concentration, virtual features, learning, evaluation."""
-        events = events or RunEvents()
+class DFZSLStrategy(DFZSLPhases, Method):
+    """Runs DFZSL over a Flower Grid for any number of owners."""
+
+    def learn(
+        self,
+        *,
+        grid: Grid,
+        setup: dict[int, schema.Payload],
+        declared: ensemble.Declarations,
+        events: RunEvents,
+    ) -> Learnt:
+        """Directions, concentration, virtual features, learning (set-up and evaluation are
+        the loop's: :meth:`strategies.methods.Method.start`)."""
         t0, phases = time.monotonic(), {}
-        setup, declared = self.setup(grid)
         heads = self.read_cosine_setup(setup)
         learner = DFZSLLearner(
             DFZSLSettings.from_config(self.cfg),
@@ -159,10 +180,12 @@ class DFZSLStrategy(OwnerPhases):
         )
         phases["setup"] = time.monotonic() - t0
         t = time.monotonic()
-        directions = self.directions(grid, heads, declared.dim)
+        directions, probed = self.directions(grid, heads, declared.dim)
+        contributors = {"dfzsl-probe": probed} if probed else {}
         phases["directions"] = time.monotonic() - t
         t = time.monotonic()
-        kappa, verified = self.virtual_features(grid, learner, directions, "verification")
+        kappa, verified, asked = self.virtual_features(grid, learner, directions, "verification")
+        contributors |= asked
         phases["virtual"] = time.monotonic() - t
         t = time.monotonic()
         keep = verified.keep
@@ -173,15 +196,12 @@ class DFZSLStrategy(OwnerPhases):
             )
         models = learner.fit(verified.x[keep], verified.y[keep], directions, kappa)
         phases["learning"] = time.monotonic() - t
-        t = time.monotonic()
-        replies = self.delivery.ask(grid, self.configure_evaluate(models, declared.unseen))
-        evaluation = self.aggregate_evaluate(replies, list(models))
-        self.roster.contributors["evaluation"] = list(replies)
-        phases["evaluation"] = time.monotonic() - t
-        result = self.run_result(
-            evaluation, models, verified.report, [], phases, {"classifier": models["classifier"]}
+        method: dict[str, Any] = {"name": "dfzsl", "ladder_rungs": list(LADDER), **learner.report}
+        return Learnt(
+            models=models,
+            saved={"classifier": models["classifier"]},
+            verification=verified.report,
+            contributors=contributors,
+            phase_seconds=phases,
+            method=method,
         )
-        result.method = {"name": "dfzsl", "ladder_rungs": list(LADDER), **learner.report}
-        result.wall_seconds = time.monotonic() - t0
-        events.finished(result)
-        return result

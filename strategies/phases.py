@@ -3,15 +3,17 @@
 :class:`OwnerPhases` holds the transport, roster and delivery of one run and the
 ``configure_*``/``aggregate_*`` pairs that do not depend on the method: owners declare
 their features and coverage at set-up, the teachers verify service-made features, and
-owners score the service's models on their test splits. AZSL
-(:class:`strategies.azsl.AZSLStrategy`) and DFZSL (:class:`strategies.dfzsl.DFZSLStrategy`)
-build their own phases on top.
+owners score the service's models on their test splits. The methods
+(:mod:`strategies.methods`) build their own phases on top. Several sets of phases can share
+one run's :class:`Link` (one transport, one roster: one count of round trips, queries and
+failures), each with its own settings: the hybrid's DFZSL phases talk to the same owners
+as its AZSL rounds, asking them for their cosine teacher.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 
 import numpy as np
@@ -32,7 +34,6 @@ from azsl_flower.common.modes import parse_teacher_answer, verify_fields
 from azsl_flower.common.semantics import ClassSide
 from azsl_flower.service import ensemble
 from azsl_flower.service.checkpoint import Checkpointer, CheckpointSettings, fingerprint
-from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import OwnerTotals
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
@@ -47,21 +48,46 @@ from strategies.transport import Transport
 __all__ = ["OwnerPhases"]
 
 
-class OwnerPhases:
-    """Set-up, verification and evaluation over a Flower Grid, for any number of owners."""
+@dataclass
+class Link:
+    """How one run reaches its owners, shared by every set of phases of the run: the
+    transport (sealing, round trips, bytes) and the roster (who is in, queries, failures)."""
 
-    def __init__(
-        self, cfg: RunConfig, classes: ClassSide, device: torch.device, security: ServiceSecurity
-    ) -> None:
-        self.cfg, self.classes, self.device = cfg, classes, device
-        self.settings = cfg.owner_settings()
+    transport: Transport
+    roster: Roster
+
+    @classmethod
+    def open(cls, cfg: RunConfig, security: ServiceSecurity) -> Link:
+        """A new run's link (with the simulated hostile relay where the config asks for it)."""
         faults = None
         if cfg.fault_tamper > 0 or cfg.fault_replay > 0:
             if security.suite == "none":
                 raise ConfigError("fault-tamper/fault-replay need encryption (not 'none')")
             faults = FaultInjector(cfg.fault_tamper, cfg.fault_replay, cfg.seed)
-        self.transport = Transport(security, cfg.timeout, cfg.poll_interval, faults)
-        self.roster = Roster(cfg.quorum)
+        return cls(Transport(security, cfg.timeout, cfg.poll_interval, faults), Roster(cfg.quorum))
+
+
+class OwnerPhases:
+    """Set-up, verification and evaluation over a Flower Grid, for any number of owners."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        classes: ClassSide,
+        device: torch.device,
+        security: ServiceSecurity | None = None,
+        *,
+        link: Link | None = None,
+        settings: dict[str, object] | None = None,
+    ) -> None:
+        """A new run's phases (``security``), or phases joining a run's ``link`` with their
+        own ``settings`` (what every request carries; default: the run config's)."""
+        if (security is None) == (link is None):
+            raise TypeError("OwnerPhases: give security (a new run) or link (joining a run)")
+        self.cfg, self.classes, self.device = cfg, classes, device
+        self.settings = cfg.owner_settings() if settings is None else settings
+        self.link = link if link is not None else Link.open(cfg, security)  # type: ignore[arg-type]
+        self.transport, self.roster = self.link.transport, self.link.roster
         self.delivery = Delivery(self.transport, self.roster, self.settings, cfg.max_retries)
         self.checkpoint = Checkpointer(CheckpointSettings.from_config(cfg), fingerprint(cfg))
         self.privacy: dict[int, dict[str, object]] = {}  # what each owner declared at set-up
@@ -81,11 +107,10 @@ class OwnerPhases:
         return Request(schema.SETUP, "setup", [{}], nodes, check)
 
     def setup(self, grid: Grid) -> tuple[dict[int, schema.Payload], ensemble.Declarations]:
-        """The set-up round trip of any method: each owner's answer and what they declared."""
+        """The set-up round trip of any method: each owner's answer (its keys are the
+        phase's contributors) and what they declared."""
         setup = {n: r[0] for n, r in self.delivery.ask(grid, self.configure_setup(grid)).items()}
-        declared = self.aggregate_setup(setup)
-        self.roster.contributors["setup"] = list(setup)
-        return setup, declared
+        return setup, self.aggregate_setup(setup)
 
     def aggregate_setup(self, answers: dict[int, schema.Payload]) -> ensemble.Declarations:
         """Agree on the feature size, record coverage, test counts and query budgets.
@@ -192,7 +217,7 @@ class OwnerPhases:
             "classes_without_samples": [int(c) for c in missing],
         }
         log(INFO, "verification kept %d/%d generated samples", keep.sum(), y.size)
-        return Verified(x, y, probs, keep, report)
+        return Verified(x, y, probs, keep, report, list(answers.nodes))
 
     def ask_with_budget(self, size: int, phase: str, reserve: int = 0) -> list[int]:
         """Owners whose query budget takes ``size`` more samples (keeping ``reserve`` for
@@ -206,12 +231,12 @@ class OwnerPhases:
         return nodes
 
     def verify(self, grid: Grid, x: np.ndarray, y: np.ndarray, phase: str) -> Verified:
-        """One verification round trip: which virtual features the teachers accept."""
+        """One verification round trip: which virtual features the teachers accept (and
+        who answered: ``nodes``, the phase's contributors)."""
         nodes = self.ask_with_budget(int(y.size), phase)
         replies = self.delivery.ask(grid, self.configure_verify(x, y, nodes, phase))
         if not replies:
             raise OwnerError(f"no owner answered {phase}; see the failures above")
-        self.roster.contributors[phase] = list(replies)
         arrays = [a[0].arrays for a in replies.values()]
         lse = [a["lse"] for a in arrays] if all("lse" in a for a in arrays) else None
         answers = VerifyAnswers(list(replies), x, y, [a["probs"] for a in arrays], lse)
@@ -276,45 +301,4 @@ class OwnerPhases:
             round_trips=traffic.round_trips,
             total_sent=traffic.bytes_sent,
             total_received=traffic.bytes_received,
-        )
-
-    def run_result(
-        self,
-        evaluation: Evaluation,
-        models: dict[str, torch.nn.Module],
-        verification: dict[str, object],
-        history: list[dict[str, float]],
-        phases: dict[str, float],
-        saved: dict[str, torch.nn.Module],
-    ) -> RunResult:
-        """results.json's content: the first of ``models`` is the one reported as student;
-        ``saved`` are written beside it."""
-        cfg, space = self.cfg, self.cfg.teacher.zsl_space
-        main = next(iter(models))
-        curve = evaluation.curves[main]
-        calibration: dict[str, object] = {"applied": cfg.calibration}
-        if curve:
-            calibration["curve"] = curve
-            calibration["selected"] = max(curve, key=lambda p: p["h"])["calibration"]
-        faults = self.transport.faults
-        return RunResult(
-            config=cfg,
-            device=str(self.device),
-            teacher=zsl_gzsl(evaluation.teacher, space),
-            student=zsl_gzsl(evaluation.models[main], space),
-            other_models={n: zsl_gzsl(c, space) for n, c in evaluation.models.items() if n != main},
-            per_owner_teacher={str(n): zsl_gzsl(c, space) for n, c in evaluation.per_owner.items()},
-            calibration=calibration,
-            verification=verification,
-            federation=self.roster.report(main, space, cfg.partition, str(cfg.ensemble_weighting)),
-            history=history,
-            traffic=self.transport.traffic,
-            crypto=self.transport.security.stats,
-            suite=self.transport.security.suite,
-            faults_injected=faults.injected if faults is not None else {},
-            phase_seconds=phases,
-            wall_seconds=0.0,
-            resumed_from_round=None,
-            models=saved,
-            privacy={str(n): d for n, d in self.privacy.items()},
         )

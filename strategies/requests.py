@@ -4,7 +4,7 @@ answers become (``aggregate_*``), one typed value per phase."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class Verified:
     probs: np.ndarray
     keep: np.ndarray
     report: dict[str, object]
+    nodes: list[int] = field(default_factory=list)  # who verified: the phase's contributors
 
 
 @dataclass

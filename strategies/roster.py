@@ -43,7 +43,6 @@ class Roster:
         self.num_classes = 0
         self.failures: list[dict[str, object]] = []  # {node, phase, kind, reason}
         self.dropped: list[dict[str, object]] = []  # {node, phase, reason}
-        self.contributors: dict[str, list[int]] = {}  # phase -> nodes that answered
         self.generator_answers: dict[int, int] = {}  # node -> generator round trips answered
         # query budgets (generated samples per run; 0 = unlimited), declared at set-up
         self.budget: dict[int, int] = {}
@@ -210,15 +209,22 @@ class Roster:
     # -- report -----------------------------------------------------------------------------
 
     def report(
-        self, evaluated_model: str, zsl_space: str, partition: str, weighting: str
+        self,
+        evaluated_model: str,
+        zsl_space: str,
+        partition: str,
+        weighting: str,
+        contributors: dict[str, list[int]],
     ) -> FederationReport:
+        """The federation part of results.json; ``contributors`` (phase -> who answered) as
+        the phases returned them to the run's loop (:meth:`strategies.methods.Method.start`)."""
         return FederationReport(
             node_ids=list(self.live),
             owners_at_setup=self.at_setup,
             quorum=self.quorum,
             dropped=self.dropped,
             failures=self.failures,
-            contributors=self.contributors,
+            contributors=contributors,
             generator_answers=dict(self.generator_answers),
             orphaned_classes=[int(c) for c in self.orphaned_classes()],
             queries={

@@ -1,4 +1,4 @@
-"""AI service = Flower ServerApp: composes the run, hands it to AZSLStrategy, writes results.
+"""AI service = Flower ServerApp: composes the run, runs its method, writes results.
 
 Thin on purpose: configuration in :mod:`azsl_flower.common`, the protocol in
 :mod:`strategies`, learning in :mod:`azsl_flower.service`.
@@ -16,16 +16,14 @@ from flwr.app import Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from azsl_flower.common.config import RunConfig, Scenario
+from azsl_flower.common.config import RunConfig
 from azsl_flower.common.models import resolve_device, seed_everything
 from azsl_flower.common.presets import resolve_run_config
 from azsl_flower.common.semantics import load_class_side
 from azsl_flower.service.results import format_table, write_run
 from azsl_flower.service.tracking import LogEvents, open_observer
 from azsl_flower.wire.channels import ServiceSecurity, provision_simulation_keys
-from strategies.azsl import AZSLStrategy
-from strategies.dfzsl import DFZSLStrategy
-from strategies.phases import OwnerPhases
+from strategies.methods import Method, method_class
 
 app = ServerApp()
 
@@ -46,22 +44,23 @@ def _security(grid: Grid, cfg: RunConfig, run_id: int) -> tuple[ServiceSecurity,
 
 
 def run_azsl(
-    grid: Grid, cfg: RunConfig, run_id: int = 0, strategy_kind: type[OwnerPhases] | None = None
+    grid: Grid, cfg: RunConfig, run_id: int = 0, strategy_kind: type[Method] | None = None
 ) -> tuple[dict[str, Any], str]:
     """Train and evaluate; return results.json's content and the run folder.
 
-    ``strategy_kind``: the strategy class (default: by scenario); benchmarks pass a subclass
-    that observes more of the run."""
+    ``strategy_kind``: the method's class (default: run-config ``method``,
+    :func:`strategies.methods.method_class`); benchmarks pass a subclass that observes more
+    of the run."""
     t0 = time.monotonic()
+    kind = strategy_kind or method_class(cfg)  # a bad method fails before anything is sent
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     classes = load_class_side(cfg.dataset, cfg.data_dir, cfg.semantics)
     security, key_folder = _security(grid, cfg, run_id)
     observer = open_observer(cfg, forward=LogEvents())
     try:
-        kind = strategy_kind or (DFZSLStrategy if cfg.scenario is Scenario.DFZSL else AZSLStrategy)
         strategy = kind(cfg, classes, device, security)
-        result = strategy.start(grid, events=observer or LogEvents())
+        result = strategy.start(grid=grid, events=observer or LogEvents(), started=t0)
     except BaseException:
         if observer is not None:
             observer.discard()
@@ -69,7 +68,6 @@ def run_azsl(
     finally:
         if key_folder is not None:
             shutil.rmtree(key_folder, ignore_errors=True)
-    result.wall_seconds = time.monotonic() - t0
     results = result.to_json()
     staged = {"tb": observer.dir} if observer is not None and observer.staged else None
     folder = write_run(cfg.output_dir, results, result.models, move_in=staged)

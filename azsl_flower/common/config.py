@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -153,6 +154,7 @@ class RunConfig:
     warm_start: str
     warm_start_epochs: int
     warm_start_unseen: bool
+    method: str
 
     def as_dict(self) -> dict[str, Any]:
         """The run config as plain values (enums as their strings), keyed as on the command line."""
@@ -180,6 +182,7 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     _check_calibration(merged)
     _check_dfzsl(merged)
     _check_warm_start(merged)
+    _check_method(merged["method"])
     _check_federation(merged)
     _check_deployment(merged)
     for key, enum in ENUMS.items():
@@ -350,3 +353,13 @@ def resolve_cache_dir(value: object = "") -> Path:
     """Where teachers (owners) and per-run simulation keys live: option, env, home."""
     raw = str(value or "") or os.environ.get("AZSL_CACHE_DIR") or "~/.cache/azsl-flower"
     return Path(raw).expanduser()
+
+
+def _check_method(value: str) -> None:
+    """``method``'s form only: the service resolves the name (strategies/methods.py), so the
+    library never imports the service's side."""
+    if not re.fullmatch(r"auto|[a-z][a-z0-9_-]*|[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+        raise ConfigError(
+            f"run-config method={value!r}: auto, a registered method's name (e.g. azsl, dfzsl, "
+            "hybrid) or a plug-in as package.module:Class"
+        )

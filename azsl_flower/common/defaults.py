@@ -146,6 +146,10 @@ DEFAULTS: dict[str, Any] = {
     "warm-start-epochs": 20,  # epochs of fitting the generator to the virtual features
     # also fit it to DFZSL's unseen-class features (vMF around the aligned directions)
     "warm-start-unseen": True,
+    # the service's method (strategies/methods.py METHODS, or a plug-in package.module:Class,
+    # imported by the service only); auto: scenario dfzsl runs dfzsl, warm-start=dfzsl the
+    # hybrid, anything else azsl
+    "method": "auto",
 }
 # Each option list is written once. Regularisers and regulariser answers live in
 # common/modes.py; the others here, and the code above common/ reads them from here

@@ -38,6 +38,7 @@ from azsl_flower.service.results import RunResult
 from azsl_flower.service.tracking import OwnerTotals, RunEvents
 from simulations.run.inprocess import InProcessGrid
 from strategies.azsl import AZSLStrategy
+from strategies.methods import method_class
 from strategies.server_app import run_azsl
 from strategies.sources import FeedbackSource
 
@@ -77,13 +78,16 @@ class _Points(RunEvents):
 
 
 class CurveStrategy(AZSLStrategy):
-    """AZSLStrategy that also scores its generator at the rounds in ``eval_at``."""
+    """AZSLStrategy that also scores its generator at the rounds in ``eval_at`` (mixed in
+    before the arm's method: AZSL's or the hybrid's)."""
 
     eval_at: frozenset[int] = frozenset()
 
-    def start(self, grid: Grid, events: RunEvents | None = None) -> RunResult:
+    def start(
+        self, *, grid: Grid, events: RunEvents | None = None, started: float | None = None
+    ) -> RunResult:
         self._grid, self.points, self.scoring_trips = grid, [], 0
-        result = super().start(grid, events)
+        result = super().start(grid=grid, events=events, started=started)
         last = {"round": self.cfg.rounds, **result.student, "final": True}
         last["round_trips"] = result.traffic.round_trips - self.scoring_trips
         last["curve"] = result.calibration.get("curve", [])
@@ -139,7 +143,7 @@ def run_arm(
         cfg: RunConfig = parse_run_config(raw)
         holder: dict[str, CurveStrategy] = {}
 
-        class _Strategy(CurveStrategy):
+        class _Strategy(CurveStrategy, method_class(cfg)):  # type: ignore[misc]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 self.eval_at = frozenset(eval_at)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 # Run-config keys added after runs were filed, with the value those runs used.
-LATE_KEYS: dict[str, Any] = {"calibration": 0.0}
+LATE_KEYS: dict[str, Any] = {"calibration": 0.0, "method": "auto"}
 # Keys that do not define a setting: what a run is repeated over (seed) or how it ran.
 NOT_SETTINGS = frozenset(
     {

@@ -1,4 +1,4 @@
-"""The hybrid's round trips (run-config ``warm-start=dfzsl``): DFZSL's phases, then AZSL's.
+"""The hybrid (run-config ``warm-start=dfzsl``, method ``hybrid``): DFZSL's phases, then AZSL's.
 
 Before AZSL's generator rounds, the service runs DFZSL's phases over the same transport and
 roster (one count of round trips, queries and failures): a set-up in which the owners
@@ -7,6 +7,10 @@ directions, the concentration ladder, the virtual features and their verificatio
 answered by the owners' *cosine* teachers (the requests say scenario ``dfzsl``). One more
 verification, by the AZSL teachers, picks the scale the generator's features should have;
 then the generator is fitted to the features (:mod:`azsl_flower.service.warm_start`).
+
+:class:`HybridStrategy` is AZSL's rounds with that warm start before them; DFZSL's phases
+are :class:`~strategies.dfzsl.DFZSLPhases` joined to the run's link with scenario
+``dfzsl`` in their settings (AZSL's own module never imports DFZSL's).
 """
 
 from __future__ import annotations
@@ -30,31 +34,40 @@ from azsl_flower.service.warm_start import (
     scale_ladder,
 )
 from azsl_flower.wire import schema
+from strategies.azsl import AZSLStrategy
 from strategies.checks import check_setup
-from strategies.delivery import Delivery
-from strategies.dfzsl import DFZSLStrategy
+from strategies.dfzsl import DFZSLPhases
 from strategies.phases import OwnerPhases
 from strategies.requests import Request
 from strategies.roster import OwnerError
 
-__all__ = ["dfzsl_phases", "warm_start"]
+__all__ = ["HybridStrategy", "dfzsl_phases", "warm_start"]
 
 
-def dfzsl_phases(owner: OwnerPhases) -> DFZSLStrategy:
+class HybridStrategy(AZSLStrategy):
+    """AZSL whose generator starts from DFZSL's virtual features (issue 14)."""
+
+    def warm_start(
+        self, *, grid: Grid, trainer: GeneratorTrainer, declared: ensemble.Declarations
+    ) -> tuple[dict[str, object], dict[str, list[int]]]:
+        """The warm start, unless a checkpoint will be resumed (its generator is past it)."""
+        if self._resumable():
+            return {}, {}
+        return warm_start(self, grid, trainer, declared)
+
+
+def dfzsl_phases(owner: OwnerPhases) -> DFZSLPhases:
     """DFZSL's phases talking over ``owner``'s transport and roster; its requests carry
     scenario=dfzsl, so the owners answer them with their cosine teacher."""
-    phases = object.__new__(DFZSLStrategy)
-    phases.__dict__.update(owner.__dict__)
-    phases.settings = {**owner.settings, "scenario": Scenario.DFZSL.value}
-    retries = owner.cfg.max_retries
-    phases.delivery = Delivery(owner.transport, owner.roster, phases.settings, retries)
-    return phases
+    settings = {**owner.settings, "scenario": Scenario.DFZSL.value}
+    return DFZSLPhases(owner.cfg, owner.classes, owner.device, link=owner.link, settings=settings)
 
 
 def warm_start(
     owner: OwnerPhases, grid: Grid, trainer: GeneratorTrainer, declared: ensemble.Declarations
-) -> dict[str, object]:
-    """Fit ``trainer``'s generator to DFZSL's virtual features; what results.json shows."""
+) -> tuple[dict[str, object], dict[str, list[int]]]:
+    """Fit ``trainer``'s generator to DFZSL's virtual features; what results.json shows,
+    and who answered each of the warm start's round trips that counts as a phase."""
     cfg, t0 = owner.cfg, time.monotonic()
     dz = dfzsl_phases(owner)
     nodes = list(owner.roster.live)
@@ -71,8 +84,11 @@ def warm_start(
         np.setdiff1d(declared.unseen, declared.trainable),
         owner.device,
     )
-    directions = dz.directions(grid, heads, declared.dim)
-    kappa, verified = dz.virtual_features(grid, learner, directions, "warm-start-verification")
+    directions, probed = dz.directions(grid, heads, declared.dim)
+    contributors = {"dfzsl-probe": probed} if probed else {}
+    phase = "warm-start-verification"
+    kappa, verified, asked = dz.virtual_features(grid, learner, directions, phase)
+    contributors |= asked
     keep = verified.keep
     if not keep.any():
         raise OwnerError(
@@ -81,7 +97,9 @@ def warm_start(
         )
     v, y = verified.x[keep], verified.y[keep]
     xs, ys, rungs = scale_ladder(v, y, SCALE_SAMPLES)
-    scale, rates = choose_scale(owner.verify(grid, xs, ys, "warm-start-scale").keep, rungs)
+    scaled = owner.verify(grid, xs, ys, "warm-start-scale")
+    contributors["warm-start-scale"] = scaled.nodes
+    scale, rates = choose_scale(scaled.keep, rungs)
     x = as_features(v, scale)
     unseen = 0
     if cfg.warm_start_unseen and learner.unseen.size:
@@ -107,7 +125,7 @@ def warm_start(
         fit.loss_before,
         fit.loss_after,
     )
-    return {
+    report = {
         "method": "dfzsl",
         "kappa": kappa,
         "virtual_accepted": int(keep.sum()),
@@ -122,3 +140,4 @@ def warm_start(
         "seconds": time.monotonic() - t0,
         **{f"dfzsl_{k}": val for k, val in learner.report.items()},
     }
+    return report, contributors

@@ -1,0 +1,1 @@
+"""Methods the tests register through run-config ``method=module:Class`` (plug-ins)."""
