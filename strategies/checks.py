@@ -241,14 +241,8 @@ def check_feedback(
     asked response mode (:func:`azsl_flower.common.modes.feedback_fields`); ``full``: the
     mode answers a whole softmax (not top-K or a label)."""
     batches = -(-samples // batch_size)
-    shapes = {
-        "probs": (samples, num_classes),
-        "grad": (samples, dim),
-        "grad_lse": (samples, dim),
-        "lse": (samples,),
-        "ce": (batches,),
-        "reg": (batches,),
-    }
+    sizes = {"samples": samples, "batches": batches, "classes": num_classes, "dim": dim}
+    shapes = {k: tuple(sizes[axis] for axis in axes) for k, axes in schema.FEEDBACK_AXES.items()}
 
     def check(node: int, answers: list[schema.Payload]) -> None:
         for r in answers:

@@ -245,3 +245,39 @@ def test_reply_of_one_kind_is_not_a_request_of_another():
     rd = encode(VERIFY, "reply", **make_payload(VERIFY, "reply"))
     with pytest.raises(ProtocolError):
         decode(FEEDBACK, "reply", rd)
+
+
+def test_every_feedback_reply_array_has_axes_of_its_rank():
+    """The service checks each feedback array against schema.FEEDBACK_AXES: an array the
+    reply may carry without axes (or with axes of another rank) would go unchecked."""
+    from azsl_flower.wire.schema import FEEDBACK_AXES
+
+    reply = FEEDBACK.reply
+    carried = {**reply.arrays, **reply.optional_arrays}
+    assert set(FEEDBACK_AXES) == set(carried)
+    for name, (_, rank) in carried.items():
+        assert len(FEEDBACK_AXES[name]) == rank, name
+
+
+def test_feedback_check_holds_each_array_to_its_axes():
+    """A gradient of the wrong width (dim) and a per-batch loss of the wrong length are
+    refused by the shapes the check derives from the schema's axes."""
+    from strategies.checks import ReplyError, check_feedback
+
+    samples, batch, dim, classes = 6, 3, 4, 5
+    fields = frozenset({"probs", "grad", "ce"})
+    check = check_feedback(samples, batch, dim, classes, {1: np.arange(classes)}, fields)
+    probs = np.full((samples, classes), 1 / classes, np.float32)
+    good = {"probs": probs, "grad": np.zeros((samples, dim), np.float32)}
+    good["ce"] = np.ones(2, np.float32)
+
+    def payload(arrays):
+        return decode(FEEDBACK, "reply", encode(FEEDBACK, "reply", arrays=arrays))
+
+    check(1, [payload(good)])
+    for key, bad in (
+        ("grad", np.zeros((samples, dim + 1), np.float32)),
+        ("ce", np.ones(3, np.float32)),
+    ):
+        with pytest.raises(ReplyError, match=key):
+            check(1, [payload({**good, key: bad})])

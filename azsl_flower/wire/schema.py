@@ -27,6 +27,7 @@ __all__ = [
     "KINDS",
     "SETUP",
     "FEEDBACK",
+    "FEEDBACK_AXES",
     "VERIFY",
     "EVALUATE",
     "DFZSL_PROBE",
@@ -138,6 +139,17 @@ FEEDBACK = Kind(
     ),
     metered=True,
 )
+# The shape of each feedback reply array by its axes (samples: the pool's rows; batches: its
+# batches of batch_size; classes, dim: the run's); the service holds every reply to it
+# (strategies/checks.py), so a new array is checked once it has its line here.
+FEEDBACK_AXES: dict[str, tuple[str, ...]] = {
+    "probs": ("samples", "classes"),
+    "grad": ("samples", "dim"),
+    "grad_lse": ("samples", "dim"),
+    "lse": ("samples",),
+    "ce": ("batches",),
+    "reg": ("batches",),
+}
 VERIFY = Kind(
     "query.verify",
     request=Spec(arrays={"x": (F32, 2), "y": (I64, 1)}, settings=True),
