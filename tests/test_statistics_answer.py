@@ -239,7 +239,11 @@ def test_a_statistics_run_learns_as_the_gradient_run_with_fewer_bytes(tmp_path):
         runs[mode] = (results, feedback)
     (grad, grad_bytes), (stats, stats_bytes) = runs["gradient"], runs["statistics"]
     assert grad["student"]["h"] > 0.03  # it learned something (0.07 measured)
-    assert abs(stats["student"]["h"] - grad["student"]["h"]) < 0.02
+    # the same updates (test above): the same generator, verified samples and student, up
+    # to float error (measured: equal to the last digit on one machine)
+    assert abs(stats["student"]["h"] - grad["student"]["h"]) < 0.01
+    passed = stats["verification"]["pass_rate"], grad["verification"]["pass_rate"]
+    assert abs(passed[0] - passed[1]) < 0.01, passed
     assert stats_bytes < grad_bytes / 3  # no α∇R rows: the probabilities only
     assert stats["round_trips"] == grad["round_trips"]
     assert stats["baseline"]["released"] == "exact statistics, sent at set-up"
