@@ -31,6 +31,7 @@ from azsl_flower.common.regularisers import regulariser_kind
 from azsl_flower.service import ensemble
 from azsl_flower.service.baseline import REVEALED_FITS, StatisticsFit, class_means, ncm_classifier
 from azsl_flower.service.generator import GeneratorSettings, GeneratorTrainer, Pool
+from azsl_flower.service.local_regulariser import local_regularisers
 from azsl_flower.service.student import StudentSettings, train_models
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
@@ -197,7 +198,8 @@ class AZSLStrategy(Method):
             )
         verify_size = self.cfg.samples_per_class * int(declared.trainable.size)
         self.roster.check_budgets(verify_size, self.cfg.samples_per_class)
-        return RemoteOwners(self, self.delivery, grid, settings, verify_size)
+        local = local_regularisers(self.cfg, setup, self.device)
+        return RemoteOwners(self, self.delivery, grid, settings, verify_size, local)
 
     def _train_generator(
         self, source: FeedbackSource, trainer: GeneratorTrainer, events: RunEvents
@@ -252,7 +254,7 @@ class AZSLStrategy(Method):
             for d in self.privacy.values()
         )  # type: ignore[union-attr]
         kind = "DP statistics" if dp else "exact statistics"
-        if cfg.scenario is Scenario.WEIGHTS:
+        if cfg.scenario is Scenario.WEIGHTS or cfg.regulariser_answer == "statistics":
             return f"{kind}, sent at set-up"
         if cfg.regulariser_answer != "gradient" or cfg.regulariser not in REVEALED_FITS:
             return "none"  # the value alone needs many crafted queries (see the audit)
@@ -273,10 +275,8 @@ class AZSLStrategy(Method):
     def _baselines(self, source: FeedbackSource, verified: Verified) -> dict[str, torch.nn.Module]:
         """NCM on the released statistics (if any) and on the verified generated means."""
         num_classes, out = self.classes.num_classes, {}
-        stats = None
-        if isinstance(source, LocalTeachers):
-            stats = source.released_means()
-        elif self._fit is not None:
+        stats = source.released_means()  # sent at set-up (weights, statistics), or None
+        if stats is None and self._fit is not None:
             mean, _, classes = self._fit.estimate()
             stats = (mean, classes) if classes.size else None
         if stats is not None:

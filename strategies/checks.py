@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from azsl_flower.common.models import teacher_network_of
+from azsl_flower.common.regularisers import regulariser_kind
 from azsl_flower.service.dfzsl.directions import match_directions
 from azsl_flower.wire import schema
 
@@ -104,10 +105,14 @@ def _probs(name: str, p: np.ndarray, covered: np.ndarray | None, full: bool = Tr
             raise ReplyError(f"{name} gives probability to classes its owner does not cover")
 
 
-def check_setup(num_classes: int, weights: bool, dfzsl: bool = False) -> Check:
+def check_setup(
+    num_classes: int, weights: bool, dfzsl: bool = False, statistics: str = ""
+) -> Check:
     """Set-up declarations: class ids in range, the service's class count, a sane feature
     size, per-class test counts; in scenario ``weights`` a teacher of the declared shape;
-    in scenario ``dfzsl`` (``dfzsl``) a cosine teacher's temperature."""
+    in scenario ``dfzsl`` (``dfzsl``) a cosine teacher's temperature; ``statistics`` (a
+    regulariser's name, ``regulariser-answer=statistics``): its class statistics, which
+    the service computes the regulariser from. Statistics sent are checked in any case."""
 
     def check(node: int, answers: list[schema.Payload]) -> None:
         for r in answers:
@@ -139,6 +144,12 @@ def check_setup(num_classes: int, weights: bool, dfzsl: bool = False) -> Check:
                 )
             if "cosine_temperature" in r.arrays:  # scenario dfzsl
                 _check_cosine(r, dim)
+            if statistics and not _has_statistics(r, statistics):
+                raise ReplyError(
+                    f"regulariser-answer=statistics: the owner sent no {statistics} class "
+                    "statistics (reg_* arrays) at set-up; its ClientApp may predate the mode"
+                )
+            _check_statistics(r, dim, num_classes)
             privacy_declaration(r)
 
     return check
@@ -218,14 +229,29 @@ def _check_teacher(r: schema.Payload, dim: int, num_classes: int) -> None:
         raise ReplyError(f"teacher weights are not a teacher network of {dim}-d features")
     for w in r.weights.values():
         _bounded("teacher weights", w)
-    if "reg_mean" in r.arrays:
-        k = r.arrays["reg_classes"]
-        _classes("reg_classes", k, num_classes)
-        for key in ("reg_mean", "reg_var"):
+
+
+def _has_statistics(r: schema.Payload, name: str) -> bool:
+    """Whether a set-up reply holds every class statistic regulariser ``name`` is made from."""
+    wanted = [f"reg_{stat}" for stat, _, _ in regulariser_kind(name).statistics]
+    return all(key in r.arrays for key in wanted)
+
+
+def _check_statistics(r: schema.Payload, dim: int, num_classes: int) -> None:
+    """Class statistics sent at set-up (scenario weights, regulariser-answer=statistics):
+    one row per named class, of the declared feature size, bounded, variances > 0."""
+    if not any(key.startswith("reg_") for key in r.arrays):
+        return
+    if "reg_classes" not in r.arrays:
+        raise ReplyError("class statistics sent without reg_classes (the classes they are of)")
+    k = r.arrays["reg_classes"]
+    _classes("reg_classes", k, num_classes)
+    for key in ("reg_mean", "reg_var"):
+        if key in r.arrays:
             _shape(key, r.arrays[key], (k.size, dim))
             _bounded(key, r.arrays[key])
-        if r.arrays["reg_var"].size and float(r.arrays["reg_var"].min()) <= 0:
-            raise ReplyError("reg_var must be > 0")
+    if "reg_var" in r.arrays and r.arrays["reg_var"].size and r.arrays["reg_var"].min() <= 0:
+        raise ReplyError("reg_var must be > 0")
 
 
 def check_feedback(

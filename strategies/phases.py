@@ -34,6 +34,7 @@ from azsl_flower.common.modes import parse_teacher_answer, verify_fields
 from azsl_flower.common.semantics import ClassSide
 from azsl_flower.service import ensemble
 from azsl_flower.service.checkpoint import Checkpointer, CheckpointSettings, fingerprint
+from azsl_flower.service.local_regulariser import statistics_asked
 from azsl_flower.service.tracking import OwnerTotals
 from azsl_flower.wire import schema
 from azsl_flower.wire.channels import ServiceSecurity
@@ -102,7 +103,10 @@ class OwnerPhases:
         self.roster.start(nodes)
         scenario = self.cfg.scenario
         check = check_setup(
-            self.classes.num_classes, scenario is Scenario.WEIGHTS, scenario is Scenario.DFZSL
+            self.classes.num_classes,
+            scenario is Scenario.WEIGHTS,
+            scenario is Scenario.DFZSL,
+            statistics_asked(self.cfg),
         )
         return Request(schema.SETUP, "setup", [{}], nodes, check)
 

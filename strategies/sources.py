@@ -24,9 +24,10 @@ from flwr.serverapp import Grid
 
 from azsl_flower.common.config import RunConfig
 from azsl_flower.common.models import load_numpy_state, teacher_network, teacher_network_of
-from azsl_flower.common.regularisers import regulariser_kind
-from azsl_flower.owner.oracle import FeedbackOracle, Regulariser
+from azsl_flower.owner.oracle import FeedbackOracle
 from azsl_flower.service.generator import GeneratorTrainer, Pool
+from azsl_flower.service.local_regulariser import LocalRegularisers, released_means
+from azsl_flower.service.local_regulariser import sent_regulariser as _sent_regulariser
 from azsl_flower.wire import schema
 from strategies.delivery import Delivery
 from strategies.requests import Request
@@ -81,6 +82,9 @@ class FeedbackSource(Protocol):
     def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
         """Generate ``samples-per-class`` of each class and collect the verifiers' answers."""
 
+    def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The class means the owners sent at set-up (None: they sent none)."""
+
 
 class Requests(Protocol):
     """The strategy's ``configure_*`` for the two requests a remote source sends."""
@@ -91,7 +95,11 @@ class Requests(Protocol):
 
 
 class RemoteOwners:
-    """The owners over Flower: one round trip per pool of ``steps-per-round`` batches."""
+    """The owners over Flower: one round trip per pool of ``steps-per-round`` batches.
+
+    ``local`` (``regulariser-answer=statistics``): the owners' regularisers rebuilt from
+    the statistics they sent at set-up; each answer gets its owner's α∇ₓR added here, so the
+    strategy combines them as it combines ``gradient`` answers."""
 
     def __init__(
         self,
@@ -100,9 +108,13 @@ class RemoteOwners:
         grid: Grid,
         settings: SourceSettings,
         verify_size: int,
+        local: LocalRegularisers | None = None,
     ) -> None:
         self.requests, self.delivery, self.grid = requests, delivery, grid
-        self.settings, self.verify_size = settings, verify_size
+        self.settings, self.verify_size, self.local = settings, verify_size, local
+
+    def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.local is None else self.local.released_means()
 
     def feedback_round(
         self, trainer: GeneratorTrainer, r: int
@@ -124,7 +136,10 @@ class RemoteOwners:
         pool = trainer.make_pool(cfg.steps_per_round, classes)
         request = self.requests.configure_feedback(pool, asked, f"generator-{r}")
         replies = self.delivery.ask(self.grid, request)
-        return [(pool, {n: a[0].arrays for n, a in replies.items()})]
+        answers = {n: a[0].arrays for n, a in replies.items()}
+        if self.local is not None:  # checked as sent; the regulariser term is the service's
+            answers = self.local.complete(answers, pool.x, pool.labels, pool.batch_size)
+        return [(pool, answers)]
 
     def verify(self, trainer: GeneratorTrainer, classes: np.ndarray) -> VerifyAnswers:
         """Generate, then ask the owners with budget for all of it.
@@ -207,16 +222,7 @@ class LocalTeachers:
     def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The class means the owners sent with their teachers (averaged where several
         cover a class), or None when none sent statistics."""
-        sums: dict[int, list[np.ndarray]] = {}
-        for oracle in self.oracles.values():
-            s = oracle.regulariser.stats()
-            if "mean" in s and "classes" in s:
-                for c, m in zip(s["classes"], s["mean"], strict=True):
-                    sums.setdefault(int(c), []).append(m)
-        if not sums:
-            return None
-        classes = np.array(sorted(sums))
-        return np.stack([np.mean(sums[c], 0) for c in classes]), classes
+        return released_means([o.regulariser for o in self.oracles.values()])
 
     def feedback_round(self, trainer: GeneratorTrainer, r: int) -> Iterator[tuple[Pool, Answers]]:
         """``steps-per-round`` one-batch pools, each answered on the current generator."""
@@ -242,13 +248,3 @@ class LocalTeachers:
         nodes = list(self.oracles)
         answers = [self.oracles[n].probs_lse(x) for n in nodes]
         return VerifyAnswers(nodes, x, y, [a[0] for a in answers], [a[1] for a in answers])
-
-
-def _sent_regulariser(name: str, arrays: dict[str, np.ndarray]) -> Regulariser:
-    """The run's regulariser rebuilt from the statistics an owner sent at set-up (its
-    ``reg_<name>`` arrays); R = 0 where it sent none (``regulariser-answer=none``)."""
-    kind = regulariser_kind(name)
-    wire = {stat: f"reg_{stat}" for stat, _, _ in kind.statistics}
-    if not wire or not all(key in arrays for key in wire.values()):
-        return Regulariser()
-    return kind.load().from_stats({stat: arrays[key] for stat, key in wire.items()})

@@ -217,6 +217,13 @@ def _check_learning(merged: dict[str, Any]) -> None:
             f"scenario=weights cannot use regulariser={merged['regulariser']} (it needs real "
             f"features at the service); use {names_where(lambda k: k.sendable)}"
         )
+    kind = REGISTRY[merged["regulariser"]]
+    if merged["regulariser-answer"] == "statistics" and not kind.sendable:
+        raise ConfigError(
+            f"regulariser-answer=statistics cannot use regulariser={merged['regulariser']} (it "
+            f"has no class statistics to send); use {names_where(lambda k: k.sendable)}, or "
+            "regulariser-answer=gradient"
+        )
     if merged["teacher-answer"] != "auto":
         try:
             merged["teacher-answer"] = str(parse_teacher_answer(merged["teacher-answer"]))

@@ -115,7 +115,8 @@ DEFAULTS: dict[str, Any] = {
     "ensemble-weighting": "coverage",
     # response modes the service asks owners for (an owner refuses more than its node
     # config allows): teacher answer logits | probs | topk:K | label; regulariser answer
-    # gradient | value | none (blackbox without gradient: outputs only)
+    # gradient | statistics | value | none (blackbox without gradient: outputs only;
+    # statistics: the class statistics once at set-up, R and its gradient computed here)
     # auto: the least the run needs (logits for ensemble-weighting=joint, else probs)
     "teacher-answer": "auto",
     "regulariser-answer": "gradient",

@@ -15,18 +15,29 @@ from azsl_flower.common.regularisers import REGULARISERS
 __all__ = [
     "REGULARISERS",
     "REGULARISER_ANSWERS",
+    "REGULARISER_ORDER",
     "SCENARIO_CEILING",
     "TEACHER_ANSWERS",
     "TeacherAnswer",
     "feedback_fields",
     "parse_teacher_answer",
+    "regulariser_allows",
     "scenario_reveals",
+    "sends_statistics",
     "verify_fields",
 ]
 
 # Least revealing first: a later entry tells the service strictly more.
 TEACHER_ANSWERS = ("label", "topk", "probs", "logits")
-REGULARISER_ANSWERS = ("none", "value", "gradient")
+REGULARISER_ANSWERS = ("none", "value", "statistics", "gradient")
+# What each regulariser answer reveals, as a rank: the one place the order is written
+# (owner/privacy.py reads it). ``statistics`` (the regulariser's class statistics, sent once
+# at set-up) and ``gradient`` (∇ₓ[αR] per batch) rank equal: a regulariser with statistics
+# computes its gradient from them and the service's generated batch alone, and the
+# closed-form fit recovers them from the gradients exactly (the leakage audit: relative error
+# ~4e-7), so neither tells the service more than the other. ``value`` (R per batch) is a
+# function of the same statistics, recovered only with many crafted queries; ``none``: nothing.
+REGULARISER_ORDER: dict[str, int] = {"none": 0, "value": 1, "statistics": 2, "gradient": 2}
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,24 @@ def parse_teacher_answer(text: object, where: str = "teacher-answer") -> Teacher
     )
 
 
+def regulariser_allows(ceiling: str, asked: str) -> bool:
+    """Whether an owner answering at most ``ceiling`` may answer ``asked`` (by
+    :data:`REGULARISER_ORDER`; an unknown name is never allowed)."""
+    if ceiling not in REGULARISER_ORDER or asked not in REGULARISER_ORDER:
+        return False
+    return REGULARISER_ORDER[asked] <= REGULARISER_ORDER[ceiling]
+
+
+def sends_statistics(regulariser_answer: str, scenario: str) -> bool:
+    """Whether the owners send the regulariser's class statistics at set-up: scenario
+    ``weights`` (beside the teacher) unless ``none``, and ``statistics`` in the AZSL
+    scenarios (dfzsl computes no regulariser). Both ends read it: the owner sends, the
+    service expects and rebuilds them."""
+    if scenario == "weights":
+        return regulariser_answer != "none"
+    return regulariser_answer == "statistics" and scenario in ("whitebox", "blackbox")
+
+
 def feedback_fields(
     teacher: TeacherAnswer, regulariser: str, whitebox: bool, lse_grad: bool
 ) -> frozenset[str]:
@@ -106,7 +135,7 @@ def feedback_fields(
             fields.add("grad_lse")
     if whitebox or teacher.whole:
         fields.add("ce")  # it follows from the softmax (or the gradient) anyway
-    if regulariser != "none":
+    if regulariser in ("value", "gradient"):  # statistics: R is the service's to compute
         fields.add("reg")
     if whitebox or regulariser == "gradient":
         fields.add("grad")

@@ -9,7 +9,9 @@ exactly what an owner sends. Modes (see :mod:`azsl_flower.owner.privacy`):
   ``probs`` (it follows from them) and with white-box, which only an owner at ``probs`` or
   above answers (per-sample losses and their gradients reveal the whole softmax).
 - regulariser answer ``gradient``: ∇ₓ[α·R] (white-box: inside the gradient it returns);
-  ``value``: R per batch, no gradient of R; ``none``: nothing about R.
+  ``value``: R per batch, no gradient of R; ``statistics``: R's class statistics, sent once
+  at set-up (exact, or the ``stats-epsilon`` release), and nothing about R in any feedback
+  reply (white-box: the teacher's gradient only); ``none``: nothing about R.
 - black-box without ``gradient`` is *strict*: the reply holds outputs only, no gradient
   array at all.
 - ``answer-decimals`` ≥ 0 (owner's node config): every number answered is rounded.
@@ -78,7 +80,8 @@ def feedback_answer(
         whitebox,
         float(settings["alpha"]),
         lse_grad="grad_lse" in fields,
-        regulariser=regulariser,
+        # statistics: sent once at set-up; the service computes R and its gradient itself
+        regulariser="none" if regulariser == "statistics" else regulariser,
     )
     out["probs"] = shape_probs(out["probs"], teacher)
     reply = {k: v for k, v in out.items() if k in fields}

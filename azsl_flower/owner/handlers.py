@@ -29,6 +29,7 @@ from flwr.common.logger import log
 
 from azsl_flower.common.config import Scenario
 from azsl_flower.common.models import classifier, resolve_device
+from azsl_flower.common.modes import sends_statistics
 from azsl_flower.owner import budget, timing
 from azsl_flower.owner.answers import feedback_answer, rounded, verify_answer
 from azsl_flower.owner.dfzsl import probe_logits
@@ -197,11 +198,13 @@ def _setup(job: Job) -> Answer:
         "test_unseen_counts": class_counts(data.test_unseen_y, data.num_classes, keep),
     }
     weights = None
-    if job.settings.get("scenario") == Scenario.WEIGHTS:  # allowed: the policy checked it
+    scenario = str(job.settings.get("scenario"))
+    if scenario == Scenario.WEIGHTS:  # allowed: the policy checked it
         weights = teacher_weights(st)
-        reg = st.oracle.regulariser
-        if reg.has_statistics and job.settings.get("regulariser-answer", "gradient") != "none":
-            arrays |= {f"reg_{name}": value for name, value in reg.stats().items()}
+    reg, answer = st.oracle.regulariser, str(job.settings.get("regulariser-answer", "gradient"))
+    sent = reg.has_statistics and sends_statistics(answer, scenario)  # the policy allowed it
+    if sent:  # the state's regulariser: its stats-epsilon release (made once, cached) or exact
+        arrays |= {f"reg_{name}": value for name, value in reg.stats().items()}
     if job.settings.get("scenario") == Scenario.DFZSL:
         temperature = float(policy["dfzsl-temperature"])
         arrays["cosine_temperature"] = np.asarray([temperature], dtype=np.float32)
@@ -216,6 +219,8 @@ def _setup(job: Job) -> Answer:
         **spend.to_json(),
         **declaration(job.lifetime, policy),
     }
+    if sent:  # what this reply itself carries of the regulariser (statistics / weights)
+        privacy["statistics_sent"] = _statistics_sent(st)
     scalars = {
         "dim": data.dim,
         "num_classes": data.num_classes,
@@ -227,6 +232,14 @@ def _setup(job: Job) -> Answer:
         "privacy": json.dumps(privacy),
     }
     return {"arrays": arrays, "scalars": scalars, "weights": weights}
+
+
+def _statistics_sent(st: OwnerState) -> str:
+    """How the regulariser's statistics in a set-up reply were made (its declaration)."""
+    name = st.oracle.regulariser.name
+    if "stats" in st.mechanisms:
+        return f"{name} class statistics, DP release (stats-epsilon={st.privacy.stats_epsilon:g})"
+    return f"{name} class statistics, exact"
 
 
 def _feedback(job: Job) -> Answer:

@@ -221,10 +221,12 @@ KEYS: tuple[PolicyKey, ...] = (
         "gradient",
         "gradient",
         _text,
-        "the most revealing regulariser answer: `gradient` > `value` > `none`; a black-box "
-        "without `gradient` answers outputs only",
+        "the most revealing regulariser answer: `gradient` = `statistics` > `value` > `none` "
+        "(`statistics`: the class statistics sent once at set-up, exact or the "
+        "`stats-epsilon` release; no regulariser in any feedback reply); a black-box without "
+        "`gradient` answers outputs only",
         "`gradient` lets the service solve for every class's feature mean and variance "
-        "(docs/privacy.md); `none` keeps them home",
+        "(docs/privacy.md), `statistics` sends them; `none` keeps them home",
     ),
     PolicyKey(
         "answer-decimals",

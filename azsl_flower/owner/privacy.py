@@ -20,11 +20,14 @@ from typing import Any
 from azsl_flower.common.models import TEACHER_NETWORKS
 from azsl_flower.common.modes import (
     REGULARISER_ANSWERS,
+    REGULARISER_ORDER,
     TEACHER_ANSWERS,
     TeacherAnswer,
     parse_teacher_answer,
+    regulariser_allows,
     scenario_reveals,
 )
+from azsl_flower.common.regularisers import REGISTRY, names_where
 from azsl_flower.owner.policy_values import number, whole_number
 from azsl_flower.wire.errors import Refused
 
@@ -194,7 +197,7 @@ class OwnerPrivacy:
         if (
             scenario == "weights"
             and regulariser != "none"
-            and self.regulariser_answer != "gradient"
+            and not regulariser_allows(self.regulariser_answer, "statistics")
         ):
             problems.append(
                 "scenario=weights sends the regulariser's class means and variances themselves "
@@ -207,15 +210,45 @@ class OwnerPrivacy:
                 f"(node config teacher-answer={self.teacher_answer}); ask for "
                 f"{self.teacher_answer} or less (logits > probs > topk:K > label)"
             )
-        if REGULARISER_ANSWERS.index(regulariser) > REGULARISER_ANSWERS.index(
-            self.regulariser_answer
-        ):
+        if not regulariser_allows(self.regulariser_answer, regulariser):
             problems.append(
                 f"regulariser-answer={regulariser} asks more than this owner gives (node config "
-                f"regulariser-answer={self.regulariser_answer}; gradient > value > none)"
+                f"regulariser-answer={self.regulariser_answer}; {_REGULARISER_ORDER})"
             )
+        problems += _statistics_problems(settings, regulariser, self.regulariser_answer)
         if problems:
             raise Refused("policy", "this owner refuses the request: " + "; ".join(problems))
+
+
+# The order as the refusals write it, from REGULARISER_ORDER (most revealing first).
+_REGULARISER_ORDER = " > ".join(
+    " = ".join(n for n in REGULARISER_ANSWERS if REGULARISER_ORDER[n] == rank)
+    for rank in sorted(set(REGULARISER_ORDER.values()), reverse=True)
+)
+
+
+def _statistics_problems(settings: dict[str, Any], asked: str, ceiling: str) -> list[str]:
+    """``statistics`` and ``gradient`` rank equal only for a regulariser whose gradient is
+    computed from its class statistics: one without them (MMD keeps real samples) has none
+    to send, and its gradient says something other than statistics, so a ``statistics``
+    owner does not give it."""
+    name = str(settings.get("regulariser", "kl"))
+    kind = REGISTRY.get(name)
+    if kind is None or not kind.reads_data or kind.has_statistics:
+        return []  # unknown names are refused where the state is built (check_settings)
+    with_stats = names_where(lambda k: k.has_statistics)
+    if asked == "statistics":
+        return [
+            f"regulariser-answer=statistics: regulariser={name} has no class statistics to "
+            f"send (ask regulariser-answer=gradient, or regulariser={with_stats})"
+        ]
+    if asked == "gradient" and ceiling == "statistics":
+        return [
+            f"regulariser-answer=gradient of regulariser={name} reveals more than class "
+            f"statistics, and this owner gives at most regulariser-answer=statistics (ask "
+            f"regulariser={with_stats})"
+        ]
+    return []
 
 
 # What each scenario reveals about the teacher beyond the asked mode (SCENARIO_CEILING).

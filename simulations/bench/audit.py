@@ -11,7 +11,7 @@ Per mode (and owner ε) it reports:
 - statistics recovery: median relative error of the recovered class means and variances
   (gradient modes: the closed-form KL fit of ``azsl_flower/service/baseline.py``; white-box
   sends one batch twice with two alphas and fits the difference; ``value``: three queries
-  per dimension and class; ``weights``: the statistics are sent);
+  per dimension and class; ``weights`` and ``statistics``: the statistics are sent);
 - prototype attack: GZSL H of a nearest-class-mean classifier on the recovered means,
   scored on the owner's real test features;
 - model extraction: a surrogate trained only on the answers to generated (and, where
@@ -73,6 +73,10 @@ MODES: dict[str, tuple[dict[str, str], str]] = {
     "blackbox": (
         {"scenario": "blackbox", "teacher-answer": "logits", "regulariser-answer": "gradient"},
         "softmax + lse, ∇ₓ[αR]",
+    ),
+    "blackbox-statistics": (
+        {"scenario": "blackbox", "teacher-answer": "probs", "regulariser-answer": "statistics"},
+        "KL statistics once at set-up; softmax only per query",
     ),
     "blackbox-value": (
         {"scenario": "blackbox", "teacher-answer": "probs", "regulariser-answer": "value"},

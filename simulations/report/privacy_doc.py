@@ -112,6 +112,7 @@ def render(audit: dict[str, Any], previous: str = "") -> str:
                 "whitebox-probs",
                 "whitebox-noreg",
                 "blackbox",
+                "blackbox-statistics",
                 "blackbox-value",
                 "strict",
                 "strict-top5",
