@@ -246,10 +246,11 @@ def _check_statistics(r: schema.Payload, dim: int, num_classes: int) -> None:
         raise ReplyError("class statistics sent without reg_classes (the classes they are of)")
     k = r.arrays["reg_classes"]
     _classes("reg_classes", k, num_classes)
-    for key in ("reg_mean", "reg_var"):
-        if key in r.arrays:
-            _shape(key, r.arrays[key], (k.size, dim))
-            _bounded(key, r.arrays[key])
+    for key, arr in r.arrays.items():  # every registered statistic: one row per class
+        if key.startswith("reg_") and key != "reg_classes":
+            rank = schema.REGULARISER_STATISTICS[key][1]
+            _shape(key, arr, (k.size, dim) if rank == 2 else (k.size,))
+            _bounded(key, arr)
     if "reg_var" in r.arrays and r.arrays["reg_var"].size and r.arrays["reg_var"].min() <= 0:
         raise ReplyError("reg_var must be > 0")
 

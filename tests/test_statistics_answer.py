@@ -144,6 +144,23 @@ def test_the_service_requires_the_statistics_it_asked_for(tmp_path):
         check_setup(10, weights=False, statistics="kl")(11, [setup])
 
 
+def test_a_hostile_owners_statistics_are_held_to_one_row_per_class(tmp_path):
+    """Sent statistics of the wrong width, with a row missing or not finite are refused
+    (every registered statistic, read from the registry, not KL's names only)."""
+    [setup] = Owner(tmp_path).ask(schema.SETUP, **STATS).answers
+    check = check_setup(10, weights=False, statistics="kl")
+    good = dict(setup.arrays)
+    for key in ("reg_mean", "reg_var"):
+        for bad, why in (
+            (good[key][:, :-1], "shape"),
+            (good[key][:-1], "shape"),
+            (np.where(np.arange(good[key].shape[1]) == 0, np.inf, good[key]), "finite"),
+        ):
+            setup.arrays = {**good, key: bad.astype(np.float32)}
+            with pytest.raises(ReplyError, match=key):
+                check(11, [setup])
+
+
 # -- (b) the service's gradient is the owners' -----------------------------------------------
 
 
