@@ -151,10 +151,10 @@ def test_a_hostile_owners_statistics_are_held_to_one_row_per_class(tmp_path):
     check = check_setup(10, weights=False, statistics="kl")
     good = dict(setup.arrays)
     for key in ("reg_mean", "reg_var"):
-        for bad, why in (
-            (good[key][:, :-1], "shape"),
-            (good[key][:-1], "shape"),
-            (np.where(np.arange(good[key].shape[1]) == 0, np.inf, good[key]), "finite"),
+        for bad in (
+            good[key][:, :-1],  # wrong width
+            good[key][:-1],  # a class's row missing
+            np.where(np.arange(good[key].shape[1]) == 0, np.inf, good[key]),  # not finite
         ):
             setup.arrays = {**good, key: bad.astype(np.float32)}
             with pytest.raises(ReplyError, match=key):
