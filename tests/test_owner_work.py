@@ -206,7 +206,9 @@ class _Direct(Transport):
 
     owner: Owner
 
-    def _round_trip(self, grid: object, messages: list[Message]) -> list[Message | str]:
+    def _round_trip(
+        self, grid: object, messages: list[Message], phase: str = ""
+    ) -> list[Message | str]:
         self.traffic.round_trips += 1
         return [self.owner.deliver(m) for m in messages]
 
