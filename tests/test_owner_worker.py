@@ -26,10 +26,11 @@ from flwr.app import Context, RecordDict
 from flwr.common import serde
 from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined]
 
-from azsl_flower.owner import forward
+from azsl_flower.owner import forward, timing
 from azsl_flower.owner.budget import queries_used
 from azsl_flower.owner.worker import Worker, WorkerError, bind_socket
 from azsl_flower.wire import schema
+from simulations.deploy.results import owner_timings, split
 from strategies.transport import Transport
 from tests.hostile import Owner, deliver_at_once, query_payload
 
@@ -296,3 +297,25 @@ def test_the_fast_path_client_app_never_imports_torch(tmp_path):
     assert not [m for m in modules if m.split(".")[0] == "torch"], modules
     reply = serde.message_from_proto(ProtoMessage.FromString((tmp_path / "reply").read_bytes()))
     assert owner.open(schema.SETUP, reply).answers  # a sealed set-up answer, via the worker
+
+
+def test_the_fast_path_logs_the_workers_parts_of_a_message(tmp_path, monkeypatch, capfd):
+    """With timings on, the ClientApp's timing line has the worker's marks (state, crypto,
+    compute) and the socket's share, so the deployment's breakdown shows the fast path."""
+    sock = _socket_path(tmp_path)
+    owner = Owner(tmp_path, owner_worker=str(sock))
+    monkeypatch.setenv(timing.ENV, "1")  # here and in the worker process
+    with process_worker(sock):
+        assert owner.ask(schema.SETUP).answers
+        capfd.readouterr()
+        msg = owner.request(schema.FEEDBACK, [query_payload(schema.FEEDBACK, 4)])
+        pushed, t0 = time.time(), time.monotonic()
+        assert owner.open(schema.FEEDBACK, owner.deliver(msg)).answers
+        wall = time.monotonic() - t0
+    [rec] = owner_timings(capfd.readouterr().err.splitlines())
+    order = ["handler", "session", "opened", "state", "answered", "sealed", "forward", "done"]
+    assert list(rec["at"]) == order
+    assert sorted(rec["at"].values()) == [rec["at"][m] for m in order]
+    parts = split(rec, pushed=pushed, seconds=wall)
+    assert parts["forward"] >= 0 and parts["compute"] > 0
+    assert sum(parts.values()) == pytest.approx(wall, abs=1e-3)  # marks: 4 decimals
