@@ -29,6 +29,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-
 from azsl_flower.owner import forward, timing
 from azsl_flower.owner.budget import queries_used
 from azsl_flower.owner.worker import Worker, WorkerError, bind_socket
+from azsl_flower.tools import cli
 from azsl_flower.wire import schema
 from simulations.deploy.results import owner_timings, split
 from strategies.transport import Transport
@@ -200,6 +201,8 @@ def test_bad_frames_are_refused_counted_and_the_worker_keeps_serving(tmp_path):
         for name, data in BAD_FRAMES.items():
             assert _raw_exchange(sock, data) == b"", name  # closed, nothing answered
         assert worker.counts["bad_frames"] == len(BAD_FRAMES)
+        assert _raw_exchange(sock, b"") == b""  # a readiness probe: counted apart
+        assert worker.counts["empty"] == 1 and worker.counts["bad_frames"] == len(BAD_FRAMES)
         assert worker.counts["served"] == 0
         assert owner.ask(schema.SETUP).answers  # still serving
     assert worker.counts["served"] == 1
@@ -319,3 +322,26 @@ def test_the_fast_path_logs_the_workers_parts_of_a_message(tmp_path, monkeypatch
     parts = split(rec, pushed=pushed, seconds=wall)
     assert parts["forward"] >= 0 and parts["compute"] > 0
     assert sum(parts.values()) == pytest.approx(wall, abs=1e-3)  # marks: 4 decimals
+
+
+def test_a_worker_started_with_a_node_config_answers_under_no_other(tmp_path):
+    sock = _socket_path(tmp_path)
+    owner = Owner(tmp_path, owner_worker=str(sock))
+    pinned = {**owner.ctx.node_config, "query-budget": 1}  # not the SuperNode's policy
+    with thread_worker(sock, node_config=pinned) as worker:
+        reply = owner.deliver(owner.request(schema.SETUP))
+        assert reply.has_error() and reply.error.code == forward.UNAVAILABLE_CODE
+        assert worker.counts["other_node_config"] == 1 and worker.counts["served"] == 0
+    same = dict(owner.ctx.node_config)  # owner-worker itself need not be in the pinned copy
+    same.pop(forward.KEY)
+    with thread_worker(sock, node_config=same) as worker:
+        assert owner.ask(schema.SETUP).answers
+        assert worker.counts["served"] == 1
+
+
+def test_owner_serve_refuses_a_bad_socket_path_in_one_line(tmp_path, capsys):
+    plain = _socket_path(tmp_path)
+    plain.write_text("not a socket")
+    assert cli.main(["owner", "serve", "--socket", str(plain)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("azsl-flower: ") and "not a socket" in err and "\n" not in err

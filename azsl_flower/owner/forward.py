@@ -43,6 +43,7 @@ __all__ = [
     "READ_TIMEOUT",
     "UNAVAILABLE_CODE",
     "FrameError",
+    "NoFrame",
     "decode_reply",
     "decode_request",
     "encode_reply",
@@ -68,6 +69,10 @@ class FrameError(ValueError):
     """A frame that is not one of ours: wrong magic, over the cap, truncated, undecodable."""
 
 
+class NoFrame(FrameError):  # noqa: N818 - reads as "raise NoFrame(...)"
+    """The peer closed before sending a byte (a readiness probe, or a ClientApp gone)."""
+
+
 def worker_socket(node_config: object) -> str:
     """The worker's socket path from the node config, or '' for the in-process path."""
     raw = getattr(node_config, "get", lambda *_: "")(KEY, "")
@@ -82,11 +87,13 @@ def write_frame(sock: socket.socket, sections: Sequence[bytes]) -> None:
     sock.sendall(MAGIC + len(body).to_bytes(8, "big") + body)
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
+def _read_exactly(sock: socket.socket, n: int, first: bool = False) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(min(n - len(buf), 1 << 20))
         if not chunk:
+            if not buf and first:
+                raise NoFrame("closed before sending anything")
             raise FrameError(f"truncated frame: {len(buf)} of {n} bytes, then the peer closed")
         buf += chunk
     return bytes(buf)
@@ -94,7 +101,7 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 def read_frame(sock: socket.socket, limit: int = MAX_FRAME) -> list[bytes]:
     """One frame's sections; FrameError for anything that is not a frame within ``limit``."""
-    head = _read_exactly(sock, _HEAD)
+    head = _read_exactly(sock, _HEAD, first=True)
     if head[:4] != MAGIC:
         raise FrameError(f"not a worker frame (starts with {head[:4]!r}, expected {MAGIC!r})")
     size = int.from_bytes(head[4:], "big")

@@ -48,6 +48,7 @@ from azsl_flower.owner.forward import (
     MAX_FRAME,
     READ_TIMEOUT,
     FrameError,
+    NoFrame,
     decode_request,
     encode_reply,
     read_frame,
@@ -214,6 +215,9 @@ class Worker:
                 handler = HANDLERS.get(msg.metadata.message_type)
                 if handler is None:
                     raise FrameError(f"no handler for message type {msg.metadata.message_type!r}")
+            except NoFrame:  # connected and closed: a readiness probe, not an attack
+                self.counts["empty"] += 1
+                return
             except (FrameError, OSError) as exc:  # OSError: timed out, reset
                 self._refuse(conn, "bad_frames", f"{type(exc).__name__}: {exc}")
                 return
