@@ -165,6 +165,63 @@ def test_loopback_supernode_restart_mid_run(deployment, sig):
     assert res["rejected_messages"] == {}  # its channel state survived the restart
 
 
+@pytest.fixture
+def worker_deployment(tmp_path_factory):
+    """Two owners that answer through `azsl-flower owner serve` (node-config owner-worker);
+    per test, so it never runs beside the module's other deployment for long."""
+    bindir = Path(sys.executable).parent
+    if not (bindir / "azsl-flower").exists() or not (bindir / "flower-supernode").exists():
+        pytest.skip(f"azsl-flower or flower-supernode not beside {sys.executable}")
+    lay = prepare(tmp_path_factory.mktemp("deploy-worker"), owners=2)
+    dep = LocalDeployment(lay, owner_worker=True)
+    try:
+        dep.up()
+        yield dep
+    finally:
+        dep.stop()
+        left = [p for home in lay.homes() for p in processes_of(str(home))]
+        assert not left, f"processes left running: {left}"
+
+
+def test_loopback_owner_worker_fast_path_survives_a_worker_restart(worker_deployment):
+    """The fast path (issue 23): each ClientApp forwards to its owner's worker; owner-1's
+    worker is restarted once the generator phase runs (what the run used stays on disk, the
+    service re-sends what failed meanwhile); both owners finish, nothing is rejected, and the
+    breakdown shows the fast path (no torch import in the ClientApp, a forward part)."""
+    dep = worker_deployment
+    before = len(results_of(dep.layout))
+    errors: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            dep.restart_worker(1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    restarter = threading.Thread(target=restart, daemon=True)
+
+    def watch(line: str) -> None:
+        if restarter.ident is None and re.search(r"\[generator 1/", line):
+            restarter.start()
+
+    rc, log = dep.run(f"rounds=3 {JOB}", timeout=RUN_TIMEOUT, on_line=watch)
+    if restarter.ident is not None:
+        restarter.join(timeout=180)
+    assert restarter.ident is not None and not errors, (errors, _log_tail(dep, log))
+    assert rc == 0, _log_tail(dep, log)
+    res = _new_results(dep, before)
+    fed = res["federation"]
+    assert fed["dropped"] == [], (fed["failures"], _log_tail(dep, log))
+    assert res["rejected_messages"] == {}  # channel state on disk survived the restart
+    assert all(n == 3 for n in fed["generator_answers"].values()), fed["generator_answers"]
+    split = breakdown(res, owner_timings_of(dep.layout))
+    every, feedback = split["kinds"]["all"], split["kinds"]["query.feedback"]
+    print(f"owner worker: {round_trip_cost(res)}; feedback {feedback}")
+    assert split["unmatched"] == 0, split
+    assert every["wall"] == pytest.approx(sum(every[p] for p in PARTS), abs=0.01)
+    assert feedback["forward"] > 0 and feedback["imports"] < 1.0, feedback  # no torch import
+
+
 def test_owner_data_partitions_the_digits_without_sharing(tmp_path, fresh_table_cache):
     import scipy.io
 

@@ -347,6 +347,17 @@ KEYS: tuple[PolicyKey, ...] = (
         "runs (17 values x 4 models, plus their test runs' 4 each)",
     ),
     PolicyKey(
+        "owner-worker",
+        "",
+        "",
+        _text,
+        "the Unix socket of this owner's worker (`azsl-flower owner serve --socket PATH`): "
+        "each message is answered there, with torch and the teacher kept in memory (empty: "
+        "in the ClientApp's own process)",
+        "the worker runs the same checks, locks and budget; its socket is 0600 in a 0700 "
+        "folder, so only the owner's own processes reach it",
+    ),
+    PolicyKey(
         "partition-id",
         None,
         None,

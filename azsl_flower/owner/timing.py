@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV", "PREFIX", "enabled", "mark", "process_age", "timed"]
+__all__ = ["ENV", "PREFIX", "enabled", "extend", "mark", "process_age", "take", "timed"]
 
 ENV = "AZSL_OWNER_TIMINGS"  # "1": one timing line per message on stderr
 PREFIX = "azsl-owner-timing "  # what starts such a line in the owner's log
@@ -68,6 +68,20 @@ def mark(name: str) -> None:
     """Note that ``name`` is done now (nothing kept while timings are off)."""
     if enabled():
         _marks.append((name, time.monotonic()))
+
+
+def take(since: float) -> list[tuple[str, float]]:
+    """The marks so far, as seconds after monotonic time ``since``, and cleared: what the
+    owner worker hands back to the ClientApp that forwarded the message."""
+    out = [(name, round(t - since, 6)) for name, t in _marks]
+    _marks.clear()
+    return out
+
+
+def extend(marks: list[tuple[str, float]]) -> None:
+    """Add marks taken elsewhere (the worker's, shifted to this process's monotonic clock)."""
+    if enabled():
+        _marks.extend(marks)
 
 
 def record(kind: str, node: int, run: int, message: str) -> dict[str, Any]:

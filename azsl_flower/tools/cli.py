@@ -8,6 +8,7 @@ azsl-flower connection add --name azsl --address 127.0.0.1:9093 --root-certifica
 azsl-flower app keys --out DIR --name reviewer    # Ed25519 signing key + trusted-entities.yaml
 azsl-flower app sign --key DIR/reviewer.sign.key --name reviewer --out APPS   # sign this app
 azsl-flower app serve --apps APPS --port 9095     # a local app registry for the SuperLink
+azsl-flower owner serve --socket DIR/owner.sock   # the owner's worker (node-config owner-worker)
 """
 
 from __future__ import annotations
@@ -212,11 +213,47 @@ def _app_group(sub: argparse._SubParsersAction) -> None:
     aserve.set_defaults(func=_app_serve)
 
 
+def _owner_serve(args: argparse.Namespace) -> int:
+    from azsl_flower.owner.worker import serve  # torch: only for this command
+
+    return serve(args)  # a bad socket path: WorkerError, a ValueError (one line, exit 2)
+
+
+def _owner_group(sub: argparse._SubParsersAction) -> None:
+    """``owner serve``: the owner's worker, beside its SuperNode (same user)."""
+    from azsl_flower.owner.forward import MAX_FRAME, READ_TIMEOUT
+
+    owner = sub.add_parser("owner", help="the data owner's worker process")
+    osub = owner.add_subparsers(dest="command", required=True)
+    serve = osub.add_parser(
+        "serve",
+        help="answer the ClientApp's forwarded messages with torch and the teacher in memory",
+    )
+    serve.add_argument("--socket", required=True, help="Unix socket to listen on (0600, 0700 dir)")
+    serve.add_argument(
+        "--node-config",
+        default=None,
+        help="the SuperNode's --node-config (string or .toml): answer only messages under it",
+    )
+    serve.add_argument("--max-frame-mb", type=int, default=MAX_FRAME >> 20, help="largest request")
+    serve.add_argument(
+        "--read-timeout", type=float, default=READ_TIMEOUT, help="seconds to send a request"
+    )
+    serve.set_defaults(func=_owner_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's parser: one sub-command group per kind of deployment material."""
     parser = argparse.ArgumentParser(prog="azsl-flower", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
-    for add_group in (_keys_group, _tls_group, _node_auth_group, _connection_group, _app_group):
+    for add_group in (
+        _keys_group,
+        _tls_group,
+        _node_auth_group,
+        _connection_group,
+        _app_group,
+        _owner_group,
+    ):
         add_group(sub)
     return parser
 

@@ -16,6 +16,7 @@ saves that in ``<work>/round-trip-breakdown.json``.
     python -m simulations.deploy.local demo --work /tmp/azsl-deploy --owners 2 \\
         --run-config "rounds=2 steps-per-round=2 student-epochs=2 samples-per-class=30"
     python -m simulations.deploy.local demo --work /tmp/azsl-deploy --restart-owner 1
+    python -m simulations.deploy.local demo --work /tmp/azsl-deploy --owner-worker  # fast path
     python -m simulations.deploy.local owner-data --out DIR --owners 2   # data only
     python -m simulations.deploy.local owner-data --out DIR --owners 3 --partition iid \
         --data-dir ../shared/data/caltech101 --feature-file effnetlite0.mat
@@ -59,7 +60,13 @@ def _demo(args: argparse.Namespace) -> int:
     lay = prepare(args.work, args.owners)
     print(f"work folder: {lay.work} (logs in {lay.logs})")
     restarted = threading.Event()
-    dep = LocalDeployment(lay, port=args.port, device=args.device, node_config=args.node_config)
+    dep = LocalDeployment(
+        lay,
+        port=args.port,
+        device=args.device,
+        node_config=args.node_config,
+        owner_worker=args.owner_worker,
+    )
     with dep:
         dep.up(args.query_budget)
         print(f"SuperLink https://{HOST}:{dep.port}, nodes online: {dep.node_ids}")
@@ -116,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="extra node-config keys for every owner, e.g. \"teacher-answer='probs' "
         "regulariser-answer='none' teacher-epsilon=8\"",
+    )
+    demo.add_argument(
+        "--owner-worker",
+        action="store_true",
+        help="each owner answers through `azsl-flower owner serve` (torch kept in memory)",
     )
     demo.add_argument("--timeout", type=float, default=1800, help="seconds for flwr run")
     demo.add_argument("--restart-owner", type=int, default=0, help="crash+restart this owner")

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,8 +45,10 @@ class LocalDeployment:
     restarts: list[tuple[int, str, float]] = field(default_factory=list)
     budgets: dict[int, int] = field(default_factory=dict)
     node_config: str = ""  # more node-config keys for every owner ("teacher-answer='probs'")
+    owner_worker: bool = False  # each owner answers through `azsl-flower owner serve`
     app: SignedApp | None = None  # the signed app the SuperLink fetches from the registry
     registry: AppRegistry | None = None
+    _worker_configs: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port()
@@ -168,11 +171,40 @@ class LocalDeployment:
         self.node_ids[i] = int(match.group(1))
         return self.node_ids[i]
 
+    def worker_socket(self, i: int) -> Path:
+        """Owner i's worker socket, in a folder of its own (0700, made by the worker)."""
+        return self.layout.owner(i) / "worker" / "owner.sock"
+
+    def start_worker(self, i: int, node_config: str, timeout: float = 120) -> None:
+        """`azsl-flower owner serve` beside owner i's SuperNode (left running while the
+        SuperNode restarts, as its own service unit would); waits until it answers."""
+        sock, name = self.worker_socket(i), f"worker-{i}"
+        self._worker_configs[i] = node_config
+        argv = [str(self._bin / "azsl-flower"), "owner", "serve", "--socket", str(sock)]
+        proc = self._spawn(name, [*argv, "--node-config", node_config], {OWNER_TIMINGS: "1"})
+        deadline = time.monotonic() + timeout
+        while not _answers(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = self.layout.logs / f"{name}.log"
+                raise DeployError(f"owner-{i}'s worker did not start; see {log}")
+            time.sleep(0.2)
+
+    def restart_worker(self, i: int, sig: int = signal.SIGTERM) -> None:
+        """Stop owner i's worker and start it again with the node config it had."""
+        self._kill(f"worker-{i}", sig)
+        self.start_worker(i, self._worker_configs[i])
+
     def start_supernode(self, i: int, query_budget: int | None = None) -> subprocess.Popen:
         lay = self.layout
         self.node_ports.setdefault(i, free_port())  # a restart keeps its Runtime API port
         if query_budget is not None:
             self.budgets[i] = query_budget
+        config = lay.node_config(i, self.device, self.budgets.get(i, 0), self.node_config)
+        if self.owner_worker:
+            config += f" owner-worker='{self.worker_socket(i)}'"
+            worker = self.procs.get(f"worker-{i}")
+            if worker is None or worker.poll() is not None:
+                self.start_worker(i, config)
         return self._spawn(
             f"supernode-{i}",
             [
@@ -186,7 +218,7 @@ class LocalDeployment:
                 "--trusted-entities",  # runs only apps signed by these keys
                 str(lay.trusted(i)),
                 "--node-config",
-                lay.node_config(i, self.device, self.budgets.get(i, 0), self.node_config),
+                config,
                 "--host",
                 HOST,
                 "--port",
@@ -352,3 +384,13 @@ class LocalDeployment:
             return str(listing["runs"][0]["status"])
         except (ValueError, KeyError, IndexError):
             return f"unknown ({out.stdout.strip()[-200:]})"
+
+
+def _answers(sock: Path) -> bool:
+    """Whether a worker listens at ``sock``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True

@@ -35,7 +35,7 @@ def round_trip_cost(results: dict) -> dict[str, float]:
 # Each owner message's wall time (the service's push → its reply pulled) is split at the
 # marks the owner's ClientApp logged (azsl_flower/owner/timing.py, seconds after its process
 # started): Flower's waits outside the owner's process, then the process's own parts.
-PARTS = ("pickup", "start", "imports", "state", "crypto", "compute", "reply")
+PARTS = ("pickup", "start", "imports", "state", "crypto", "compute", "forward", "reply")
 PART_LABELS = {
     "pickup": "Flower: push -> ClientApp process start (SuperNode idle poll, SuperExec poll)",
     "start": "Flower: process start -> our imports (Python, flwr, task pull, FAB install)",
@@ -43,6 +43,7 @@ PART_LABELS = {
     "state": "ours: policy, keys, run ledger, teacher load, ledger write",
     "crypto": "ours: open + seal",
     "compute": "ours: the answer (a set-up's teacher training too)",
+    "forward": "ours: ClientApp <-> owner worker over its socket (node-config owner-worker)",
     "reply": "Flower: sealed -> reply at the service (ClientApp, SuperNode, SuperLink, poll)",
 }
 # the part of the time that ends at each mark (from the previous mark, or process start)
@@ -55,6 +56,7 @@ MARK_PART = {
     "state": "state",
     "answered": "compute",
     "sealed": "crypto",
+    "forward": "forward",  # with owner-worker: the worker's marks above, then this one
     "done": "state",
 }
 BREAKDOWN = "round-trip-breakdown.json"  # in the work folder: the last demo's breakdown
@@ -89,7 +91,8 @@ def owner_timings_of(layout: Layout) -> list[dict[str, Any]]:
 
 def split(owner: dict[str, Any], pushed: float, seconds: float) -> dict[str, float]:
     """One message's ``seconds`` (pushed at epoch ``pushed``) in PARTS; they sum to it."""
-    parts = dict.fromkeys(PARTS, 0.0)
+    # "forward" only for a message answered through the owner's worker (its "forward" mark)
+    parts = dict.fromkeys((p for p in PARTS if p != "forward" or p in owner["at"]), 0.0)
     started = float(owner["started"])
     parts["pickup"] = started - pushed
     last = 0.0
@@ -121,7 +124,7 @@ def _owner_of(
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     n = max(1, len(rows))
-    return {k: round(sum(r[k] for r in rows) / n, 3) for k in ("wall", *PARTS)}
+    return {k: round(sum(r.get(k, 0.0) for r in rows) / n, 3) for k in ("wall", *PARTS)}
 
 
 def breakdown(results: dict, owners: list[dict[str, Any]]) -> dict[str, Any]:
