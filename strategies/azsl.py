@@ -170,8 +170,8 @@ class AZSLStrategy(Method):
         models |= self._baselines(verified, released, covers)
         phases["evaluation"] = time.monotonic() - t  # the loop adds its round trip's
         main = next(iter(models))
-        evaluated = np.union1d(declared.seen, declared.unseen)
-        delivered = delivered_name(self.cfg.deliver, models, covers, evaluated)
+        seen, unseen = declared.seen, declared.unseen
+        delivered = delivered_name(self.cfg.deliver, models, covers, seen, unseen)
         saved = {"generator": trainer.generator, "student": models[main]}
         return Learnt(
             models=models,

@@ -91,10 +91,11 @@ DEFAULTS: dict[str, Any] = {
     "student-loss": "eq4",
     "kd-temperature": 4.0,
     "student-gaussian-samples": 0,
-    # which model the run delivers (results.json "delivered", saved as delivered.pt): main
-    # (the method's own: classifier C when inductive, else the student), a candidate's name,
-    # or auto (service/delivery.py: a fixed rule on what was released, never on test scores)
-    "deliver": "main",
+    # which model the run delivers (results.json "delivered", saved as delivered.pt): auto
+    # (service/deliver.py: a fixed rule on what was released, never on test scores; chosen
+    # on Caltech split=val), main (the method's own: classifier C when inductive, else the
+    # student, as before this key), or a candidate's name
+    "deliver": "auto",
     "teacher-epochs": 40,
     "lr-teacher": 1e-3,
     "samples-per-class": 400,
