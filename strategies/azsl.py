@@ -29,10 +29,17 @@ from azsl_flower.common.config import (
 from azsl_flower.common.modes import feedback_fields, parse_teacher_answer
 from azsl_flower.common.regularisers import regulariser_kind
 from azsl_flower.service import ensemble
-from azsl_flower.service.baseline import REVEALED_FITS, StatisticsFit, class_means, ncm_classifier
+from azsl_flower.service.baseline import (
+    REVEALED_FITS,
+    StatisticsFit,
+    class_means,
+    lda_classifier,
+    ncm_classifier,
+)
+from azsl_flower.service.deliver import delivered_name
 from azsl_flower.service.generator import GeneratorSettings, GeneratorTrainer, Pool
 from azsl_flower.service.local_regulariser import local_regularisers
-from azsl_flower.service.student import StudentSettings, train_models
+from azsl_flower.service.student import StudentSettings, gaussian_samples, train_models
 from azsl_flower.service.tracking import RunEvents
 from azsl_flower.wire import schema
 from strategies.checks import check_feedback
@@ -155,15 +162,21 @@ class AZSLStrategy(Method):
         verified = self.aggregate_verify(answers, trainable)
         phases["verification"] = time.monotonic() - t
         t = time.monotonic()
-        models = self._train_models(trainer, verified, declared, events)
+        released = self._released_statistics(source)
+        models = self._train_models(trainer, verified, declared, events, released)
         phases["student"] = time.monotonic() - t
         t = time.monotonic()
-        models |= self._baselines(source, verified)
+        covers: dict[str, np.ndarray] = {}
+        models |= self._baselines(verified, released, covers)
         phases["evaluation"] = time.monotonic() - t  # the loop adds its round trip's
         main = next(iter(models))
+        seen, unseen = declared.seen, declared.unseen
+        delivered = delivered_name(self.cfg.deliver, models, covers, seen, unseen)
+        saved = {"generator": trainer.generator, "student": models[main]}
         return Learnt(
             models=models,
-            saved={"generator": trainer.generator, "student": models[main]},
+            saved=saved | {"delivered": models[delivered]},
+            delivered=delivered,
             verification=verified.report,
             contributors=contributors,
             phase_seconds=phases,
@@ -272,24 +285,53 @@ class AZSLStrategy(Method):
         covered = np.unique(np.concatenate([self.roster.covered[n] for n in nodes]))
         self._fit.add(pool.x, pool.labels, grad, self.cfg.alpha, pool.batch_size, covered)
 
-    def _baselines(self, source: FeedbackSource, verified: Verified) -> dict[str, torch.nn.Module]:
-        """NCM on the released statistics (if any) and on the verified generated means."""
-        num_classes, out = self.classes.num_classes, {}
-        stats = source.released_means()  # sent at set-up (weights, statistics), or None
+    def _released_statistics(
+        self, source: FeedbackSource
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(means, variances, classes) the owners released: sent at set-up (weights,
+        statistics), else the closed-form fit of what their gradients revealed, else None."""
+        stats = source.released_statistics()
         if stats is None and self._fit is not None:
-            mean, _, classes = self._fit.estimate()
-            stats = (mean, classes) if classes.size else None
-        if stats is not None:
-            model = ncm_classifier(stats[0], stats[1], num_classes)
-            if model is not None:
-                out["ncm-released"] = model.to(self.device)
-        keep = verified.keep
-        if keep.any():
-            means, classes = class_means(verified.x[keep], verified.y[keep], num_classes)
-            model = ncm_classifier(means, classes, num_classes)
-            if model is not None:
-                out["ncm-generated"] = model.to(self.device)
+            mean, var, classes = self._fit.estimate()
+            stats = (mean, var, classes) if classes.size else None
+        return stats
+
+    def _baselines(
+        self,
+        verified: Verified,
+        released: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        covers: dict[str, np.ndarray],
+    ) -> dict[str, torch.nn.Module]:
+        """NCM and LDA on the released statistics (if any), NCM on the verified generated
+        means; ``covers`` gets each one's classes (what ``deliver=auto`` reads)."""
+        num_classes, out = self.classes.num_classes, {}
+        if released is not None:
+            ncm = ncm_classifier(released[0], released[2], num_classes)
+            if ncm is not None:
+                out["ncm-released"] = ncm.to(self.device)
+                covers["ncm-released"] = released[2]
+        out |= self._ncm_generated(verified, covers)  # the rows' order as before
+        if released is not None:
+            lda = lda_classifier(*released, num_classes)
+            if lda is not None:
+                out["lda-released"] = lda.to(self.device)
+                covers["lda-released"] = released[2]
         return out
+
+    def _ncm_generated(
+        self, verified: Verified, covers: dict[str, np.ndarray]
+    ) -> dict[str, torch.nn.Module]:
+        """NCM on the verified generated class means (none if nothing passed)."""
+        keep = verified.keep
+        if not keep.any():
+            return {}
+        num_classes = self.classes.num_classes
+        means, classes = class_means(verified.x[keep], verified.y[keep], num_classes)
+        model = ncm_classifier(means, classes, num_classes)
+        if model is None:
+            return {}
+        covers["ncm-generated"] = classes
+        return {"ncm-generated": model.to(self.device)}
 
     def _train_models(
         self,
@@ -297,8 +339,11 @@ class AZSLStrategy(Method):
         verified: Verified,
         declared: ensemble.Declarations,
         events: RunEvents,
+        released: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> dict[str, torch.nn.Module]:
-        """Student (Eq. 4); inductive: also classifier C (Eq. 7) on generated unseen samples."""
+        """Student (Eq. 4); inductive: also classifier C (Eq. 7) on generated unseen samples;
+        ``student-loss=ce+kd``: the student-kd candidate (with samples from the ``released``
+        Gaussians when ``student-gaussian-samples`` > 0)."""
         keep = verified.keep
         if not keep.any():
             raise RuntimeError(
@@ -307,11 +352,16 @@ class AZSLStrategy(Method):
         unseen = None
         if self.cfg.teacher is TeacherSetting.INDUCTIVE and declared.unseen.size:
             unseen = trainer.generate(declared.unseen, self.cfg.samples_per_class)
+        settings = StudentSettings.from_config(self.cfg)
+        extra = None
+        if settings.gaussian_samples and released is not None:
+            extra = gaussian_samples(*released, settings.gaussian_samples, self.cfg.seed)
         return train_models(
             (verified.x[keep], verified.y[keep], verified.probs[keep]),
             unseen,
             declared.num_classes,
-            StudentSettings.from_config(self.cfg),
+            settings,
             self.device,
             events.epoch_done,
+            extra,
         )

@@ -63,6 +63,7 @@ class Learnt:
     method: dict[str, Any] = field(default_factory=dict)  # results.json "method" (if any)
     baseline: dict[str, object] = field(default_factory=dict)
     resumed_from_round: int | None = None
+    delivered: str = ""  # the delivered model's name among models ("": the first)
 
 
 class Method(OwnerPhases, ABC):
@@ -126,11 +127,13 @@ class Method(OwnerPhases, ABC):
         faults = self.transport.faults
         weighting = str(cfg.ensemble_weighting)
         others = {n: zsl_gzsl(c, space) for n, c in evaluation.models.items() if n != main}
+        delivered = learnt.delivered or main
         return RunResult(
             config=cfg,
             device=str(self.device),
             teacher=zsl_gzsl(evaluation.teacher, space),
             student=zsl_gzsl(evaluation.models[main], space),
+            delivered={"name": delivered, **zsl_gzsl(evaluation.models[delivered], space)},
             other_models=others,
             per_owner_teacher={str(n): zsl_gzsl(c, space) for n, c in evaluation.per_owner.items()},
             calibration=calibration,

@@ -26,7 +26,11 @@ from azsl_flower.common.config import RunConfig
 from azsl_flower.common.models import load_numpy_state, teacher_network, teacher_network_of
 from azsl_flower.owner.oracle import FeedbackOracle
 from azsl_flower.service.generator import GeneratorTrainer, Pool
-from azsl_flower.service.local_regulariser import LocalRegularisers, released_means
+from azsl_flower.service.local_regulariser import (
+    LocalRegularisers,
+    released_means,
+    released_statistics,
+)
 from azsl_flower.service.local_regulariser import sent_regulariser as _sent_regulariser
 from azsl_flower.wire import schema
 from strategies.delivery import Delivery
@@ -85,6 +89,9 @@ class FeedbackSource(Protocol):
     def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The class means the owners sent at set-up (None: they sent none)."""
 
+    def released_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The class (means, variances, classes) the owners sent at set-up (None: none)."""
+
 
 class Requests(Protocol):
     """The strategy's ``configure_*`` for the two requests a remote source sends."""
@@ -115,6 +122,9 @@ class RemoteOwners:
 
     def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
         return None if self.local is None else self.local.released_means()
+
+    def released_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        return None if self.local is None else self.local.released_statistics()
 
     def feedback_round(
         self, trainer: GeneratorTrainer, r: int
@@ -223,6 +233,10 @@ class LocalTeachers:
         """The class means the owners sent with their teachers (averaged where several
         cover a class), or None when none sent statistics."""
         return released_means([o.regulariser for o in self.oracles.values()])
+
+    def released_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The class means and variances the owners sent with their teachers."""
+        return released_statistics([o.regulariser for o in self.oracles.values()])
 
     def feedback_round(self, trainer: GeneratorTrainer, r: int) -> Iterator[tuple[Pool, Answers]]:
         """``steps-per-round`` one-batch pools, each answered on the current generator."""

@@ -65,7 +65,7 @@ __all__ = [
 
 
 # rounds=0: an untrained generator (a baseline); checkpoint-every=0: no checkpoints
-NON_NEGATIVE = ("rounds", "seed", "max-retries", "checkpoint-every")
+NON_NEGATIVE = ("rounds", "seed", "max-retries", "checkpoint-every", "student-gaussian-samples")
 POSITIVE = (
     "noise-dim",
     "steps-per-round",
@@ -76,6 +76,7 @@ POSITIVE = (
     "pool-epochs",
     "lr-student",
     "student-epochs",
+    "kd-temperature",
     "teacher-epochs",
     "lr-teacher",
     "samples-per-class",
@@ -111,6 +112,10 @@ class RunConfig:
     pool_epochs: int
     lr_student: float
     student_epochs: int
+    student_loss: str
+    kd_temperature: float
+    student_gaussian_samples: int
+    deliver: str
     teacher_epochs: int
     lr_teacher: float
     samples_per_class: int
@@ -180,6 +185,7 @@ def parse_run_config(raw: dict[str, Any] | None) -> RunConfig:
     merged = {key: _parse_key(key, raw.get(key, default)) for key, default in DEFAULTS.items()}
     _check_learning(merged)
     _check_calibration(merged)
+    _check_delivery(merged)
     _check_dfzsl(merged)
     _check_warm_start(merged)
     _check_method(merged["method"])
@@ -247,6 +253,39 @@ def _check_calibration(merged: dict[str, Any]) -> None:
             "subtracted from the seen classes' logits (0: plain argmax)"
         )
     parse_calibration_grid(merged["calibration-grid"])
+
+
+def _check_delivery(merged: dict[str, Any]) -> None:
+    """The student candidates and the delivered model: each named model must be one this
+    run's settings train (the run checks again at delivery, e.g. statistics no owner sent)."""
+    loss, deliver = merged["student-loss"], merged["deliver"]
+    if not math.isfinite(merged["kd-temperature"]):
+        raise ConfigError(f"run-config kd-temperature={merged['kd-temperature']!r}: must be finite")
+    if merged["student-gaussian-samples"] > MAX_DFZSL_SAMPLES:
+        raise ConfigError(
+            f"run-config student-gaussian-samples={merged['student-gaussian-samples']!r}: at "
+            f"most {MAX_DFZSL_SAMPLES} per class"
+        )
+    if merged["student-gaussian-samples"] and loss != "ce+kd":
+        raise ConfigError(
+            "run-config student-gaussian-samples>0 adds samples to the student-kd candidate: "
+            "set student-loss=ce+kd (the Eq. 4 student learns soft labels only)"
+        )
+    if deliver == "student-kd" and loss != "ce+kd":
+        raise ConfigError("run-config deliver=student-kd needs student-loss=ce+kd, which trains it")
+    if deliver == "classifier" and merged["teacher"] != "inductive":
+        raise ConfigError(
+            "run-config deliver=classifier: classifier C is trained with teacher=inductive only"
+        )
+    answer = merged["regulariser-answer"]
+    revealing = answer in ("gradient", "statistics") or merged["scenario"] == "weights"
+    released = revealing and REGISTRY[merged["regulariser"]].has_statistics
+    if deliver in ("lda-released", "ncm-released") and not released:
+        raise ConfigError(
+            f"run-config deliver={deliver}: this run releases no class statistics (regulariser="
+            f"{merged['regulariser']}, regulariser-answer={answer}); "
+            "use deliver=main, auto or ncm-generated"
+        )
 
 
 def _check_dfzsl(merged: dict[str, Any]) -> None:

@@ -85,6 +85,17 @@ DEFAULTS: dict[str, Any] = {
     "pool-epochs": 3,
     "lr-student": 1e-3,
     "student-epochs": 30,
+    # eq4: the paper's student only; ce+kd: also a candidate "student-kd" (cross-entropy on
+    # the verified labels + kd-temperature-scaled KD on the teachers' soft labels, plus
+    # student-gaussian-samples per class drawn from released class Gaussians, if any)
+    "student-loss": "eq4",
+    "kd-temperature": 4.0,
+    "student-gaussian-samples": 0,
+    # which model the run delivers (results.json "delivered", saved as delivered.pt): auto
+    # (service/deliver.py: a fixed rule on what was released, never on test scores; chosen
+    # on Caltech split=val), main (the method's own: classifier C when inductive, else the
+    # student, as before this key), or a candidate's name
+    "deliver": "auto",
     "teacher-epochs": 40,
     "lr-teacher": 1e-3,
     "samples-per-class": 400,
@@ -174,6 +185,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dfzsl-generator": ("vmf", "cvae"),
     "warm-start": ("none", "dfzsl"),
     "regulariser-answer": REGULARISER_ANSWERS,
+    "student-loss": ("eq4", "ce+kd"),
+    "deliver": (
+        "main",
+        "auto",
+        "student",
+        "classifier",
+        "student-kd",
+        "lda-released",
+        "ncm-released",
+        "ncm-generated",
+    ),
 }
 
 # What an owner's teacher depends on (with its data's fingerprint): its cache key.

@@ -20,6 +20,7 @@ what the generator and student add over the released statistics alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Protocol
 
@@ -29,7 +30,15 @@ from torch import nn
 
 from azsl_flower.common.models import classifier
 
-__all__ = ["REVEALED_FITS", "KLStatsFit", "StatisticsFit", "class_means", "ncm_classifier"]
+__all__ = [
+    "REVEALED_FITS",
+    "KLStatsFit",
+    "StatisticsFit",
+    "class_means",
+    "lda_classifier",
+    "ncm_classifier",
+    "pooled_variance",
+]
 
 
 class KLStatsFit:
@@ -127,28 +136,62 @@ def ncm_classifier(
 ) -> nn.Sequential | None:
     """A nearest-class-mean classifier as the classifier MLP: logit_c = 2 μ_c·x − |μ_c|².
 
-    The two LeakyReLU layers pass ±μ·x through unchanged (h(s) − h(−s) = 1.2 s for slope
-    0.2); dropout is off at evaluation. Classes without a mean get a logit far below any
-    other. None when the MLP's widths cannot hold 2 units per class (over 256 classes).
+    Classes without a mean get a logit far below any other. None when the MLP's widths
+    cannot hold 2 units per class (over 256 classes).
     """
-    dim = means.shape[1]
-    c = num_classes
+    full = np.zeros((num_classes, means.shape[1]), np.float64)
+    full[classes] = means
+    return _linear_mlp(full, -(full**2).sum(1), classes)
+
+
+def pooled_variance(variances: np.ndarray) -> np.ndarray:
+    """One diagonal variance shared by all classes: the mean over classes of each
+    dimension's variance. Unknown (NaN) or non-positive entries are skipped; a dimension
+    with none gets the mean of the others (1 if there are none: LDA becomes NCM)."""
+    v = np.where(np.isfinite(variances) & (variances > 0), variances, np.nan).astype(np.float64)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
+        pooled = np.nanmean(v, 0) if v.size else np.full(variances.shape[-1], np.nan)
+    fill = float(np.nanmean(pooled)) if np.isfinite(pooled).any() else 1.0
+    pooled = np.where(np.isfinite(pooled), pooled, fill)
+    return np.maximum(pooled, 1e-6 * fill)
+
+
+def lda_classifier(
+    means: np.ndarray, variances: np.ndarray, classes: np.ndarray, num_classes: int
+) -> nn.Sequential | None:
+    """A Gaussian classifier with one diagonal variance σ² pooled over classes (LDA, equal
+    priors), as the classifier MLP: logit_c = 2 x·(μ_c/σ²) − Σ_d μ_cd²/σ²_d, linear in x,
+    so it is written as :func:`ncm_classifier` is, with μ_c/σ² in the first layer. Where the
+    released statistics carry variances, it weighs each dimension by how tight the classes
+    are in it, which NCM cannot. None over 256 classes (as NCM)."""
+    var = pooled_variance(variances)
+    full = np.zeros((num_classes, means.shape[1]), np.float64)
+    full[classes] = means
+    return _linear_mlp(full / var, -(full**2 / var).sum(1), classes)
+
+
+def _linear_mlp(w: np.ndarray, b: np.ndarray, classes: np.ndarray) -> nn.Sequential | None:
+    """logit_c = 2 w_c·x + b_c as the classifier MLP (classes not in ``classes``: −1e30).
+
+    The two LeakyReLU layers pass ±w·x through unchanged (h(s) − h(−s) = 1.2 s for slope
+    0.2); dropout is off at evaluation.
+    """
+    c, dim = w.shape
     if 2 * c > 512:
         return None
-    full = np.zeros((c, dim), np.float64)
-    full[classes] = means
     have = np.zeros(c, bool)
     have[classes] = True
     model = classifier(dim, c)
     w0 = np.zeros((1024, dim))
-    w0[:c], w0[c : 2 * c] = full, -full
+    w0[:c], w0[c : 2 * c] = w, -w
     w3 = np.zeros((512, 1024))
     eye = np.eye(c) / 1.2
     w3[:c, :c], w3[:c, c : 2 * c] = eye, -eye
     w3[c : 2 * c] = -w3[:c]
     w6 = np.zeros((c, 512))
     w6[:, :c], w6[:, c : 2 * c] = 2 * np.eye(c) / 1.2, -2 * np.eye(c) / 1.2
-    b6 = np.where(have, -(full**2).sum(1), -1e30)
+    b6 = np.where(have, b, -1e30)
     state = {
         "0.weight": w0,
         "0.bias": np.zeros(1024),

@@ -27,6 +27,7 @@ __all__ = [
     "LocalRegularisers",
     "local_regularisers",
     "released_means",
+    "released_statistics",
     "sent_regulariser",
     "statistics_asked",
 ]
@@ -49,16 +50,30 @@ def released_means(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The class means among the regularisers' statistics (averaged where several owners
     cover a class), and their classes; None when none has means (the NCM-released baseline)."""
+    stats = released_statistics(regularisers)
+    return None if stats is None else (stats[0], stats[2])
+
+
+def released_statistics(
+    regularisers: list[Regulariser],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(means, variances, classes) among the regularisers' statistics, each averaged over
+    the owners that cover a class; variances NaN where a regulariser sent none. None when
+    none has means. What the LDA-released candidate is built from."""
     sums: dict[int, list[np.ndarray]] = {}
+    vars_: dict[int, list[np.ndarray]] = {}
     for reg in regularisers:
         s = reg.stats()
         if "mean" in s and "classes" in s:
-            for c, m in zip(s["classes"], s["mean"], strict=True):
+            var = s.get("var", np.full_like(s["mean"], np.nan))
+            for c, m, v in zip(s["classes"], s["mean"], var, strict=True):
                 sums.setdefault(int(c), []).append(m)
+                vars_.setdefault(int(c), []).append(v)
     if not sums:
         return None
     classes = np.array(sorted(sums))
-    return np.stack([np.mean(sums[c], 0) for c in classes]), classes
+    means = np.stack([np.mean(sums[c], 0) for c in classes])
+    return means, np.stack([np.mean(vars_[c], 0) for c in classes]), classes
 
 
 @dataclass
@@ -121,6 +136,10 @@ class LocalRegularisers:
     def released_means(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The class means the owners sent (see :func:`released_means`)."""
         return released_means(list(self.regularisers.values()))
+
+    def released_statistics(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The class means and variances the owners sent (see :func:`released_statistics`)."""
+        return released_statistics(list(self.regularisers.values()))
 
 
 def statistics_asked(cfg: RunConfig) -> str:

@@ -126,6 +126,8 @@ class RunResult:
     privacy: dict[str, dict[str, object]] = field(default_factory=dict)
     # the nearest-class-mean baseline: what it was built from (other_models ncm-*)
     baseline: dict[str, object] = field(default_factory=dict)
+    # the model the run delivers (run-config deliver): its name and figures (empty: student)
+    delivered: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         cfg = self.config
@@ -140,6 +142,8 @@ class RunResult:
             "device": self.device,
             "teacher": self.teacher,
             "per_owner_teacher": self.per_owner_teacher,
+            "delivered": self.delivered
+            or {"name": self.federation.evaluated_model, **self.student},
             "student": self.student,
             "other_models": self.other_models,
             "calibration": self.calibration,
@@ -225,11 +229,17 @@ def format_table(results: dict[str, Any]) -> str:
     )
     for col in ("model", "ZSL T1", "u", "s", "H"):
         table.add_column(col, justify="right" if col != "model" else "left")
-    rows = [("teacher (upper bound)", results["teacher"]), ("student", results["student"])]
     labels = {
         "ncm-released": "NCM on released statistics (baseline)",
         "ncm-generated": "NCM on generated class means",
+        "lda-released": "LDA on released statistics",
+        "student-kd": "student, CE + KD",
     }
+    rows = []
+    if "delivered" in results:  # results.json from before deliver had none
+        d = results["delivered"]
+        rows.append((f"delivered: {labels.get(d['name'], d['name'])}", d))
+    rows += [("teacher (upper bound)", results["teacher"]), ("student", results["student"])]
     rows += [(labels.get(name, name), m) for name, m in results.get("other_models", {}).items()]
     for name, m in rows:
         table.add_row(name, *(f"{100 * m[k]:.1f}" for k in ("zsl", "u", "s", "h")))
