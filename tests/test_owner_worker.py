@@ -71,7 +71,7 @@ def process_worker(path: Path) -> Iterator[subprocess.Popen]:
     )
     try:
         deadline = time.monotonic() + 120
-        while not _answers(path):
+        while not forward.listening(path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.poll() is not None else "timeout"  # type: ignore[union-attr]
                 pytest.fail(f"the worker did not start: {err[-2000:]}")
@@ -85,15 +85,6 @@ def process_worker(path: Path) -> Iterator[subprocess.Popen]:
             proc.kill()
             proc.wait(timeout=15)
         proc.stderr.close()  # type: ignore[union-attr]
-
-
-def _answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _arrays(payload: schema.Payload) -> dict[str, bytes]:

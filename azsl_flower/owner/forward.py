@@ -49,6 +49,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "forward",
+    "listening",
     "read_frame",
     "worker_socket",
     "write_frame",
@@ -205,3 +206,15 @@ def forward(path: str, msg: Message, context: Context) -> Message:
     if reply.has_error():
         return Message(reply.error, reply_to=msg)
     return Message(reply.content, reply_to=msg)
+
+
+def listening(path: str | Path, timeout: float = 1.0) -> bool:
+    """Whether a worker accepts connections at ``path`` (a stale socket file does not):
+    the worker's bind refuses to replace a live one, and launchers wait for it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True

@@ -51,6 +51,7 @@ from azsl_flower.owner.forward import (
     NoFrame,
     decode_request,
     encode_reply,
+    listening,
     read_frame,
     write_frame,
 )
@@ -99,7 +100,7 @@ def bind_socket(path: Path) -> socket.socket:
             raise WorkerError(
                 f"owner worker socket {path} exists and is not a socket; name a free path"
             )
-        if _listening(path):
+        if listening(path):
             raise WorkerError(f"another owner worker already listens at {path}")
         path.unlink()  # a stopped worker's socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -114,16 +115,6 @@ def bind_socket(path: Path) -> socket.socket:
     os.chmod(path, 0o600)
     sock.listen(MAX_CONNECTIONS)
     return sock
-
-
-def _listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def _policy_config(node_config: Mapping[str, object]) -> dict[str, object]:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from azsl_flower.owner.forward import listening
 from azsl_flower.owner.timing import ENV as OWNER_TIMINGS
 from azsl_flower.tools.deploy import DeployError, write_connection
 from azsl_flower.tools.signing import AppRegistry, SignedApp, sign_app
@@ -183,7 +183,7 @@ class LocalDeployment:
         argv = [str(self._bin / "azsl-flower"), "owner", "serve", "--socket", str(sock)]
         proc = self._spawn(name, [*argv, "--node-config", node_config], {OWNER_TIMINGS: "1"})
         deadline = time.monotonic() + timeout
-        while not _answers(sock):
+        while not listening(sock):
             if proc.poll() is not None or time.monotonic() > deadline:
                 log = self.layout.logs / f"{name}.log"
                 raise DeployError(f"owner-{i}'s worker did not start; see {log}")
@@ -384,13 +384,3 @@ class LocalDeployment:
             return str(listing["runs"][0]["status"])
         except (ValueError, KeyError, IndexError):
             return f"unknown ({out.stdout.strip()[-200:]})"
-
-
-def _answers(sock: Path) -> bool:
-    """Whether a worker listens at ``sock``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(sock))
-        except OSError:
-            return False
-    return True
